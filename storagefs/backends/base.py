@@ -1,0 +1,134 @@
+"""The interface every pool type implements (libvirt's virStorageBackend, typed).
+
+One backend instance serves one pool definition. Only :meth:`refresh` is
+required; every other operation raises ENOTSUP from this base class, and
+:meth:`supports` tells the tree which commands ``control`` offers.
+Methods raise only :class:`~storagefs.errors.StorageError`; a method that
+creates something removes its own partial result when it fails.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+from ..errors import NotSupported
+
+if TYPE_CHECKING:
+    from ..xml.pool import PoolDef
+
+
+@dataclass
+class PoolInfo:
+    capacity: int = 0
+    allocation: int = 0
+    available: int = 0
+
+
+@dataclass
+class VolumeInfo:
+    """What the storage says about one volume (refreshed by operations and events)."""
+
+    name: str
+    path: str
+    key: str
+    format: str = "raw"
+    type: str = "file"
+    capacity: int = 0
+    allocation: int = 0
+    physical: int = 0
+    mode: int = 0o600
+    uid: int = 0
+    gid: int = 0
+    atime_ns: int = 0
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+    backing_path: str | None = None
+    backing_format: str | None = None
+    encrypted: bool = False
+
+
+@dataclass
+class VolumeSpec:
+    """What a volume should be: from a volume XML or the pool's defaults."""
+
+    name: str
+    format: str = "raw"
+    capacity: int = 0
+    allocation: int | None = None
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    backing_path: str | None = None
+    backing_format: str | None = None
+    options: dict[str, str] = field(default_factory=dict)
+
+
+POOL_OPS = ("build", "start", "stop", "delete", "refresh")
+VOLUME_OPS = ("create_volume", "delete_volume", "resize_volume", "update_volume")
+
+
+class PoolBackend:
+    type: ClassVar[str] = ""
+
+    def __init__(self, definition: PoolDef) -> None:
+        self.definition = definition
+
+    def supports(self, op: str) -> bool:
+        """True when this backend overrides ``op`` (so ``control`` lists it)."""
+        mine = getattr(type(self), op, None)
+        return mine is not None and mine is not getattr(PoolBackend, op, None)
+
+    def _unsupported(self, what: str) -> NotSupported:
+        return NotSupported(f"{what} is not supported for pools of type '{self.type}'")
+
+    # pool operations
+    async def check(self) -> bool:
+        """Is the pool's storage available and started (used after a restart)?"""
+        return False
+
+    async def build(self, overwrite: bool = False) -> None:
+        raise self._unsupported("build")
+
+    async def start(self) -> None:
+        raise self._unsupported("start")
+
+    async def stop(self) -> None:
+        raise self._unsupported("stop")
+
+    async def delete(self) -> None:
+        raise self._unsupported("delete")
+
+    async def refresh(self) -> tuple[PoolInfo, list[VolumeInfo]]:
+        raise NotImplementedError
+
+    def pool_info(self) -> PoolInfo | None:
+        """Current sizes from cheap syscalls only (statvfs), or None if unknown."""
+        return None
+
+    def watch_dir(self) -> str | None:
+        """A directory whose entries are the volumes, watched with inotify."""
+        return None
+
+    # volume operations
+    async def probe_volume(self, name: str) -> VolumeInfo | None:
+        """Look at one volume after an event; None when it is not (or no longer) there."""
+        return None
+
+    def stat_volume(self, info: VolumeInfo) -> VolumeInfo | None:
+        """Refresh fast-changing figures with syscalls only; None if the volume vanished."""
+        return info
+
+    async def create_volume(self, spec: VolumeSpec) -> VolumeInfo:
+        raise self._unsupported("creating volumes")
+
+    async def delete_volume(self, info: VolumeInfo) -> None:
+        raise self._unsupported("deleting volumes")
+
+    async def resize_volume(self, info: VolumeInfo, capacity: int, *,
+                            shrink: bool = False, allocate: bool = False) -> VolumeInfo:
+        raise self._unsupported("resizing volumes")
+
+    async def update_volume(self, info: VolumeInfo, spec: VolumeSpec) -> VolumeInfo:
+        """Make an existing volume match ``spec`` (format, allocation, permissions)."""
+        raise self._unsupported("changing volumes")

@@ -1,0 +1,309 @@
+"""Volumes that are files in a directory: shared by the dir, fs and netfs backends.
+
+Everything here stays inside the pool's directory: names are checked before
+they get here, files are opened with O_NOFOLLOW / O_EXCL, and symlinks or
+other non-regular entries in the directory are never listed nor touched.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+import trio
+
+from .. import hostcmd
+from ..errors import Busy, Exists, InvalidArgument, NotSupported, StorageError, from_oserror
+from ..names import check_name
+from .base import VolumeInfo, VolumeSpec
+
+QEMU_IMG = "qemu-img"
+#: formats storagefs creates as files, and those qemu-img can resize
+CREATABLE = ("raw", "qcow2", "qed", "vmdk", "vdi", "vpc")
+RESIZABLE = ("raw", "qcow2")
+SUFFIX_FORMATS = {".qcow2": "qcow2", ".vmdk": "vmdk", ".vdi": "vdi", ".vhd": "vpc",
+                  ".raw": "raw", ".img": "raw", ".qed": "qed"}
+QEMU_ERRNOS = {"No space left": errno.ENOSPC, "File too large": errno.EFBIG,
+               "Invalid parameter": errno.EINVAL, "not supported": errno.ENOTSUP,
+               "does not support": errno.ENOTSUP}
+#: at most this many qemu-img probes at once during a refresh
+_probe_limit = trio.CapacityLimiter(4)
+
+
+def format_from_name(name: str) -> str | None:
+    return SUFFIX_FORMATS.get(os.path.splitext(name)[1].lower())
+
+
+def probe_format(path: str) -> str:
+    """The image format from the file's header, as libvirt probes it (no host tool)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return "raw"
+    try:
+        head = os.pread(fd, 512, 0)
+        size = os.fstat(fd).st_size
+        tail = os.pread(fd, 512, size - 512) if size >= 512 else b""
+    except OSError:
+        return "raw"
+    finally:
+        os.close(fd)
+    if head[:4] == b"QFI\xfb":
+        return "qcow2" if head[4:8] in (b"\0\0\0\x02", b"\0\0\0\x03") else "qcow"
+    if head[:4] == b"QED\0":
+        return "qed"
+    if head[:4] == b"KDMV" or head.startswith(b"# Disk DescriptorFile"):
+        return "vmdk"
+    if head[64:68] == b"\x7f\x10\xda\xbe":
+        return "vdi"
+    if head[:8] == b"conectix" or tail[:8] == b"conectix":
+        return "vpc"
+    if head[:6] == b"LUKS\xba\xbe":
+        return "luks"
+    return "raw"
+
+
+def stat_info(info: VolumeInfo, st: os.stat_result) -> VolumeInfo:
+    """Update the figures that a stat gives (allocation, times, owner; raw capacity)."""
+    info.allocation = st.st_blocks * 512
+    info.physical = st.st_size
+    if info.format == "raw":
+        info.capacity = st.st_size
+    info.mode = stat.S_IMODE(st.st_mode)
+    info.uid, info.gid = st.st_uid, st.st_gid
+    info.atime_ns, info.mtime_ns, info.ctime_ns = st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns
+    return info
+
+
+class FileVolumes:
+    """Volume operations on regular files in one directory."""
+
+    def __init__(self, directory: str) -> None:
+        self.dir = directory
+
+    def path_of(self, name: str) -> str:
+        return os.path.join(self.dir, check_name(name, "volume name"))
+
+    def scan_names(self) -> list[str]:
+        """Names of the regular files in the directory that are valid volume names."""
+        names = []
+        try:
+            with os.scandir(self.dir) as it:
+                for entry in it:
+                    if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
+                        continue
+                    try:
+                        check_name(entry.name)
+                    except StorageError:
+                        continue
+                    names.append(entry.name)
+        except OSError as exc:
+            raise from_oserror(exc, f"cannot open directory '{self.dir}'") from None
+        return names
+
+    async def probe(self, name: str) -> VolumeInfo | None:
+        path = self.path_of(name)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise from_oserror(exc, f"cannot stat '{path}'") from None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        info = VolumeInfo(name=name, path=path, key=path, format=probe_format(path))
+        stat_info(info, st)
+        if info.format != "raw":
+            await self._qemu_info(info)
+        return info
+
+    async def _qemu_info(self, info: VolumeInfo) -> None:
+        async with _probe_limit:
+            try:
+                data = await hostcmd.run_json(
+                    [QEMU_IMG, "info", "--output=json", "-U", "-f", info.format, info.path],
+                    timeout=30)
+            except StorageError:
+                return  # unreadable image: keep the header probe's answer
+        if isinstance(data, dict):
+            info.capacity = int(data.get("virtual-size", info.capacity))
+            info.backing_path = data.get("full-backing-filename") or data.get("backing-filename")
+            info.backing_format = data.get("backing-filename-format")
+            info.encrypted = bool(data.get("encrypted"))
+
+    def stat(self, info: VolumeInfo) -> VolumeInfo | None:
+        try:
+            st = os.lstat(info.path)
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return stat_info(info, st)
+
+    async def create(self, spec: VolumeSpec) -> VolumeInfo:
+        if spec.format not in CREATABLE:
+            raise NotSupported(f"cannot create volumes of format '{spec.format}' here")
+        path = self.path_of(spec.name)
+        mode = spec.mode if spec.mode is not None else 0o600
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        except FileExistsError:
+            raise Exists(f"volume target path '{path}' already exists") from None
+        except OSError as exc:
+            raise from_oserror(exc, f"cannot create '{path}'") from None
+        try:
+            try:
+                if spec.uid is not None or spec.gid is not None:
+                    os.fchown(fd, -1 if spec.uid is None else spec.uid,
+                              -1 if spec.gid is None else spec.gid)
+                os.fchmod(fd, mode)
+                if spec.format == "raw":
+                    await self._make_raw(fd, spec.capacity, spec.allocation)
+            finally:
+                os.close(fd)
+            if spec.format != "raw":
+                await self._qemu_create(path, spec)
+            info = await self.probe(spec.name)
+            if info is None:
+                raise StorageError(f"volume '{path}' vanished while being created")
+            return info
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+            raise
+
+    async def _make_raw(self, fd: int, capacity: int, allocation: int | None) -> None:
+        try:
+            os.ftruncate(fd, capacity)
+            if allocation and capacity:
+                await trio.to_thread.run_sync(os.posix_fallocate, fd, 0, capacity)
+        except OSError as exc:
+            raise from_oserror(exc, "cannot allocate the volume") from None
+
+    async def _qemu_create(self, path: str, spec: VolumeSpec) -> None:
+        argv = [QEMU_IMG, "create", "-q", "-f", spec.format]
+        opts = dict(spec.options)
+        if spec.allocation and spec.allocation >= spec.capacity and spec.format == "qcow2":
+            opts.setdefault("preallocation", "falloc")
+        if spec.format == "vpc":
+            opts.setdefault("force_size", "on")
+        if spec.backing_path:
+            argv += ["-b", spec.backing_path, "-F", spec.backing_format or "raw"]
+        if opts:
+            argv += ["-o", ",".join(f"{k}={v}" for k, v in opts.items())]
+        argv += [path, str(spec.capacity)]
+        await hostcmd.run(argv, timeout=600, errno_map=QEMU_ERRNOS)
+
+    async def delete(self, info: VolumeInfo) -> None:
+        try:
+            st = os.lstat(info.path)
+            if not stat.S_ISREG(st.st_mode):
+                raise InvalidArgument(f"'{info.path}' is not a regular file; not deleting it")
+            os.unlink(info.path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise from_oserror(exc, f"cannot delete '{info.path}'") from None
+
+    async def resize(self, info: VolumeInfo, capacity: int, *, shrink: bool,
+                     allocate: bool) -> VolumeInfo:
+        if capacity < info.capacity and not shrink:
+            raise InvalidArgument("Can't shrink capacity below current capacity unless "
+                                  "shrink flag explicitly specified")
+        if info.format not in RESIZABLE:
+            raise NotSupported(f"format '{info.format}' cannot be resized")
+        if info.format == "raw":
+            try:
+                fd = os.open(info.path, os.O_WRONLY | os.O_NOFOLLOW)
+            except OSError as exc:
+                raise from_oserror(exc, f"cannot open '{info.path}'") from None
+            try:
+                old = os.fstat(fd).st_size
+                os.ftruncate(fd, capacity)
+                if allocate and capacity > old:
+                    await trio.to_thread.run_sync(os.posix_fallocate, fd, old, capacity - old)
+            except OSError as exc:
+                raise from_oserror(exc, "cannot resize") from None
+            finally:
+                os.close(fd)
+        else:
+            argv = [QEMU_IMG, "resize", "-q", "-f", info.format]
+            if shrink and capacity < info.capacity:
+                argv.append("--shrink")
+            if allocate:
+                argv.append("--preallocation=falloc")
+            await hostcmd.run([*argv, info.path, str(capacity)], timeout=600,
+                              errno_map=QEMU_ERRNOS)
+        new = await self.probe(info.name)
+        if new is None:
+            raise StorageError(f"volume '{info.path}' vanished")
+        return new
+
+    def holds_data(self, info: VolumeInfo) -> bool:
+        """True when the raw file has any allocated data (SEEK_DATA finds some)."""
+        try:
+            fd = os.open(info.path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return False
+        try:
+            os.lseek(fd, 0, os.SEEK_DATA)
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+
+    async def image_holds_data(self, info: VolumeInfo) -> bool:
+        if info.format == "raw":
+            return self.holds_data(info)
+        data = await hostcmd.run_json([QEMU_IMG, "map", "--output=json", "-U", "-f",
+                                       info.format, info.path], timeout=60)
+        return any(isinstance(e, dict) and e.get("data") for e in data or [])
+
+    async def update(self, info: VolumeInfo, spec: VolumeSpec) -> VolumeInfo:
+        """Make the file match spec: format (only while empty), size, allocation, owner."""
+        if spec.format != info.format:
+            if await self.image_holds_data(info):
+                raise Busy(f"volume '{info.name}' holds data; its format cannot change "
+                           f"from {info.format} to {spec.format}")
+            await self.delete(info)
+            return await self.create(spec)
+        if spec.capacity > info.capacity:
+            info = await self.resize(info, spec.capacity, shrink=False, allocate=False)
+        elif spec.capacity < info.capacity:
+            raise InvalidArgument(
+                f"capacity {spec.capacity} is below the current {info.capacity}; "
+                "shrinking needs 'resize --shrink'")
+        if spec.allocation is not None and spec.allocation >= info.capacity > 0 \
+                and info.allocation < info.capacity and info.format == "raw":
+            await self._preallocate(info)
+        try:
+            fd = os.open(info.path, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                if (spec.uid is not None and spec.uid != info.uid) or \
+                        (spec.gid is not None and spec.gid != info.gid):
+                    os.fchown(fd, -1 if spec.uid is None else spec.uid,
+                              -1 if spec.gid is None else spec.gid)
+                if spec.mode is not None and spec.mode != info.mode:
+                    os.fchmod(fd, spec.mode)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise from_oserror(exc, f"cannot set permissions of '{info.path}'") from None
+        return self.stat(info) or info
+
+    async def _preallocate(self, info: VolumeInfo) -> None:
+        try:
+            fd = os.open(info.path, os.O_WRONLY | os.O_NOFOLLOW)
+        except OSError as exc:
+            raise from_oserror(exc, f"cannot open '{info.path}'") from None
+        try:
+            await trio.to_thread.run_sync(os.posix_fallocate, fd, 0, info.capacity)
+        except OSError as exc:
+            raise from_oserror(exc, "cannot preallocate") from None
+        finally:
+            os.close(fd)

@@ -1,0 +1,173 @@
+"""storagefs mount|unmount|--version (SPEC "The command line")."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import logging.handlers
+import os
+import subprocess
+import sys
+import time
+
+import trio
+
+from . import __version__
+from .mount import is_dead, lazy_unmount, mount_entry, pidfile_for, serve
+
+DEFAULT_STATE_DIR = "/var/lib/storagefs"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def fail(reason: str) -> int:
+    print(f"storagefs: {reason}", file=sys.stderr)
+    return 1
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="storagefs",
+                                description="The host's storage pools and volumes as files.")
+    p.add_argument("--version", action="version", version=f"storagefs {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("mount", help="mount the tree (returns once it is ready)")
+    m.add_argument("mountpoint")
+    m.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
+    m.add_argument("--foreground", action="store_true")
+    m.add_argument("--allow-other", action="store_true")
+    m.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error", "critical"])
+    u = sub.add_parser("unmount", help="unmount cleanly, or recover a dead mountpoint")
+    u.add_argument("mountpoint")
+    return p.parse_args(argv)
+
+
+def setup_logging(level: str, foreground: bool, state_dir: str) -> None:
+    root = logging.getLogger()
+    root.setLevel(level.upper())
+    if foreground:
+        handler: logging.Handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    elif os.path.exists("/dev/log"):
+        handler = logging.handlers.SysLogHandler("/dev/log")
+        handler.setFormatter(logging.Formatter("storagefs[%(process)d]: %(name)s: %(message)s"))
+    else:
+        handler = logging.FileHandler(os.path.join(state_dir, "storagefs.log"))
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root.addHandler(handler)
+
+
+def check_mountpoint(mnt: str) -> str | None:
+    if is_dead(mnt):
+        entry = mount_entry(mnt)
+        if entry and entry[1].startswith("fuse"):
+            lazy_unmount(mnt)
+            if not is_dead(mnt):
+                return None
+        return f"mountpoint {mnt} is a dead mount; run: storagefs unmount {mnt}"
+    if not os.path.isdir(mnt):
+        return f"mountpoint {mnt} does not exist or is not a directory"
+    if mount_entry(mnt) is not None:
+        return f"mountpoint {mnt} is busy: something is already mounted there"
+    return None
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    mnt = os.path.abspath(args.mountpoint)
+    state_dir = os.path.abspath(args.state_dir)
+    reason = check_mountpoint(mnt)
+    if reason:
+        return fail(reason)
+    if args.foreground:
+        setup_logging(args.log_level, True, state_dir)
+        problem: list[str] = []
+
+        def ready(msg: str | None) -> None:
+            if msg:
+                problem.append(msg)
+
+        trio.run(lambda: serve(mnt, state_dir, allow_other=args.allow_other, ready=ready))
+        return fail(problem[0]) if problem else 0
+    return daemonize(args, mnt, state_dir)
+
+
+def daemonize(args: argparse.Namespace, mnt: str, state_dir: str) -> int:
+    """Fork; the parent returns once the child says the tree is ready (or why not)."""
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(wfd)
+        with os.fdopen(rfd, "rb") as r:
+            msg = r.read().decode(errors="replace")
+        if msg == "OK":
+            return 0
+        os.waitpid(pid, 0)
+        return fail(msg or "the mount process died before the tree was ready")
+    os.close(rfd)
+    os.setsid()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    setup_logging(args.log_level, False, state_dir)
+    sent = False
+
+    def ready(msg: str | None) -> None:
+        nonlocal sent
+        if not sent:
+            os.write(wfd, b"OK" if msg is None else msg.encode())
+            os.close(wfd)
+            sent = True
+
+    code = 0
+    try:
+        trio.run(lambda: serve(mnt, state_dir, allow_other=args.allow_other, ready=ready))
+    except BaseException:
+        logging.getLogger("storagefs").exception("storagefs failed")
+        ready("storagefs failed; see the log")
+        code = 1
+    os._exit(code)
+
+
+def process_alive(pid: int) -> bool:
+    """True while pid runs (a zombie waiting for its parent counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def cmd_unmount(args: argparse.Namespace) -> int:
+    mnt = os.path.abspath(args.mountpoint)
+    entry = mount_entry(mnt)
+    if entry is None:
+        return fail(f"{mnt} is not mounted")
+    if is_dead(mnt):
+        return 0 if lazy_unmount(mnt) else fail(f"cannot recover dead mount {mnt}")
+    pid = None
+    try:
+        pid = int(pidfile_for(mnt).read_text().strip())
+    except (OSError, ValueError):
+        pass
+    res = subprocess.run(["fusermount3", "-u", mnt], capture_output=True, text=True)
+    if res.returncode != 0:
+        return fail(res.stderr.strip().splitlines()[-1] if res.stderr.strip()
+                    else f"cannot unmount {mnt}")
+    if pid is not None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if not process_alive(pid):
+                break
+            time.sleep(0.02)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.command == "mount":
+        return cmd_mount(args)
+    return cmd_unmount(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""One error type for everything below the FUSE layer.
+
+Every refused operation raises a :class:`StorageError` carrying an errno and a
+one-line reason. The manager records the reason in the object's ``error`` file
+and the log; the FUSE layer turns the errno into ``FUSEError``.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+
+
+class StorageError(Exception):
+    """A refused or failed operation: ``errno`` for the caller, ``reason`` for people."""
+
+    default_errno = _errno.EIO
+
+    def __init__(self, reason: str, errno: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.errno = errno if errno is not None else self.default_errno
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+class InvalidArgument(StorageError):
+    default_errno = _errno.EINVAL
+
+
+class NotFound(StorageError):
+    default_errno = _errno.ENOENT
+
+
+class Exists(StorageError):
+    default_errno = _errno.EEXIST
+
+
+class Busy(StorageError):
+    default_errno = _errno.EBUSY
+
+
+class NotSupported(StorageError):
+    default_errno = _errno.ENOTSUP
+
+
+class NotPermitted(StorageError):
+    default_errno = _errno.EPERM
+
+
+class NoSpace(StorageError):
+    default_errno = _errno.ENOSPC
+
+
+class ToolError(StorageError):
+    """A host tool failed, hung or is missing."""
+
+    default_errno = _errno.EIO
+
+
+def from_oserror(exc: OSError, what: str) -> StorageError:
+    """Wrap an OSError from a syscall on the storage, keeping its errno."""
+    return StorageError(f"{what}: {exc.strerror or exc}", exc.errno or _errno.EIO)

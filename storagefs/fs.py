@@ -1,0 +1,124 @@
+"""The FUSE handlers for lookups, attributes and directories (files: fsfiles.py)."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+
+import pyfuse3
+from pyfuse3 import FUSEError
+
+from .errors import NotFound, NotPermitted
+from .fs_base import _name, fuse_op
+from .fsfiles import FileOps
+from .view import Kind
+
+log = logging.getLogger(__name__)
+
+
+class StorageFS(FileOps):
+    # ---- lookup and attributes ---------------------------------------------
+    @fuse_op
+    async def lookup(self, parent_inode, name, ctx=None):
+        parent = self.node(parent_inode)
+        try:
+            node, e = self._child(parent, _name(name))
+        except NotFound:
+            raise FUSEError(errno.ENOENT) from None
+        attrs = self.attrs(node, e)
+        node.lookups += 1
+        return attrs
+
+    async def forget(self, inode_list):
+        for ino, count in inode_list:
+            try:
+                self.table.forget(ino, count)
+            except Exception:
+                log.exception("forget failed")
+
+    @fuse_op
+    async def getattr(self, inode, ctx=None):
+        return self.attrs(self.node(inode))
+
+    @fuse_op
+    async def readlink(self, inode, ctx):
+        e = self.entry(self.node(inode))
+        if e.kind is not Kind.LINK:
+            raise FUSEError(errno.EINVAL)
+        return os.fsencode(e.target)
+
+    @fuse_op
+    async def statfs(self, ctx):
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = 4096
+        s.f_namemax = 255
+        s.f_files = len(self.table.nodes)
+        return s
+
+    # ---- directories -------------------------------------------------------------
+    @fuse_op
+    async def opendir(self, inode, ctx):
+        node = self.node(inode)
+        e = self.entry(node)
+        if not e.is_dir:
+            raise FUSEError(errno.ENOTDIR)
+        names = self.view.children(node.path, e)
+        names += sorted(self.scratch.get(node.path, {}))
+        self.hidden.pop(node.path, None)  # a listing shows unlinked files again
+        fh = next(self._fh)
+        self.dirs[fh] = (node, names)
+        return fh
+
+    @fuse_op
+    async def readdir(self, fh, start_id, token):
+        parent, names = self.dirs[fh]
+        if parent.stale:
+            return
+        for i in range(start_id, len(names)):
+            try:
+                node, e = self._child(parent, names[i])
+                attrs = self.attrs(node, e)
+            except (NotFound, FUSEError):
+                continue  # gone since opendir
+            if not pyfuse3.readdir_reply(token, os.fsencode(names[i]), attrs, i + 1):
+                return
+            node.lookups += 1
+
+    @fuse_op
+    async def releasedir(self, fh):
+        self.dirs.pop(fh, None)
+
+    @fuse_op
+    async def fsyncdir(self, fh, datasync):
+        return None
+
+    @fuse_op
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        parent = self.node(parent_inode)
+        e = self.entry(parent)
+        text = _name(name)
+        if parent.path == ("pools",):
+            self.m.mkdir_pool(text)
+        elif e.kind is Kind.POOL_VOLUMES:
+            await self.m.create_volume(e.pool.name, text)
+        else:
+            raise NotPermitted("directories are made only in pools/ and pools/P/volumes/")
+        node, ce = self._child(parent, text)
+        attrs = self.attrs(node, ce)
+        node.lookups += 1
+        return attrs
+
+    @fuse_op
+    async def rmdir(self, parent_inode, name, ctx):
+        parent = self.node(parent_inode)
+        text = _name(name)
+        e = self.resolve((*parent.path, text))
+        if e.kind is Kind.POOL:
+            await self.m.undefine_pool(e.pool.name)
+        elif e.kind is Kind.VOLUME:
+            await self.m.delete_volume(e.pool.name, e.volume.name)
+        elif e.is_dir:
+            raise NotPermitted(f"{text} is part of the tree; it cannot be removed")
+        else:
+            raise FUSEError(errno.ENOTDIR)

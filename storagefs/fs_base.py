@@ -1,0 +1,140 @@
+"""Shared state and helpers of the FUSE handlers; the one place errors become errno.
+
+Each handler resolves its inode to a path, asks the View what is there, and
+calls the manager for anything that changes state. No handler runs a host tool.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import itertools
+import logging
+import os
+import stat
+from typing import Any
+
+import pyfuse3
+from pyfuse3 import FUSEError
+
+from .errors import NotFound, StorageError
+from .handles import Handle, Scratch
+from .invalidate import Invalidator
+from .manager import Manager
+from .state import FileMeta
+from .tree import InodeTable, Node
+from .view import Entry, Kind, View
+
+log = logging.getLogger(__name__)
+
+ENTRY_TIMEOUT = 1.0
+ATTR_TIMEOUT = 1.0
+
+
+def fuse_op(fn):
+    """Errno at the boundary: StorageError -> its errno; anything else -> EIO, logged."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any):
+        try:
+            return await fn(*args, **kwargs)
+        except FUSEError:
+            raise
+        except StorageError as exc:
+            raise FUSEError(exc.errno) from None
+        except Exception:
+            log.exception("internal error in %s", fn.__name__)
+            raise FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+def _name(raw: bytes) -> str:
+    return os.fsdecode(raw)
+
+
+class FsBase(pyfuse3.Operations):
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+
+    def __init__(self, manager: Manager) -> None:
+        super().__init__()
+        self.m = manager
+        self.view = View(manager)
+        self.table = InodeTable()
+        self.inval = Invalidator(self.table)
+        self.handles: dict[int, tuple[Node, Handle]] = {}
+        self._fh = itertools.count(1)
+        self.dirs: dict[int, tuple[Node, list[str]]] = {}
+        #: per object directory path: its scratch files and hidden (unlinked) files
+        self.scratch: dict[tuple[str, ...], dict[str, Scratch]] = {}
+        self.hidden: dict[tuple[str, ...], set[str]] = {}
+        self.file_meta: dict[tuple[str, ...], FileMeta] = {}
+        self.mounted_ns = manager.started_ns
+        manager.listener = self.inval
+
+    # ---- helpers -----------------------------------------------------------
+    def node(self, ino: int) -> Node:
+        node = self.table.get(ino)
+        if node is None or node.stale:
+            raise FUSEError(errno.ENOENT)
+        return node
+
+    def resolve(self, path: tuple[str, ...]) -> Entry:
+        d = path[:-1]
+        return self.view.resolve(path, self.scratch.get(d), self.hidden.get(d))
+
+    def entry(self, node: Node) -> Entry:
+        try:
+            return self.resolve(node.path)
+        except NotFound:
+            raise FUSEError(errno.ENOENT) from None
+
+    def _meta(self, node: Node, e: Entry) -> FileMeta | None:
+        if e.kind is Kind.SCRATCH:
+            return self.scratch[node.path[:-1]][e.name]
+        if e.name == "config.xml" and e.kind in (Kind.POOL_FILE, Kind.VOL_FILE):
+            return e.owner.meta
+        return self.file_meta.get(node.path)
+
+    def attrs(self, node: Node, e: Entry | None = None) -> pyfuse3.EntryAttributes:
+        e = e or self.entry(node)
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = node.ino
+        a.entry_timeout = ENTRY_TIMEOUT
+        a.attr_timeout = ATTR_TIMEOUT
+        a.st_uid = a.st_gid = 0
+        a.st_blksize = 4096
+        owner = e.owner
+        t = owner.changed_ns if owner is not None else self.mounted_ns
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = t
+        if e.is_dir:
+            a.st_mode = stat.S_IFDIR | 0o755
+            a.st_nlink = 2
+            a.st_size = 0
+        elif e.kind is Kind.LINK:
+            a.st_mode = stat.S_IFLNK | 0o777
+            a.st_nlink = 1
+            a.st_size = len(os.fsencode(e.target))
+        else:
+            meta = self._meta(node, e)
+            if e.kind is Kind.SCRATCH:
+                size = len(meta.data)
+                meta = meta.meta
+            else:
+                size = len(self.view.content(e))
+            a.st_mode = stat.S_IFREG | (0o644 if e.writable else 0o444)
+            a.st_nlink = 1
+            a.st_size = size
+            if meta is not None:
+                a.st_mode = stat.S_IFREG | (meta.mode & 0o7777)
+                a.st_uid, a.st_gid = meta.uid, meta.gid
+                a.st_atime_ns, a.st_mtime_ns, a.st_ctime_ns = (
+                    meta.atime_ns or t, meta.mtime_ns or t, meta.ctime_ns or t)
+        a.st_blocks = (a.st_size + 511) // 512
+        return a
+
+    def _child(self, parent: Node, name: str) -> tuple[Node, Entry]:
+        e = self.resolve((*parent.path, name))
+        return self.table.child(parent, name), e
+

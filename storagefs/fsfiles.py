@@ -1,0 +1,272 @@
+"""File handlers of the FUSE layer: open/read/write, create, unlink, rename, setattr.
+
+Writable files (config.xml, state, autostart, control) take their bytes as an
+operation; every other new name in a pool or volume directory is a scratch
+file, and renaming a scratch file onto a writable file is the same as writing
+it (the way sed -i, rsync, Ansible, Puppet and Salt save files).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+import pyfuse3
+from pyfuse3 import FUSEError
+
+from .errors import Exists, InvalidArgument, NotFound, NotPermitted
+from .fs_base import FsBase, _name, fuse_op
+from .handles import Apply, CommandHandle, DocumentHandle, Handle, Scratch, ScratchHandle
+from .objects import now_ns
+from .state import FileMeta
+from .view import Entry, Kind
+
+OBJECT_DIRS = (Kind.POOL, Kind.VOLUME)
+
+
+class FileOps(FsBase):
+    def applier(self, e: Entry, meta: FileMeta | None = None) -> Apply:
+        """The operation that bytes written to the writable file ``e`` perform."""
+        m, pool, vol = self.m, e.pool, e.volume
+        if vol is None:
+            if e.name == "config.xml":
+                return lambda data: m.define_pool(pool.name, data, meta)
+            fn = {"state": m.set_pool_state, "autostart": m.set_autostart,
+                  "control": m.pool_command}[e.name]
+            return lambda data: fn(pool.name, data)
+        if e.name == "config.xml":
+            return lambda data: m.define_volume(pool.name, vol.name, data, meta)
+        return lambda data: m.volume_command(pool.name, vol.name, data)
+
+    def _new_handle(self, node, handle: Handle, direct_io: bool = True) -> pyfuse3.FileInfo:
+        fh = next(self._fh)
+        self.handles[fh] = (node, handle)
+        return pyfuse3.FileInfo(fh=fh, direct_io=direct_io, keep_cache=not direct_io)
+
+    def _writer(self, e: Entry, snapshot: bytes) -> Handle:
+        if e.name == "config.xml":
+            return DocumentHandle(snapshot, self.applier(e))
+        return CommandHandle(snapshot, self.applier(e))
+
+    @fuse_op
+    async def open(self, inode, flags, ctx):
+        node = self.node(inode)
+        e = self.entry(node)
+        writing = (flags & os.O_ACCMODE) != os.O_RDONLY
+        if e.is_dir:
+            raise FUSEError(errno.EISDIR)
+        if e.kind is Kind.LINK:
+            raise FUSEError(errno.ELOOP)
+        if e.kind is Kind.SCRATCH:
+            handle = ScratchHandle(self.scratch[node.path[:-1]][e.name])
+            if writing and flags & os.O_TRUNC:
+                handle.truncate(0)
+            return self._new_handle(node, handle)
+        if writing and not e.writable:
+            raise FUSEError(errno.EACCES)
+        snapshot = self.view.content(e)
+        if not writing:
+            return self._new_handle(node, Handle(snapshot), direct_io=e.kind is not Kind.README)
+        return self._new_handle(node, self._writer(e, snapshot))
+
+    @fuse_op
+    async def read(self, fh, off, size):
+        return self.handles[fh][1].read(off, size)
+
+    @fuse_op
+    async def write(self, fh, off, buf):
+        return await self.handles[fh][1].write(off, buf)
+
+    @fuse_op
+    async def flush(self, fh):
+        handle = self.handles.get(fh)
+        if handle is not None:
+            await handle[1].flush()
+
+    @fuse_op
+    async def release(self, fh):
+        self.handles.pop(fh, None)
+
+    @fuse_op
+    async def fsync(self, fh, datasync):
+        return None
+
+    @fuse_op
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        parent = self.node(parent_inode)
+        pe = self.entry(parent)
+        text = _name(name)
+        if pe.kind not in OBJECT_DIRS:
+            raise NotPermitted("files can be made only inside a pool's or a volume's directory")
+        hidden = self.hidden.get(parent.path, set())
+        if text in hidden:
+            hidden.discard(text)
+            node, e = self._child(parent, text)
+            fi = self._new_handle(node, self._writer(e, self.view.content(e)))
+        else:
+            try:
+                self.resolve((*parent.path, text))
+                raise Exists(f"{text} exists")
+            except NotFound:
+                pass
+            scratch = Scratch()
+            scratch.meta.mode = stat.S_IMODE(mode)
+            scratch.meta.uid, scratch.meta.gid = ctx.uid, ctx.gid
+            self.scratch.setdefault(parent.path, {})[text] = scratch
+            node, e = self._child(parent, text)
+            handle = ScratchHandle(scratch)
+            fi = self._new_handle(node, handle)
+        attrs = self.attrs(node, e)
+        node.lookups += 1
+        return fi, attrs
+
+    @fuse_op
+    async def unlink(self, parent_inode, name, ctx):
+        parent = self.node(parent_inode)
+        text = _name(name)
+        e = self.resolve((*parent.path, text))
+        if e.kind is Kind.SCRATCH:
+            del self.scratch[parent.path][text]
+            if not self.scratch[parent.path]:
+                del self.scratch[parent.path]
+            return
+        if e.writable:
+            # never destroys: the object stays; the next document replaces the definition
+            self.hidden.setdefault(parent.path, set()).add(text)
+            node = parent.children.get(text)
+            if node is not None:
+                self.table.detach(node)
+            return
+        raise NotPermitted(f"{text} is generated by storagefs; only rmdir of the "
+                           "object's directory removes anything")
+
+    @fuse_op
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise FUSEError(errno.EINVAL)
+        src_dir, dst_dir = self.node(parent_inode_old), self.node(parent_inode_new)
+        old, new = _name(name_old), _name(name_new)
+        se = self.resolve((*src_dir.path, old))
+        if se.is_dir:
+            raise NotPermitted("pools and volumes cannot be renamed")
+        if src_dir is not dst_dir:
+            raise FUSEError(errno.EXDEV)
+        try:
+            de = self.resolve((*dst_dir.path, new))
+        except NotFound:
+            de = None
+        if de is not None and flags & pyfuse3.RENAME_NOREPLACE:
+            raise FUSEError(errno.EEXIST)
+        scratches = self.scratch.setdefault(src_dir.path, {})
+        if se.kind is Kind.SCRATCH and de is not None and de.writable and \
+                de.kind is not Kind.SCRATCH:
+            await self._apply_scratch(de, scratches[old])
+            del scratches[old]
+            self.hidden.get(dst_dir.path, set()).discard(new)
+        elif se.kind is Kind.SCRATCH and (de is None or de.kind is Kind.SCRATCH):
+            scratches[new] = scratches.pop(old)
+        elif se.writable and (de is None or de.kind is Kind.SCRATCH):
+            copy = Scratch(bytearray(self.view.content(se)))
+            meta = self._meta(src_dir.children.get(old) or src_dir, se)
+            if meta is not None and not isinstance(meta, Scratch):
+                copy.meta = FileMeta(**vars(meta))
+            scratches[new] = copy
+            self.hidden.setdefault(src_dir.path, set()).add(old)
+        else:
+            raise NotPermitted(f"cannot rename {old} to {new}")
+        if not scratches:
+            self.scratch.pop(src_dir.path, None)
+        node = src_dir.children.get(old)
+        if node is not None:
+            self.table.rename(node, new)
+
+    async def _apply_scratch(self, e: Entry, scratch: Scratch) -> None:
+        data = bytes(scratch.data)
+        if e.name != "config.xml":
+            handle = CommandHandle(b"", self.applier(e))
+            await handle.write(0, data)
+            await handle.flush()
+            return
+        old = e.owner.meta
+        meta = FileMeta(**vars(scratch.meta))
+        if not scratch.times_set:
+            meta.atime_ns, meta.mtime_ns = old.atime_ns, old.mtime_ns
+        await self.applier(e, meta)(data)
+
+    @fuse_op
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        node = self.node(inode)
+        e = self.entry(node)
+        if e.is_dir or e.kind is Kind.LINK:
+            return self.attrs(node, e)  # rsync -a sets times on directories: accepted, kept
+        if not e.writable:
+            raise NotPermitted(f"{node.name} is generated by storagefs and read-only")
+        if fields.update_size:
+            handle = self.handles.get(fh) if fh is not None else None
+            if handle is not None:
+                handle[1].truncate(attr.st_size)
+            elif e.kind is Kind.SCRATCH:
+                ScratchHandle(self.scratch[node.path[:-1]][e.name]).truncate(attr.st_size)
+            elif attr.st_size != 0:
+                raise InvalidArgument("only truncation to 0 is accepted (it empties the "
+                                      "next write's buffer, not the definition)")
+        self._set_meta(node, e, attr, fields)
+        return self.attrs(node, e)
+
+    def _set_meta(self, node, e: Entry, attr, fields) -> None:
+        if not (fields.update_mode or fields.update_uid or fields.update_gid
+                or fields.update_atime or fields.update_mtime):
+            return
+        scratch = self.scratch[node.path[:-1]][e.name] if e.kind is Kind.SCRATCH else None
+        current = scratch.meta if scratch else self._meta(node, e)
+        meta = FileMeta(**vars(current)) if current else FileMeta(mode=0o644)
+        if fields.update_mode:
+            meta.mode = stat.S_IMODE(attr.st_mode)
+        if fields.update_uid:
+            meta.uid = attr.st_uid
+        if fields.update_gid:
+            meta.gid = attr.st_gid
+        if fields.update_atime:
+            meta.atime_ns = attr.st_atime_ns
+        if fields.update_mtime:
+            meta.mtime_ns = attr.st_mtime_ns
+        meta.ctime_ns = now_ns()
+        if scratch is not None:
+            scratch.meta = meta
+            scratch.times_set = scratch.times_set or fields.update_mtime
+        elif e.name == "config.xml" and e.volume is not None:
+            self.m.set_volume_meta(e.pool.name, e.volume.name, meta)
+        elif e.name == "config.xml":
+            self.m.set_pool_meta(e.pool.name, meta)
+        else:
+            self.file_meta[node.path] = meta
+
+    # ---- refused outright ----------------------------------------------------
+    @fuse_op
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        raise NotPermitted("device nodes cannot be made here")
+
+    @fuse_op
+    async def symlink(self, parent_inode, name, target, ctx):
+        raise NotPermitted("links cannot be made here")
+
+    @fuse_op
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        raise NotPermitted("links cannot be made here")
+
+    @fuse_op
+    async def setxattr(self, inode, name, value, ctx):
+        raise FUSEError(errno.ENOTSUP)
+
+    @fuse_op
+    async def getxattr(self, inode, name, ctx):
+        raise FUSEError(errno.ENOTSUP)
+
+    @fuse_op
+    async def listxattr(self, inode, ctx):
+        raise FUSEError(errno.ENOTSUP)
+
+    @fuse_op
+    async def removexattr(self, inode, name, ctx):
+        raise FUSEError(errno.ENOTSUP)

@@ -1,0 +1,178 @@
+"""Open files: what a write to each kind of file does, and scratch files.
+
+SPEC "A write is the operation": a command line is run in the write() that
+completes it, an XML document is applied in the write() that closes its root
+element, and what is left at close (a command without newline, a document
+still incomplete) is applied or refused in flush(), which close() reports.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from pyfuse3 import FUSEError
+
+from .errors import InvalidArgument, StorageError
+from .objects import now_ns
+from .state import FileMeta
+from .xml.safe import MAX_DOCUMENT_BYTES, IncrementalDocument, XmlError
+
+MAX_SCRATCH_BYTES = 4 * MAX_DOCUMENT_BYTES
+
+#: apply(data, final) -> None: run commands / apply a document; raises StorageError
+Apply = Callable[[bytes], Awaitable[None]]
+
+
+@dataclass(eq=False)
+class Scratch:
+    """A temporary file made by an editor or a config-management tool (not persisted)."""
+
+    data: bytearray = field(default_factory=bytearray)
+    meta: FileMeta = field(default_factory=lambda: FileMeta(mode=0o644))
+    #: times were set explicitly (utimens): they travel with a rename onto config.xml
+    times_set: bool = False
+
+    def __post_init__(self) -> None:
+        t = now_ns()
+        self.meta.atime_ns = self.meta.mtime_ns = self.meta.ctime_ns = t
+
+
+class Handle:
+    """An open file. ``snapshot`` is what reads return (taken at open)."""
+
+    def __init__(self, snapshot: bytes = b"") -> None:
+        self.snapshot = snapshot
+        self.failed: int | None = None
+
+    def read(self, off: int, size: int) -> bytes:
+        return self.snapshot[off:off + size]
+
+    async def write(self, off: int, buf: bytes) -> int:
+        raise FUSEError(errno.EBADF)
+
+    async def flush(self) -> None:
+        return None
+
+    def truncate(self, size: int) -> None:
+        raise FUSEError(errno.EINVAL)
+
+
+class ScratchHandle(Handle):
+    def __init__(self, scratch: Scratch) -> None:
+        super().__init__()
+        self.scratch = scratch
+
+    def read(self, off: int, size: int) -> bytes:
+        return bytes(self.scratch.data[off:off + size])
+
+    async def write(self, off: int, buf: bytes) -> int:
+        data = self.scratch.data
+        if off + len(buf) > MAX_SCRATCH_BYTES:
+            raise FUSEError(errno.EFBIG)
+        if off > len(data):
+            data.extend(b"\0" * (off - len(data)))
+        data[off:off + len(buf)] = buf
+        self.scratch.meta.mtime_ns = self.scratch.meta.ctime_ns = now_ns()
+        return len(buf)
+
+    def truncate(self, size: int) -> None:
+        if size > MAX_SCRATCH_BYTES:
+            raise FUSEError(errno.EFBIG)
+        data = self.scratch.data
+        if size < len(data):
+            del data[size:]
+        else:
+            data.extend(b"\0" * (size - len(data)))
+
+
+class DocumentHandle(Handle):
+    """config.xml opened for writing: its own buffer, fed to an incremental parser."""
+
+    def __init__(self, snapshot: bytes, apply: Apply) -> None:
+        super().__init__(snapshot)
+        self.apply = apply
+        self.doc = IncrementalDocument()
+        self.applied: bytes | None = None
+        self.written = False
+
+    async def write(self, off: int, buf: bytes) -> int:
+        if self.failed is not None:
+            raise FUSEError(self.failed)
+        if off != len(self.doc.data):
+            self.failed = errno.EINVAL
+            raise StorageError(f"config.xml takes one document written from the start "
+                               f"(write at offset {off}, expected {len(self.doc.data)})",
+                               errno.EINVAL)
+        self.written = True
+        try:
+            complete = self.doc.feed(buf)
+        except XmlError as exc:
+            self.failed = errno.EINVAL
+            raise InvalidArgument(str(exc)) from None
+        if complete and self.applied is None:
+            await self._apply(self.doc.data)
+        return len(buf)
+
+    async def _apply(self, data: bytes) -> None:
+        try:
+            await self.apply(data)
+        except StorageError as exc:
+            self.failed = exc.errno
+            raise
+        self.applied = data
+
+    async def flush(self) -> None:
+        if self.failed is not None or not self.written:
+            return
+        data = self.doc.data
+        if self.applied is None:
+            try:
+                self.doc.close()
+            except XmlError as exc:
+                self.failed = errno.EINVAL
+                raise InvalidArgument(str(exc)) from None
+        if data != self.applied:  # whitespace after the root: keep the bytes exact
+            await self._apply(data)
+
+    def truncate(self, size: int) -> None:
+        if size != 0 or self.written:
+            raise FUSEError(errno.EINVAL)
+
+
+class CommandHandle(Handle):
+    """control, state, autostart: each complete line is run in the write() carrying it."""
+
+    def __init__(self, snapshot: bytes, apply: Apply) -> None:
+        super().__init__(snapshot)
+        self.apply = apply
+        self.pending = b""
+
+    async def write(self, off: int, buf: bytes) -> int:
+        if self.failed is not None:
+            raise FUSEError(self.failed)
+        self.pending += buf
+        if len(self.pending) > 65536:
+            self.failed = errno.EINVAL
+            raise InvalidArgument("command too long")
+        while b"\n" in self.pending:
+            line, self.pending = self.pending.split(b"\n", 1)
+            await self._run(line)
+        return len(buf)
+
+    async def _run(self, line: bytes) -> None:
+        try:
+            await self.apply(line)
+        except StorageError as exc:
+            self.failed = exc.errno
+            self.pending = b""
+            raise
+
+    async def flush(self) -> None:
+        if self.failed is None and self.pending.strip():
+            line, self.pending = self.pending, b""
+            await self._run(line)
+
+    def truncate(self, size: int) -> None:
+        return None  # O_TRUNC on a command file means nothing

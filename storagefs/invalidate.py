@@ -1,0 +1,94 @@
+"""Tell the kernel at once when state changes, instead of relying on cache timeouts.
+
+Attribute invalidations (attr_only) never wait on the kernel's page locks, so
+they are sent inline: by the time a write() that changed a pool returns, the
+next ``ls -l`` sees the new sizes. Entry invalidations may wait for requests
+in flight on the same directory, so they go through pyfuse3's worker thread.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pyfuse3
+
+from .tree import InodeTable, Node
+
+log = logging.getLogger(__name__)
+
+LINK_DIRS = (("pools", "by-uuid"), ("pools", "by-path"), ("volumes", "by-key"),
+             ("volumes", "by-path"))
+
+
+def _path(pool: str, volume: str | None) -> tuple[str, ...]:
+    if volume is None:
+        return ("pools", pool)
+    return ("pools", pool, "volumes", volume)
+
+
+class Invalidator:
+    """The manager's listener: maps object changes to kernel cache invalidations."""
+
+    def __init__(self, table: InodeTable) -> None:
+        self.table = table
+        self.enabled = False  # only once the mount is live
+
+    def _inode(self, node: Node) -> None:
+        if not self.enabled:
+            return
+        try:
+            pyfuse3.invalidate_inode(node.ino, True)
+        except OSError:
+            pass  # the kernel did not know it (ENOENT): nothing cached
+
+    def _entry(self, parent: Node, name: str, deleted: int = 0) -> None:
+        if self.enabled:
+            pyfuse3.invalidate_entry_async(parent.ino, name.encode("utf-8", "surrogateescape"),
+                                           deleted, ignore_enoent=True)
+
+    def changed_dir(self, path: tuple[str, ...]) -> None:
+        node = self.table.find(path)
+        if node is None:
+            return
+        self._inode(node)
+        for child in list(node.children.values()):
+            if not child.children:
+                self._inode(child)
+
+    def changed(self, pool: str, volume: str | None = None) -> None:
+        self.changed_dir(_path(pool, volume))
+        if volume is not None:
+            self.changed_dir(("pools", pool))
+        self._links()
+
+    def added(self, pool: str, volume: str | None = None) -> None:
+        path = _path(pool, volume)
+        parent = self.table.find(path[:-1])
+        if parent is not None:
+            self._inode(parent)
+            stale = parent.children.get(path[-1])
+            if stale is not None:
+                self._drop(stale)
+
+    def removed(self, pool: str, volume: str | None = None) -> None:
+        node = self.table.find(_path(pool, volume))
+        if node is not None:
+            self._drop(node)
+            if node.parent is not None:
+                self._inode(node.parent)
+        self._links()
+
+    def _drop(self, node: Node) -> None:
+        parent = node.parent
+        self.table.detach(node)
+        if parent is not None:
+            self._entry(parent, node.name, node.ino)
+
+    def _links(self) -> None:
+        """Links under by-*/ may point at objects that changed: let the kernel ask again."""
+        for path in LINK_DIRS:
+            d = self.table.find(path)
+            if d is None:
+                continue
+            for child in list(d.children.values()):
+                self._drop(child)

@@ -1,0 +1,383 @@
+"""The registry of pools and volumes: state transitions, locks, persistence, errors.
+
+Every operation that users ask for goes through here. Each runs under the
+lock of its object, records a refusal as one line in the object's ``error``
+and in the log, and tells the listener (the FUSE tree) what changed so the
+kernel's caches are invalidated at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+import uuid as uuidlib
+from collections.abc import Iterator
+from typing import Protocol
+
+import trio
+
+from .backends import backend_for
+from .commands import Command, parse_command, parse_yes_no
+from .errors import Busy, Exists, InvalidArgument, NotFound, StorageError
+from .names import check_name
+from .objects import INACTIVE, RUNNING, Pool, Volume, new_meta, now_ns
+from .state import FileMeta, StateDir, StoredPool
+from .volume_ops import VolumeOps
+from .xml.pool import parse_pool
+
+log = logging.getLogger(__name__)
+
+RESERVED_POOL_NAMES = ("by-uuid", "by-path")
+DEFAULT_POOL_XML = """<pool type='dir'>
+  <name>default</name>
+  <uuid>{uuid}</uuid>
+  <source>
+  </source>
+  <target>
+    <path>{path}</path>
+  </target>
+</pool>
+"""
+
+
+class Listener(Protocol):
+    def changed(self, pool: str, volume: str | None = None) -> None: ...
+    def added(self, pool: str, volume: str | None = None) -> None: ...
+    def removed(self, pool: str, volume: str | None = None) -> None: ...
+
+
+class NullListener:
+    def changed(self, pool: str, volume: str | None = None) -> None:
+        pass
+
+    added = removed = changed
+
+
+def error_line(op: str, reason: str) -> str:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    return f"{stamp} {op}: {reason}\n"
+
+
+class Manager(VolumeOps):
+    def __init__(self, state: StateDir) -> None:
+        self.state = state
+        self.pools: dict[str, Pool] = {}
+        self.listener: Listener = NullListener()
+        self.nursery: trio.Nursery | None = None
+        self.started_ns = now_ns()
+        super().__init__()
+
+    # ---- error recording -------------------------------------------------
+    @contextlib.contextmanager
+    def recording(self, obj: Pool | Volume | None, op: str) -> Iterator[None]:
+        """Turn a refusal into: one line in obj.error, one log line, a StorageError."""
+        try:
+            try:
+                yield
+            except ValueError as exc:  # XmlError and size parsing
+                raise InvalidArgument(str(exc)) from None
+        except StorageError as exc:
+            where = self.describe(obj)
+            log.warning("%s: %s refused: %s", where, op, exc.reason)
+            if obj is not None:
+                obj.error = error_line(op, exc.reason)
+                obj.touch()
+                self._notify_changed(obj)
+            raise
+
+    @staticmethod
+    def describe(obj: Pool | Volume | None) -> str:
+        if isinstance(obj, Volume):
+            return f"volume {obj.pool.name}/{obj.name}"
+        if isinstance(obj, Pool):
+            return f"pool {obj.name}"
+        return "storagefs"
+
+    def _notify_changed(self, obj: Pool | Volume) -> None:
+        if isinstance(obj, Volume):
+            self.listener.changed(obj.pool.name, obj.name)
+        else:
+            self.listener.changed(obj.name)
+
+    # ---- start-up --------------------------------------------------------
+    async def load(self) -> None:
+        """Open the state directory, embed the default pool once, start pools."""
+        fresh = self.state.is_new
+        self.state.open()
+        if fresh:
+            await self._embed_default_pool()
+        for stored in self.state.load_pools():
+            pool = Pool(stored.name, config=stored.config, uuid=stored.uuid,
+                        autostart=stored.autostart, meta=stored.meta)
+            try:
+                pool.definition = parse_pool(stored.config)
+                pool.backend = backend_for(pool.definition)
+            except (ValueError, StorageError) as exc:
+                log.error("pool %s: stored definition unusable: %s", stored.name, exc)
+                continue
+            self.pools[pool.name] = pool
+            if stored.autostart or stored.active:
+                try:
+                    with self.recording(pool, "autostart"):
+                        await self._start(pool)
+                except StorageError:
+                    pass
+
+    async def _embed_default_pool(self) -> None:
+        images = self.state.images_dir
+        data = DEFAULT_POOL_XML.format(uuid=uuidlib.uuid4(), path=images).encode()
+        defn = parse_pool(data)
+        backend = backend_for(defn)
+        await backend.build()
+        self.state.save_pool(StoredPool("default", data, defn.uuid, autostart=True,
+                                        active=True, meta=new_meta()))
+
+    # ---- lookups -----------------------------------------------------------
+    def pool(self, name: str) -> Pool:
+        pool = self.pools.get(name)
+        if pool is None:
+            raise NotFound(f"no storage pool with matching name '{name}'")
+        return pool
+
+    def defined_pool(self, name: str) -> Pool:
+        pool = self.pool(name)
+        if not pool.defined:
+            raise NotFound(f"storage pool '{name}' has no definition yet: write config.xml")
+        return pool
+
+    def pool_by_target(self, path: str) -> Pool | None:
+        for pool in self.pools.values():
+            if pool.target == path:
+                return pool
+        return None
+
+    # ---- pool lifecycle ------------------------------------------------------
+    def mkdir_pool(self, name: str) -> Pool:
+        with self.recording(None, f"mkdir pools/{name!s}"):
+            check_name(name, "pool name")
+            if name in self.pools or name in RESERVED_POOL_NAMES:
+                raise Exists(f"pool '{name}' already exists")
+            pool = Pool(name)
+            self.pools[name] = pool
+        self.listener.added(name)
+        return pool
+
+    async def define_pool(self, name: str, data: bytes, meta: FileMeta | None = None) -> bool:
+        """Accept a pool document for pools/NAME/config.xml; False when nothing changed."""
+        pool = self.pool(name)
+        with self.recording(pool, "define"):
+            if pool.defined and data == pool.config:
+                self._apply_meta(pool, meta, content_changed=False)
+                return False
+            defn = parse_pool(data)
+            if defn.name != name:
+                raise InvalidArgument(f"pool name '{defn.name}' in the document does not match "
+                                      f"the directory '{name}'")
+            backend = backend_for(defn)
+            self._check_conflicts(pool, defn)
+            async with pool.lock:
+                if pool.active:
+                    self._check_running_change(pool, defn)
+                    backend = pool.backend
+                    backend.definition = defn
+                new_uuid = defn.uuid or pool.uuid or str(uuidlib.uuid4())
+                stored = StoredPool(name, data, new_uuid, pool.autostart, pool.active,
+                                    self._merged_meta(pool, meta, content_changed=True))
+                self.state.save_pool(stored)
+                pool.definition, pool.backend, pool.config = defn, backend, data
+                pool.uuid, pool.meta = new_uuid, stored.meta
+                pool.touch()
+        self.listener.changed(name)
+        return True
+
+    def _check_conflicts(self, pool: Pool, defn) -> None:
+        if pool.uuid and defn.uuid and defn.uuid != pool.uuid:
+            raise InvalidArgument(f"pool '{pool.name}' is already defined with uuid {pool.uuid}")
+        for other in self.pools.values():
+            if other is pool or not other.defined:
+                continue
+            if defn.uuid and other.uuid == defn.uuid:
+                raise Exists(f"pool '{other.name}' already exists with uuid {defn.uuid}")
+            if defn.target_path and other.target == defn.target_path:
+                raise Exists(f"Storage source conflict with pool: '{other.name}'")
+
+    @staticmethod
+    def _check_running_change(pool: Pool, defn) -> None:
+        old = pool.definition
+        for field in ("type", "target_path", "source"):
+            if getattr(old, field, None) != getattr(defn, field, None):
+                raise Busy(f"cannot change the {field.replace('_', ' ')} of pool "
+                           f"'{pool.name}' while it is running; stop it first")
+
+    def _merged_meta(self, pool: Pool, meta: FileMeta | None, content_changed: bool) -> FileMeta:
+        base = FileMeta(**vars(meta)) if meta is not None else FileMeta(**vars(pool.meta))
+        t = now_ns()
+        if content_changed and (meta is None or meta.mtime_ns == pool.meta.mtime_ns):
+            base.mtime_ns = t
+        base.ctime_ns = t
+        return base
+
+    def _apply_meta(self, pool: Pool, meta: FileMeta | None, content_changed: bool) -> None:
+        if meta is None:
+            return
+        pool.meta = self._merged_meta(pool, meta, content_changed)
+        self._save(pool)
+
+    def set_pool_meta(self, name: str, meta: FileMeta) -> None:
+        """chmod/chown/touch of config.xml: kept, and persisted once defined."""
+        pool = self.pool(name)
+        pool.meta = meta
+        if pool.defined:
+            self._save(pool)
+        self.listener.changed(name)
+
+    def _save(self, pool: Pool) -> None:
+        self.state.save_pool(StoredPool(pool.name, pool.config, pool.uuid, pool.autostart,
+                                        pool.active, pool.meta))
+
+    async def undefine_pool(self, name: str) -> None:
+        pool = self.pool(name)
+        with self.recording(pool, "undefine"):
+            async with pool.lock:
+                if pool.active:
+                    raise Busy(f"storage pool '{name}' is still active")
+                if pool.defined:
+                    self.state.delete_pool(name)
+                del self.pools[name]
+        self.listener.removed(name)
+
+    def valid_pool_commands(self, pool: Pool) -> list[str]:
+        if not pool.defined or pool.backend is None:
+            return []
+        b = pool.backend
+        if pool.active:
+            return ["stop", "refresh"]
+        cmds = ["start"]
+        if b.supports("build"):
+            cmds += ["build", "build overwrite"]
+        if b.supports("delete"):
+            cmds.append("delete")
+        return cmds
+
+    async def pool_command(self, name: str, line: bytes | str) -> None:
+        pool = self.pool(name)
+        with self.recording(pool, "control"):
+            cmd = parse_command(line)
+            if cmd is None:
+                return
+            if not pool.defined:
+                raise NotFound(f"storage pool '{name}' has no definition yet: write config.xml")
+            await self._run_pool_command(pool, cmd)
+
+    async def _run_pool_command(self, pool: Pool, cmd: Command) -> None:
+        verbs = {"start": self._start, "stop": self._stop, "refresh": self._refresh,
+                 "build": self._build, "delete": self._delete}
+        fn = verbs.get(cmd.verb)
+        if fn is None:
+            valid = ", ".join(self.valid_pool_commands(pool)) or "none"
+            raise InvalidArgument(f"unknown command '{cmd}'; valid now: {valid}")
+        if cmd.verb == "build":
+            if cmd.args not in ((), ("overwrite",), ("--overwrite",)):
+                raise InvalidArgument(f"build takes only 'overwrite', not '{' '.join(cmd.args)}'")
+            await self._build(pool, overwrite=bool(cmd.args))
+            return
+        if cmd.args:
+            raise InvalidArgument(f"{cmd.verb} takes no arguments")
+        await fn(pool)
+
+    async def _start(self, pool: Pool) -> None:
+        async with pool.lock:
+            if pool.active:
+                raise Busy(f"storage pool '{pool.name}' is already active")
+            await pool.backend.start()
+            try:
+                await self._load_volumes(pool)
+            except BaseException:
+                with trio.CancelScope(shield=True), contextlib.suppress(StorageError):
+                    await pool.backend.stop()
+                raise
+            pool.state = RUNNING
+            pool.touch()
+            self._save(pool)
+            self.watch(pool)
+        self.listener.changed(pool.name)
+
+    async def _stop(self, pool: Pool) -> None:
+        async with pool.lock:
+            if not pool.active:
+                raise Busy(f"storage pool '{pool.name}' is not active")
+            if pool.busy_volumes:
+                raise Busy(f"storage pool '{pool.name}' has {pool.busy_volumes} volume "
+                           "operation(s) under way")
+            self.unwatch(pool)
+            await pool.backend.stop()
+            pool.state = INACTIVE
+            names = list(pool.volumes)
+            pool.volumes.clear()
+            pool.touch()
+            self._save(pool)
+        for vol in names:
+            self.listener.removed(pool.name, vol)
+        self.listener.changed(pool.name)
+
+    async def _refresh(self, pool: Pool) -> None:
+        async with pool.lock:
+            if not pool.active:
+                raise Busy(f"storage pool '{pool.name}' is not active")
+            await self._load_volumes(pool)
+            pool.touch()
+        self.listener.changed(pool.name)
+
+    async def _build(self, pool: Pool, overwrite: bool = False) -> None:
+        async with pool.lock:
+            if pool.active:
+                raise Busy(f"storage pool '{pool.name}' is already active")
+            await pool.backend.build(overwrite=overwrite)
+            pool.touch()
+        self.listener.changed(pool.name)
+
+    async def _delete(self, pool: Pool) -> None:
+        async with pool.lock:
+            if pool.active:
+                raise Busy(f"storage pool '{pool.name}' is still active")
+            await pool.backend.delete()
+            pool.touch()
+        self.listener.changed(pool.name)
+
+    async def set_pool_state(self, name: str, text: bytes | str) -> None:
+        pool = self.pool(name)
+        with self.recording(pool, "state"):
+            word = (text.decode("utf-8", "replace") if isinstance(text, bytes) else text).strip()
+            if word not in ("running", "inactive"):
+                raise InvalidArgument(f"write 'running' or 'inactive' to state, not {word!r}")
+            if not pool.defined:
+                raise NotFound(f"storage pool '{name}' has no definition yet: write config.xml")
+            if word == "running" and not pool.active:
+                await self._start(pool)
+            elif word == "inactive" and pool.active:
+                await self._stop(pool)
+
+    async def set_autostart(self, name: str, text: bytes | str) -> None:
+        pool = self.pool(name)
+        with self.recording(pool, "autostart"):
+            value = parse_yes_no(text)
+            if not pool.defined:
+                raise NotFound(f"storage pool '{name}' has no definition yet: write config.xml")
+            if value != pool.autostart:
+                pool.autostart = value
+                self._save(pool)
+                pool.touch()
+        self.listener.changed(name)
+
+    def pool_info(self, pool: Pool):
+        """Sizes for status.xml: live from statvfs when running, else the last known."""
+        if pool.active and pool.backend is not None:
+            info = pool.backend.pool_info()
+            if info is not None:
+                pool.info = info
+        return pool.info
+
+    def pool_target_exists(self, pool: Pool) -> bool:
+        return bool(pool.target) and os.path.isdir(pool.target)

@@ -1,0 +1,109 @@
+"""Wiring: state directory, manager, FUSE session, background tasks, signals."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import signal
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from .fs import StorageFS
+from .manager import Manager
+from .names import systemd_escape_path
+from .state import StateDir
+
+log = logging.getLogger(__name__)
+
+RUN_DIR = Path("/run/storagefs")
+
+
+def pidfile_for(mountpoint: str) -> Path:
+    return RUN_DIR / f"{systemd_escape_path(os.path.realpath(mountpoint))}.pid"
+
+
+def mount_entry(mountpoint: str) -> tuple[str, str] | None:
+    """(source, fstype) of the mount at mountpoint, from /proc/self/mounts."""
+    target = os.path.realpath(mountpoint)
+    found = None
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 3:
+                mp = parts[1].encode().decode("unicode_escape")
+                if mp == target:
+                    found = (parts[0], parts[2])
+    return found
+
+
+def is_dead(mountpoint: str) -> bool:
+    try:
+        os.stat(mountpoint)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False
+
+
+def lazy_unmount(mountpoint: str) -> bool:
+    for argv in (["fusermount3", "-u", "-z", mountpoint], ["umount", "-l", mountpoint]):
+        with contextlib.suppress(OSError):
+            if subprocess.run(argv, capture_output=True).returncode == 0:
+                return True
+    return False
+
+
+async def _signals(nursery_scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+        async for signum in sigs:
+            log.info("signal %d: unmounting", signum)
+            pyfuse3.terminate()
+
+
+async def serve(mountpoint: str, state_dir: str, *, allow_other: bool,
+                ready: Callable[[str | None], None]) -> None:
+    """Mount and serve until unmounted; ``ready(None)`` once the tree is usable,
+    ``ready(reason)`` if it cannot start."""
+    state = StateDir(state_dir)
+    manager = Manager(state)
+    try:
+        await manager.load()
+    except Exception as exc:
+        ready(str(exc))
+        state.close()
+        return
+    ops = StorageFS(manager)
+    pidfile = pidfile_for(mountpoint)  # before mounting: realpath stats the mountpoint
+    options = set(pyfuse3.default_options) | {"fsname=storagefs", "subtype=storagefs"}
+    if allow_other:
+        options.add("allow_other")
+    try:
+        pyfuse3.init(ops, mountpoint, options)
+    except Exception as exc:
+        ready(f"cannot mount {mountpoint}: {exc}")
+        state.close()
+        return
+    clean = False
+    try:
+        RUN_DIR.mkdir(parents=True, exist_ok=True)
+        pidfile.write_text(f"{os.getpid()}\n")
+        async with trio.open_nursery() as nursery:
+            await manager.run_background(nursery)
+            nursery.start_soon(_signals, nursery.cancel_scope)
+            ops.inval.enabled = True
+            ready(None)
+            await pyfuse3.main()
+            clean = True
+            nursery.cancel_scope.cancel()
+    finally:
+        ops.inval.enabled = False
+        pyfuse3.close(unmount=clean)
+        state.close()
+        with contextlib.suppress(OSError):
+            pidfile.unlink()
+        log.info("storagefs on %s stopped", mountpoint)

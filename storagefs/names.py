@@ -1,0 +1,54 @@
+"""Rules for names of pools, volumes and snapshots (SPEC "Names are safe")."""
+
+from __future__ import annotations
+
+from .errors import InvalidArgument
+
+MAX_NAME_BYTES = 255
+
+
+def check_name(name: str | bytes, what: str = "name") -> str:
+    """Return ``name`` as str, or raise EINVAL for a name that is not safe.
+
+    Refused: empty, leading dot (covers ``.`` and ``..``), ``/``, NUL, control
+    characters, over 255 bytes, bytes that are not UTF-8.
+    """
+    if isinstance(name, bytes):
+        raw = name
+        try:
+            name = name.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidArgument(f"{what} {raw!r} is not valid UTF-8") from None
+    raw_len = len(name.encode("utf-8", "surrogateescape"))
+    if not name:
+        raise InvalidArgument(f"{what} is empty")
+    if raw_len > MAX_NAME_BYTES:
+        raise InvalidArgument(f"{what} is {raw_len} bytes long; at most {MAX_NAME_BYTES}")
+    if "/" in name:
+        raise InvalidArgument(f"{what} {name!r} cannot contain '/'")
+    if "\0" in name:
+        raise InvalidArgument(f"{what} {name!r} cannot contain NUL")
+    if name.startswith("."):
+        raise InvalidArgument(f"{what} {name!r} cannot start with '.'")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise InvalidArgument(f"{what} {name!r} cannot contain control characters")
+    return name
+
+
+def systemd_escape_path(path: str) -> str:
+    """``systemd-escape --path``: strip slashes, '/' -> '-', unsafe bytes -> \\xNN."""
+    stripped = path.strip("/")
+    while "//" in stripped:
+        stripped = stripped.replace("//", "/")
+    if not stripped:
+        return "-"
+    out = []
+    for i, byte in enumerate(stripped.encode("utf-8", "surrogateescape")):
+        c = chr(byte)
+        if c == "/":
+            out.append("-")
+        elif (c.isascii() and (c.isalnum() or c in ":_.")) and not (i == 0 and c == "."):
+            out.append(c)
+        else:
+            out.append(f"\\x{byte:02x}")
+    return "".join(out)

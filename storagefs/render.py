@@ -1,0 +1,97 @@
+"""The contents of generated files: status.xml, one-value files, README."""
+
+from __future__ import annotations
+
+from .docs import pool_status, volume_doc
+from .manager import Manager
+from .objects import Pool, Volume
+
+README = b"""storagefs: the host's storage as files (libvirt's storage model)
+
+  pools/NAME/           one storage pool
+    config.xml          its definition (libvirt pool XML; write to define or change)
+    status.xml          the live definition with uuid and sizes (virsh pool-dumpxml)
+    state               inactive | building | running | degraded | inaccessible
+                        write 'running' or 'inactive' to start or stop (idempotent)
+    autostart           yes | no
+    control             write a command: start, stop, build, build overwrite,
+                        refresh, delete; read it for the commands valid now
+    uuid type capacity allocation available   one value per file
+    error               the last refused operation and why
+    volumes/VOL/        one volume: config.xml status.xml path capacity allocation
+                        format key control error
+  pools/by-uuid/  pools/by-path/        links to pools
+  volumes/by-key/ volumes/by-path/      links to volumes (paths escaped as
+                                        systemd-escape --path does)
+
+Define a pool:   mkdir pools/P; cat pool.xml > pools/P/config.xml
+Start it:        echo running > pools/P/state
+Make a volume:   mkdir pools/P/volumes/disk1.qcow2
+Change it:       write a volume XML to pools/P/volumes/disk1.qcow2/config.xml
+Destroy it:      rmdir pools/P/volumes/disk1.qcow2
+Undefine:        echo inactive > pools/P/state; rmdir pools/P   (storage is kept)
+
+A refused write fails with an errno (EINVAL, EEXIST, EBUSY, ENOENT, ENOTSUP,
+EIO ...) and the object's error file says why. Only rmdir destroys.
+"""
+
+
+def line(value: object) -> bytes:
+    return f"{value}\n".encode()
+
+
+def pool_status_xml(m: Manager, pool: Pool) -> bytes:
+    return pool_status(pool.definition, pool.uuid, m.pool_info(pool), pool.active)
+
+
+def pool_file(m: Manager, pool: Pool, name: str) -> bytes:
+    if name == "config.xml":
+        return pool.config
+    if name == "error":
+        return pool.error.encode()
+    if not pool.defined:
+        return b""
+    if name == "status.xml":
+        return pool_status_xml(m, pool)
+    if name == "state":
+        return line(pool.state)
+    if name == "autostart":
+        return line("yes" if pool.autostart else "no")
+    if name == "control":
+        return "".join(f"{c}\n" for c in m.valid_pool_commands(pool)).encode()
+    if name == "uuid":
+        return line(pool.uuid)
+    if name == "type":
+        return line(pool.definition.type)
+    info = m.pool_info(pool)
+    return line(getattr(info, name))
+
+
+def volume_config_xml(m: Manager, vol: Volume) -> bytes:
+    """The stored document if a user wrote one, else the volume as it was made."""
+    if vol.config is not None:
+        return vol.config
+    return volume_doc(vol.pool.definition, vol.info, live=False)
+
+
+def volume_status_xml(m: Manager, vol: Volume) -> bytes:
+    return volume_doc(vol.pool.definition, m.volume_info(vol), live=True)
+
+
+def volume_file(m: Manager, vol: Volume, name: str) -> bytes:
+    if name == "config.xml":
+        return volume_config_xml(m, vol)
+    if name == "status.xml":
+        return volume_status_xml(m, vol)
+    if name == "error":
+        return vol.error.encode()
+    if name == "control":
+        return "".join(f"{c}\n" for c in m.valid_volume_commands(vol)).encode()
+    info = m.volume_info(vol)
+    if name in ("capacity", "allocation"):
+        return line(getattr(info, name))
+    if name == "format":
+        return line(info.format)
+    if name == "key":
+        return line(info.key)
+    return b""

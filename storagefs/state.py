@@ -1,0 +1,192 @@
+"""Definitions on disk, written atomically (temp file, fsync, rename, fsync dir).
+
+Layout of the state directory::
+
+    lock                  flock'ed by the serving process; holds its PID
+    pools/NAME.json       one pool: accepted config.xml bytes, uuid, autostart,
+                          whether it was running, config.xml's mode/owner/times
+    volumes/POOL/VOL.json a volume's accepted config.xml (only when one was written)
+    images/               the default pool's target
+
+A crash at any moment leaves either the old or the new file of an object:
+never a torn one (rename is atomic; the temp file is fsync'ed first).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import Busy, StorageError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FileMeta:
+    """Mode, owner and times of a writable file such as config.xml (they round-trip)."""
+
+    mode: int = 0o644
+    uid: int = 0
+    gid: int = 0
+    atime_ns: int = 0
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+
+
+@dataclass
+class StoredPool:
+    name: str
+    config: bytes
+    uuid: str
+    autostart: bool = False
+    active: bool = False
+    meta: FileMeta = field(default_factory=FileMeta)
+
+
+@dataclass
+class StoredVolume:
+    pool: str
+    name: str
+    config: bytes
+    meta: FileMeta = field(default_factory=FileMeta)
+
+
+def _enc(data: bytes) -> str:
+    return data.decode("utf-8", "surrogateescape")
+
+
+def _dec(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class StateDir:
+    """The persistent store; every method is a few syscalls (safe on the event loop)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path).absolute()
+        self.pools_dir = self.path / "pools"
+        self.volumes_dir = self.path / "volumes"
+        self.images_dir = self.path / "images"
+        self._lock_fd: int | None = None
+
+    @property
+    def is_new(self) -> bool:
+        return not self.pools_dir.exists()
+
+    def open(self) -> None:
+        """Create the layout and take the lock; Busy if another storagefs serves it."""
+        try:
+            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StorageError(f"state directory {self.path}: {exc.strerror}", exc.errno) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise Busy(
+                f"state directory {self.path} is already served by storagefs (pid {pid})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+        for d in (self.pools_dir, self.volumes_dir):
+            d.mkdir(mode=0o700, exist_ok=True)
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # pools
+    def load_pools(self) -> list[StoredPool]:
+        pools = []
+        for entry in sorted(self.pools_dir.glob("*.json")):
+            try:
+                raw = json.loads(entry.read_text())
+                pools.append(StoredPool(
+                    name=raw["name"], config=_dec(raw["config"]), uuid=raw["uuid"],
+                    autostart=bool(raw.get("autostart")), active=bool(raw.get("active")),
+                    meta=FileMeta(**raw.get("meta", {})),
+                ))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.error("skipping unreadable pool definition %s: %s", entry, exc)
+        return pools
+
+    def save_pool(self, pool: StoredPool) -> None:
+        doc = {"name": pool.name, "config": _enc(pool.config), "uuid": pool.uuid,
+               "autostart": pool.autostart, "active": pool.active, "meta": asdict(pool.meta)}
+        self._write(self.pools_dir / f"{pool.name}.json", doc)
+
+    def delete_pool(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.pools_dir / f"{name}.json")
+        vdir = self.volumes_dir / name
+        if vdir.is_dir():
+            for f in vdir.glob("*.json"):
+                f.unlink()
+            with contextlib.suppress(OSError):
+                vdir.rmdir()
+        fsync_dir(self.pools_dir)
+
+    # volume definitions (only those a user wrote)
+    def load_volumes(self, pool: str) -> dict[str, StoredVolume]:
+        out: dict[str, StoredVolume] = {}
+        vdir = self.volumes_dir / pool
+        for entry in sorted(vdir.glob("*.json")) if vdir.is_dir() else []:
+            try:
+                raw = json.loads(entry.read_text())
+                out[raw["name"]] = StoredVolume(pool, raw["name"], _dec(raw["config"]),
+                                                FileMeta(**raw.get("meta", {})))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.error("skipping unreadable volume definition %s: %s", entry, exc)
+        return out
+
+    def save_volume(self, vol: StoredVolume) -> None:
+        vdir = self.volumes_dir / vol.pool
+        vdir.mkdir(mode=0o700, exist_ok=True)
+        doc = {"name": vol.name, "config": _enc(vol.config), "meta": asdict(vol.meta)}
+        self._write(vdir / f"{vol.name}.json", doc)
+
+    def delete_volume(self, pool: str, name: str) -> None:
+        path = self.volumes_dir / pool / f"{name}.json"
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return
+        fsync_dir(path.parent)
+
+    def _write(self, path: Path, doc: dict) -> None:
+        try:
+            atomic_write(path, json.dumps(doc, indent=1).encode())
+        except OSError as exc:
+            code = exc.errno or errno.EIO
+            raise StorageError(f"cannot save {path}: {exc.strerror}", code) from None

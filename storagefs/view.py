@@ -1,0 +1,200 @@
+"""What each path of the tree is, and what it shows: the mapping from paths to the
+manager's objects. Pure lookups in the manager's indexes (no host tools, no
+directory walks), so lookup/getattr/readdir stay fast.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from . import render
+from .errors import NotFound
+from .manager import Manager
+from .names import systemd_escape_path
+from .objects import Pool, Volume
+
+POOL_FILES = ("config.xml", "status.xml", "state", "autostart", "control", "uuid", "type",
+              "capacity", "allocation", "available", "error")
+POOL_WRITABLE = ("config.xml", "state", "autostart", "control")
+VOL_FILES = ("config.xml", "status.xml", "capacity", "allocation", "format", "key",
+             "control", "error")
+VOL_WRITABLE = ("config.xml", "control")
+
+
+class Kind(enum.Enum):
+    ROOT = "root"
+    README = "readme"
+    DIR = "dir"              # pools/, volumes/, the by-* directories
+    POOL = "pool"            # pools/P
+    POOL_FILE = "pool-file"
+    POOL_VOLUMES = "pool-volumes"
+    VOLUME = "volume"        # pools/P/volumes/V
+    VOL_FILE = "vol-file"
+    LINK = "link"
+    SCRATCH = "scratch"      # any other name in a pool or volume directory
+
+
+@dataclass
+class Entry:
+    kind: Kind
+    pool: Pool | None = None
+    volume: Volume | None = None
+    name: str = ""           # the file name for *_FILE and SCRATCH
+    target: str = ""         # for LINK
+
+    @property
+    def writable(self) -> bool:
+        if self.kind is Kind.POOL_FILE:
+            return self.name in POOL_WRITABLE
+        if self.kind is Kind.VOL_FILE:
+            return self.name in VOL_WRITABLE
+        return self.kind is Kind.SCRATCH
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind in (Kind.ROOT, Kind.DIR, Kind.POOL, Kind.POOL_VOLUMES, Kind.VOLUME)
+
+    @property
+    def owner(self) -> Pool | Volume | None:
+        return self.volume if self.volume is not None else self.pool
+
+
+class View:
+    def __init__(self, manager: Manager) -> None:
+        self.m = manager
+
+    # ---- links -----------------------------------------------------------
+    def pools_by_uuid(self) -> dict[str, str]:
+        return {p.uuid: f"../{p.name}" for p in self.m.pools.values() if p.defined and p.uuid}
+
+    def pools_by_path(self) -> dict[str, str]:
+        return {systemd_escape_path(p.target): f"../{p.name}"
+                for p in self.m.pools.values() if p.defined and p.target}
+
+    def _all_volumes(self):
+        for pool in self.m.pools.values():
+            yield from pool.volumes.values()
+
+    def volumes_by_key(self) -> dict[str, str]:
+        return {systemd_escape_path(v.info.key) if "/" in v.info.key else v.info.key:
+                f"../../pools/{v.pool.name}/volumes/{v.name}" for v in self._all_volumes()}
+
+    def volumes_by_path(self) -> dict[str, str]:
+        return {systemd_escape_path(v.info.path): f"../../pools/{v.pool.name}/volumes/{v.name}"
+                for v in self._all_volumes() if v.info.path}
+
+    # ---- resolution --------------------------------------------------------
+    def resolve(self, path: tuple[str, ...], scratch: set[str] | None = None,
+                hidden: set[str] | None = None) -> Entry:
+        """The entry at ``path``; NotFound when there is none.
+
+        ``scratch`` and ``hidden`` are the scratch names and unlinked writable
+        files of the directory ``path[:-1]`` (kept by the FUSE layer).
+        """
+        n = len(path)
+        if n == 0:
+            return Entry(Kind.ROOT)
+        top = path[0]
+        if n == 1:
+            if top == "README":
+                return Entry(Kind.README)
+            if top in ("pools", "volumes"):
+                return Entry(Kind.DIR)
+            raise NotFound(top)
+        if top == "volumes":
+            return self._resolve_links(path, {"by-key": self.volumes_by_key,
+                                              "by-path": self.volumes_by_path})
+        if top != "pools":
+            raise NotFound(top)
+        if path[1] in ("by-uuid", "by-path"):
+            return self._resolve_links(path, {"by-uuid": self.pools_by_uuid,
+                                              "by-path": self.pools_by_path})
+        pool = self.m.pools.get(path[1])
+        if pool is None:
+            raise NotFound(path[1])
+        if n == 2:
+            return Entry(Kind.POOL, pool)
+        name = path[2]
+        if n == 3:
+            return self._in_object_dir(Entry(Kind.POOL, pool), name, scratch, hidden)
+        if name != "volumes" or not pool.defined:
+            raise NotFound(name)
+        vol = pool.volumes.get(path[3])
+        if vol is None:
+            raise NotFound(path[3])
+        if n == 4:
+            return Entry(Kind.VOLUME, pool, vol)
+        if n == 5:
+            return self._in_object_dir(Entry(Kind.VOLUME, pool, vol), path[4], scratch, hidden)
+        raise NotFound(path[-1])
+
+    def _resolve_links(self, path, tables) -> Entry:
+        if len(path) == 2:
+            if path[1] in tables:
+                return Entry(Kind.DIR)
+            raise NotFound(path[1])
+        if len(path) == 3 and path[1] in tables:
+            target = tables[path[1]]().get(path[2])
+            if target is not None:
+                return Entry(Kind.LINK, target=target)
+        raise NotFound(path[-1])
+
+    def _in_object_dir(self, parent: Entry, name: str, scratch, hidden) -> Entry:
+        pool, vol = parent.pool, parent.volume
+        if scratch and name in scratch:
+            return Entry(Kind.SCRATCH, pool, vol, name)
+        if hidden and name in hidden:
+            raise NotFound(name)
+        if vol is None:
+            if not pool.defined:
+                if name == "config.xml":
+                    return Entry(Kind.POOL_FILE, pool, None, name)
+                raise NotFound(name)
+            if name == "volumes":
+                return Entry(Kind.POOL_VOLUMES, pool)
+            if name in POOL_FILES:
+                return Entry(Kind.POOL_FILE, pool, None, name)
+            raise NotFound(name)
+        if name == "path" and vol.info.path:
+            return Entry(Kind.LINK, pool, vol, name, target=vol.info.path)
+        if name in VOL_FILES:
+            return Entry(Kind.VOL_FILE, pool, vol, name)
+        raise NotFound(name)
+
+    def children(self, path: tuple[str, ...], entry: Entry) -> list[str]:
+        """Names in a directory, in a stable order (scratch names are added by the caller)."""
+        k = entry.kind
+        if k is Kind.ROOT:
+            return ["README", "pools", "volumes"]
+        if k is Kind.POOL:
+            if not entry.pool.defined:
+                return ["config.xml"]
+            return [*POOL_FILES, "volumes"]
+        if k is Kind.POOL_VOLUMES:
+            return sorted(entry.pool.volumes)
+        if k is Kind.VOLUME:
+            names = list(VOL_FILES)
+            if entry.volume.info.path:
+                names.insert(2, "path")
+            return names
+        if path == ("pools",):
+            return ["by-uuid", "by-path", *sorted(self.m.pools)]
+        if path == ("volumes",):
+            return ["by-key", "by-path"]
+        tables = {("pools", "by-uuid"): self.pools_by_uuid,
+                  ("pools", "by-path"): self.pools_by_path,
+                  ("volumes", "by-key"): self.volumes_by_key,
+                  ("volumes", "by-path"): self.volumes_by_path}
+        table = tables.get(path)
+        return sorted(table()) if table else []
+
+    # ---- contents ------------------------------------------------------------
+    def content(self, entry: Entry) -> bytes:
+        if entry.kind is Kind.README:
+            return render.README
+        if entry.kind is Kind.POOL_FILE:
+            return render.pool_file(self.m, entry.pool, entry.name)
+        if entry.kind is Kind.VOL_FILE:
+            return render.volume_file(self.m, entry.volume, entry.name)
+        return b""

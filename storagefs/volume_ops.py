@@ -1,0 +1,286 @@
+"""Volume operations of the manager, and keeping the volume index live.
+
+The index (``pool.volumes``) is what lookup/readdir serve from. It is filled
+by ``refresh``, changed by our own operations, and kept current between them
+by inotify events on the pool's directory: a probe per changed name, run by a
+worker task, never on the hot path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+import trio
+
+from .backends.base import VolumeInfo, VolumeSpec
+from .backends.filevol import format_from_name
+from .commands import parse_command
+from .errors import Busy, Exists, InvalidArgument, NotFound, StorageError
+from .names import check_name
+from .objects import Pool, Volume
+from .state import FileMeta, StoredVolume
+from .units import parse_size
+from .watch import DirWatcher
+
+if TYPE_CHECKING:
+    from .manager import Manager
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CAPACITY = 1 << 30
+
+
+class VolumeOps:
+    def __init__(self) -> None:
+        self.watcher: DirWatcher | None = None
+        self._dirty: dict[str, set[str | None]] = {}
+        self._dirty_event = trio.Event()
+
+    # ---- the live index ------------------------------------------------
+    async def run_background(self: Manager, nursery: trio.Nursery) -> None:
+        self.nursery = nursery
+        self.watcher = DirWatcher(self._on_dir_event)
+        for pool in self.pools.values():
+            if pool.active:
+                self.watch(pool)
+        nursery.start_soon(self.watcher.run)
+        nursery.start_soon(self._probe_worker)
+
+    def watch(self: Manager, pool: Pool) -> None:
+        if self.watcher is not None and pool.backend is not None:
+            d = pool.backend.watch_dir()
+            if d:
+                self.watcher.add(d)
+
+    def unwatch(self: Manager, pool: Pool) -> None:
+        if self.watcher is not None and pool.backend is not None:
+            d = pool.backend.watch_dir()
+            if d:
+                self.watcher.remove(d)
+
+    def _on_dir_event(self: Manager, directory: str, name: str | None, gone: bool) -> None:
+        pool = self.pool_by_target(directory)
+        if pool is None or not pool.active:
+            return
+        self._dirty.setdefault(pool.name, set()).add(name)
+        self._dirty_event.set()
+
+    async def _probe_worker(self: Manager) -> None:
+        while True:
+            await self._dirty_event.wait()
+            self._dirty_event = trio.Event()
+            dirty, self._dirty = self._dirty, {}
+            for pool_name, names in dirty.items():
+                pool = self.pools.get(pool_name)
+                if pool is None or not pool.active:
+                    continue
+                if None in names:
+                    with contextlib.suppress(StorageError):
+                        await self._refresh(pool)
+                    continue
+                for name in names:
+                    with contextlib.suppress(StorageError):
+                        await self._probe_one(pool, name)
+
+    async def _probe_one(self: Manager, pool: Pool, name: str) -> None:
+        if name in pool.reserved or name.startswith("."):
+            return
+        vol = pool.volumes.get(name)
+        if vol is not None and vol.lock.locked():
+            return  # our own operation updates it
+        info = await pool.backend.probe_volume(name)
+        if not pool.active or name in pool.reserved:
+            return
+        vol = pool.volumes.get(name)
+        if info is None:
+            if vol is not None and not vol.lock.locked():
+                del pool.volumes[name]
+                self.listener.removed(pool.name, name)
+            return
+        if vol is None:
+            try:
+                check_name(name)
+            except StorageError:
+                return
+            pool.volumes[name] = Volume(pool, name, info)
+            self.listener.added(pool.name, name)
+        elif not vol.lock.locked():
+            vol.info = info
+            vol.touch()
+            self.listener.changed(pool.name, name)
+
+    async def _load_volumes(self: Manager, pool: Pool) -> None:
+        """Refresh the pool from its storage; keep Volume objects that still exist."""
+        info, found = await pool.backend.refresh()
+        pool.info = info
+        stored = self.state.load_volumes(pool.name)
+        seen = set()
+        for vinfo in found:
+            seen.add(vinfo.name)
+            vol = pool.volumes.get(vinfo.name)
+            if vol is None:
+                vol = Volume(pool, vinfo.name, vinfo)
+                sv = stored.get(vinfo.name)
+                if sv is not None:
+                    vol.config, vol.meta = sv.config, sv.meta
+                pool.volumes[vinfo.name] = vol
+                if pool.active:
+                    self.listener.added(pool.name, vinfo.name)
+            elif not vol.lock.locked():
+                vol.info = vinfo
+                vol.touch()
+        for name in [n for n in pool.volumes if n not in seen and n not in pool.reserved]:
+            del pool.volumes[name]
+            self.listener.removed(pool.name, name)
+        for name in stored:
+            if name not in seen:
+                self.state.delete_volume(pool.name, name)
+
+    def volume_info(self: Manager, vol: Volume) -> VolumeInfo:
+        """The volume's figures with a fresh stat (cheap syscalls only)."""
+        if not vol.lock.locked():
+            fresh = vol.pool.backend.stat_volume(vol.info)
+            if fresh is not None:
+                vol.info = fresh
+        return vol.info
+
+    # ---- lookups ---------------------------------------------------------
+    def running_pool(self: Manager, name: str) -> Pool:
+        pool = self.defined_pool(name)
+        if not pool.active:
+            raise Busy(f"storage pool '{name}' is not active")
+        return pool
+
+    def volume(self: Manager, pool_name: str, name: str) -> Volume:
+        pool = self.pool(pool_name)
+        vol = pool.volumes.get(name)
+        if vol is None:
+            raise NotFound(f"no storage vol with matching name '{name}'")
+        return vol
+
+    # ---- operations ---------------------------------------------------------
+    def default_spec(self: Manager, pool: Pool, name: str) -> VolumeSpec:
+        defn = pool.definition
+        fmt = format_from_name(name) or getattr(defn, "default_volume_format", None) or "raw"
+        cap = getattr(defn, "default_volume_capacity", None) or DEFAULT_CAPACITY
+        return VolumeSpec(name=name, format=fmt, capacity=cap)
+
+    async def create_volume(self: Manager, pool_name: str, name: str,
+                            spec: VolumeSpec | None = None) -> Volume:
+        pool = self.pool(pool_name)
+        with self.recording(pool, f"create volume {name}"):
+            check_name(name, "volume name")
+            pool = self.running_pool(pool_name)
+            if name in pool.volumes or name in pool.reserved:
+                raise Exists(f"storage volume '{name}' exists already")
+            spec = spec or self.default_spec(pool, name)
+            pool.reserved.add(name)
+            pool.busy_volumes += 1
+            try:
+                info = await pool.backend.create_volume(spec)
+                vol = Volume(pool, name, info)
+                pool.volumes[name] = vol
+            finally:
+                pool.reserved.discard(name)
+                pool.busy_volumes -= 1
+            pool.touch()
+        self.listener.added(pool_name, name)
+        self.listener.changed(pool_name)
+        return vol
+
+    async def delete_volume(self: Manager, pool_name: str, name: str) -> None:
+        vol = self.volume(pool_name, name)
+        pool = vol.pool
+        with self.recording(vol, "delete"):
+            async with vol.lock:
+                if pool.volumes.get(name) is not vol:
+                    raise NotFound(f"no storage vol with matching name '{name}'")
+                pool.busy_volumes += 1
+                try:
+                    await pool.backend.delete_volume(vol.info)
+                finally:
+                    pool.busy_volumes -= 1
+                del pool.volumes[name]
+                self.state.delete_volume(pool.name, name)
+                pool.touch()
+        self.listener.removed(pool_name, name)
+        self.listener.changed(pool_name)
+
+    def spec_from_xml(self: Manager, vol: Volume, data: bytes) -> VolumeSpec:
+        from .xml.volume import parse_volume
+
+        vdef = parse_volume(data, vol.pool.definition)
+        if vdef.name != vol.name:
+            raise InvalidArgument(f"volume name '{vdef.name}' in the document does not match "
+                                  f"the directory '{vol.name}'")
+        target = vdef.target
+        perms = getattr(target, "permissions", None)
+        return VolumeSpec(
+            name=vol.name,
+            format=getattr(target, "format", None) or vol.info.format,
+            capacity=vdef.capacity if vdef.capacity is not None else vol.info.capacity,
+            allocation=vdef.allocation,
+            mode=getattr(perms, "mode", None), uid=getattr(perms, "owner", None),
+            gid=getattr(perms, "group", None))
+
+    async def define_volume(self: Manager, pool_name: str, name: str, data: bytes,
+                            meta: FileMeta | None = None) -> bool:
+        vol = self.volume(pool_name, name)
+        with self.recording(vol, "define"):
+            if vol.config is not None and data == vol.config:
+                if meta is not None:
+                    vol.meta = meta
+                    self.state.save_volume(StoredVolume(pool_name, name, data, vol.meta))
+                return False
+            spec = self.spec_from_xml(vol, data)
+            async with vol.lock:
+                vol.pool.busy_volumes += 1
+                try:
+                    vol.info = await vol.pool.backend.update_volume(vol.info, spec)
+                finally:
+                    vol.pool.busy_volumes -= 1
+                new_meta = FileMeta(**vars(meta or vol.meta))
+                new_meta.mtime_ns = new_meta.ctime_ns = vol.info.ctime_ns or new_meta.mtime_ns
+                self.state.save_volume(StoredVolume(pool_name, name, data, new_meta))
+                vol.config, vol.meta = data, new_meta
+                vol.touch()
+        self.listener.changed(pool_name, name)
+        return True
+
+    def set_volume_meta(self: Manager, pool_name: str, name: str, meta: FileMeta) -> None:
+        vol = self.volume(pool_name, name)
+        vol.meta = meta
+        if vol.config is not None:
+            self.state.save_volume(StoredVolume(pool_name, name, vol.config, meta))
+        self.listener.changed(pool_name, name)
+
+    def valid_volume_commands(self: Manager, vol: Volume) -> list[str]:
+        b = vol.pool.backend
+        return ["resize SIZE", "resize --shrink SIZE"] if b.supports("resize_volume") else []
+
+    async def volume_command(self: Manager, pool_name: str, name: str, line: bytes) -> None:
+        vol = self.volume(pool_name, name)
+        with self.recording(vol, "control"):
+            cmd = parse_command(line)
+            if cmd is None:
+                return
+            if cmd.verb != "resize":
+                valid = ", ".join(self.valid_volume_commands(vol)) or "none"
+                raise InvalidArgument(f"unknown command '{cmd}'; valid now: {valid}")
+            flags = {a for a in cmd.args if a.startswith("--")}
+            sizes = [a for a in cmd.args if not a.startswith("--")]
+            bad = flags - {"--shrink", "--delta", "--allocate"}
+            if bad or len(sizes) != 1:
+                raise InvalidArgument("usage: resize [--delta] [--allocate] [--shrink] SIZE")
+            size = parse_size(sizes[0])
+            async with vol.lock:
+                cap = vol.info.capacity + size if "--delta" in flags else size
+                vol.info = await vol.pool.backend.resize_volume(
+                    vol.info, cap, shrink="--shrink" in flags, allocate="--allocate" in flags)
+                if vol.config is not None:
+                    vol.config = None  # the stored document no longer describes it
+                    self.state.delete_volume(pool_name, name)
+                vol.touch()
+        self.listener.changed(pool_name, name)

@@ -1,0 +1,106 @@
+"""Shared fixtures. The real-mount fixture `mounted` runs `storagefs mount
+--foreground` on a mountpoint and state directory under tmp_path, waits for
+the tree while checking the process is alive, and tears down with `storagefs
+unmount` (exit 0 required from it and from the server). Any "Traceback" in
+the server's log fails the test: a bad input must never reach pyfuse3 as an
+exception.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from mount_helpers import FUSE_AVAILABLE, Mount, is_mounted  # noqa: E402
+
+MOUNT_MODULES = {
+    "test_mount_cli",
+    "test_pools",
+    "test_volumes",
+    "test_writers",
+    "test_errors",
+    "test_persistence",
+}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "mount: runs a real storagefs mount (needs /dev/fuse)")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = getattr(item, "module", None)
+        name = module.__name__.rsplit(".", 1)[-1] if module else ""
+        if name in MOUNT_MODULES or "mounted" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.mount)
+            if not FUSE_AVAILABLE:
+                item.add_marker(pytest.mark.skip(reason="/dev/fuse is absent"))
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+
+
+def _finish(m: Mount, request) -> list[str]:
+    """Tear one mount down; return the problems found."""
+    problems = []
+    try:
+        if m.alive():
+            m.stop()
+        elif m.proc is not None and not getattr(m, "killed", False):
+            problems.append(f"storagefs exited unexpectedly with {m.proc.returncode}")
+            m.cleanup()
+        elif is_mounted(m.mnt):
+            m.cleanup()
+    except AssertionError as e:
+        problems.append(str(e).split("\nlog:\n")[0])
+        m.cleanup()
+    except Exception as e:  # noqa: BLE001 - failure path must always clean up
+        problems.append(f"teardown error: {e!r}")
+        m.cleanup()
+    log = m.log()
+    if "Traceback" in log:
+        problems.append(f"'Traceback' in the storagefs log {m.log_path}")
+    failed = getattr(request.node, "rep_call", None)
+    if problems or (failed is not None and failed.failed):
+        print(f"----- storagefs log {m.log_path} (last 200 lines) -----")
+        print("\n".join(log.splitlines()[-200:]))
+    return problems
+
+
+@pytest.fixture
+def mount_factory(tmp_path, request):
+    """Make Mount objects (custom env, mountpoint names, a state dir that does
+    not exist yet ...); every one is torn down and checked like `mounted`."""
+    made: list[Mount] = []
+
+    def make(env: dict | None = None, name: str = "mnt", create_state: bool = True,
+             start: bool = True, extra: tuple[str, ...] = ()) -> Mount:
+        m = Mount(tmp_path, env=env, name=name)
+        if create_state:
+            m.state_dir.mkdir(exist_ok=True)
+        if start:
+            m.start(*extra)  # raises with the log if the server died or never got ready
+        made.append(m)
+        return m
+
+    yield make
+
+    problems = []
+    for m in reversed(made):
+        problems += _finish(m, request)
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def mounted(mount_factory):
+    """A fresh storagefs mount: .mnt, .state_dir, .proc, .log_path, .remount(), .kill()."""
+    return mount_factory()
