@@ -15,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mount_helpers import FUSE_AVAILABLE, Mount, is_mounted  # noqa: E402
+from mount_helpers import FUSE_AVAILABLE, TEST_DEADLINE, Mount, is_mounted  # noqa: E402
 
 MOUNT_MODULES = {
     "test_mount_cli",
@@ -51,6 +51,10 @@ def pytest_runtest_makereport(item, call):
 def _finish(m: Mount, request) -> list[str]:
     """Tear one mount down; return the problems found."""
     problems = []
+    m.disarm_watchdog()
+    if getattr(m, "watchdog_fired", False):
+        problems.append(f"test still running after {TEST_DEADLINE:.0f} s: storagefs was killed "
+                        "to unblock it (a FUSE call hung)")
     try:
         if m.alive():
             m.stop()
@@ -89,6 +93,7 @@ def mount_factory(tmp_path, request):
         if start:
             m.start(*extra)  # raises with the log if the server died or never got ready
         made.append(m)
+        m.arm_watchdog(TEST_DEADLINE)
         return m
 
     yield make

@@ -15,12 +15,15 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 from lxml import etree
 
 MOUNT_TIMEOUT = 15.0
+# a test still running after this long has hung in FUSE: the server is killed
+TEST_DEADLINE = float(os.environ.get("STORAGEFS_TEST_DEADLINE", "180"))
 GiB = 1024**3
 MiB = 1024**2
 
@@ -144,6 +147,10 @@ class Mount:
         self.wait_ready()
 
     def wait_ready(self) -> None:
+        """Poll until the tree answers, failing fast if the server died. Only
+        /proc/self/mountinfo is read in this thread: a stat of a mount whose
+        server does not answer would block, so README is probed in a helper
+        thread with a time limit."""
         deadline = time.monotonic() + MOUNT_TIMEOUT
         while time.monotonic() < deadline:
             rc = self.proc.poll()
@@ -152,13 +159,30 @@ class Mount:
                 raise AssertionError(
                     f"storagefs exited with {rc} before the mount was ready; log:\n{self.log()}"
                 )
-            if os.path.ismount(self.mnt):
-                with contextlib.suppress(OSError):
-                    if (self.mnt / "README").exists():
-                        return
+            if is_mounted(self.mnt) and probe_exists(self.mnt / "README", timeout=1.0):
+                return
             time.sleep(0.02)
         self.cleanup()
         raise AssertionError(f"mount not ready within {MOUNT_TIMEOUT}s; log:\n{self.log()}")
+
+    def arm_watchdog(self, seconds: float) -> None:
+        """SIGKILL the server if the test is still running after `seconds`: a
+        syscall stuck in FUSE then returns ENOTCONN instead of hanging the suite."""
+        self.watchdog_fired = False
+
+        def fire():
+            if self.alive():
+                self.watchdog_fired = True
+                self.killed = True
+                self.proc.send_signal(signal.SIGKILL)
+
+        self._watchdog = threading.Timer(seconds, fire)
+        self._watchdog.daemon = True
+        self._watchdog.start()
+
+    def disarm_watchdog(self) -> None:
+        if getattr(self, "_watchdog", None):
+            self._watchdog.cancel()
 
     def unmount_cmd(self, timeout: float = 30) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -212,6 +236,15 @@ class Mount:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
+
+
+def probe_exists(path: Path, timeout: float) -> bool:
+    """os.path.exists in a helper thread; False if it does not answer in time."""
+    result = []
+    t = threading.Thread(target=lambda: result.append(os.path.exists(path)), daemon=True)
+    t.start()
+    t.join(timeout)
+    return bool(result and result[0])
 
 
 def daemon_pids_for(mnt: Path) -> list[int]:
