@@ -11,10 +11,10 @@ from .xml.common import Permissions
 from .xml.pool import PoolDef, format_pool
 
 
-def pool_status(defn: PoolDef, uuid: str, info: PoolInfo, live: bool) -> bytes:
+def pool_status(defn: PoolDef, uuid: str, info: PoolInfo) -> bytes:
     """``virsh pool-dumpxml``: uuid, sizes and the target's real permissions."""
     perms = defn.target_permissions
-    if live and defn.target_path:
+    if defn.target_path:
         try:
             st = os.stat(defn.target_path)
             perms = Permissions(stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,

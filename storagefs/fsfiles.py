@@ -46,7 +46,9 @@ class FileOps(FsBase):
 
     def _writer(self, e: Entry, snapshot: bytes) -> Handle:
         if e.name == "config.xml":
-            return DocumentHandle(snapshot, self.applier(e))
+            owner = e.owner
+            return DocumentHandle(snapshot, self.applier(e),
+                                  lambda exc: self.m.note_refusal(owner, "define", exc))
         return CommandHandle(snapshot, self.applier(e))
 
     @fuse_op
@@ -131,7 +133,7 @@ class FileOps(FsBase):
             if not self.scratch[parent.path]:
                 del self.scratch[parent.path]
             return
-        if e.writable:
+        if e.name == "config.xml" and e.kind is not Kind.SCRATCH:
             # never destroys: the object stays; the next document replaces the definition
             self.hidden.setdefault(parent.path, set()).add(text)
             node = parent.children.get(text)
@@ -166,7 +168,8 @@ class FileOps(FsBase):
             self.hidden.get(dst_dir.path, set()).discard(new)
         elif se.kind is Kind.SCRATCH and (de is None or de.kind is Kind.SCRATCH):
             scratches[new] = scratches.pop(old)
-        elif se.writable and (de is None or de.kind is Kind.SCRATCH):
+        elif se.name == "config.xml" and se.kind is not Kind.SCRATCH and \
+                (de is None or de.kind is Kind.SCRATCH):
             copy = Scratch(bytearray(self.view.content(se)))
             meta = self._meta(src_dir.children.get(old) or src_dir, se)
             if meta is not None and not isinstance(meta, Scratch):

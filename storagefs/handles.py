@@ -21,8 +21,10 @@ from .xml.safe import MAX_DOCUMENT_BYTES, IncrementalDocument, XmlError
 
 MAX_SCRATCH_BYTES = 4 * MAX_DOCUMENT_BYTES
 
-#: apply(data, final) -> None: run commands / apply a document; raises StorageError
+#: apply(data) -> None: run commands / apply a document; raises StorageError
 Apply = Callable[[bytes], Awaitable[None]]
+#: refused(exc): record a refusal found by the handle itself (bad XML) on the object
+Refused = Callable[[StorageError], None]
 
 
 @dataclass(eq=False)
@@ -90,9 +92,10 @@ class ScratchHandle(Handle):
 class DocumentHandle(Handle):
     """config.xml opened for writing: its own buffer, fed to an incremental parser."""
 
-    def __init__(self, snapshot: bytes, apply: Apply) -> None:
+    def __init__(self, snapshot: bytes, apply: Apply, refused: Refused) -> None:
         super().__init__(snapshot)
         self.apply = apply
+        self.refused = refused
         self.doc = IncrementalDocument()
         self.applied: bytes | None = None
         self.written = False
@@ -101,19 +104,22 @@ class DocumentHandle(Handle):
         if self.failed is not None:
             raise FUSEError(self.failed)
         if off != len(self.doc.data):
-            self.failed = errno.EINVAL
-            raise StorageError(f"config.xml takes one document written from the start "
-                               f"(write at offset {off}, expected {len(self.doc.data)})",
-                               errno.EINVAL)
+            self._refuse(f"config.xml takes one document written from the start "
+                         f"(write at offset {off}, expected {len(self.doc.data)})")
         self.written = True
         try:
             complete = self.doc.feed(buf)
         except XmlError as exc:
-            self.failed = errno.EINVAL
-            raise InvalidArgument(str(exc)) from None
+            self._refuse(str(exc))
         if complete and self.applied is None:
             await self._apply(self.doc.data)
         return len(buf)
+
+    def _refuse(self, reason: str) -> None:
+        self.failed = errno.EINVAL
+        exc = InvalidArgument(reason)
+        self.refused(exc)
+        raise exc
 
     async def _apply(self, data: bytes) -> None:
         try:
@@ -131,8 +137,7 @@ class DocumentHandle(Handle):
             try:
                 self.doc.close()
             except XmlError as exc:
-                self.failed = errno.EINVAL
-                raise InvalidArgument(str(exc)) from None
+                self._refuse(str(exc))
         if data != self.applied:  # whitespace after the root: keep the bytes exact
             await self._apply(data)
 

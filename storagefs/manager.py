@@ -23,7 +23,7 @@ from .commands import Command, parse_command, parse_yes_no
 from .errors import Busy, Exists, InvalidArgument, NotFound, StorageError
 from .names import check_name
 from .objects import INACTIVE, RUNNING, Pool, Volume, new_meta, now_ns
-from .state import FileMeta, StateDir, StoredPool
+from .state import FileMeta, StateDir, StoredPool, merge_meta
 from .volume_ops import VolumeOps
 from .xml.pool import parse_pool
 
@@ -79,13 +79,16 @@ class Manager(VolumeOps):
             except ValueError as exc:  # XmlError and size parsing
                 raise InvalidArgument(str(exc)) from None
         except StorageError as exc:
-            where = self.describe(obj)
-            log.warning("%s: %s refused: %s", where, op, exc.reason)
-            if obj is not None:
-                obj.error = error_line(op, exc.reason)
-                obj.touch()
-                self._notify_changed(obj)
+            self.note_refusal(obj, op, exc)
             raise
+
+    def note_refusal(self, obj: Pool | Volume | None, op: str, exc: StorageError) -> None:
+        """One line in the object's error file, one in the log."""
+        log.warning("%s: %s refused: %s", self.describe(obj), op, exc.reason)
+        if obj is not None:
+            obj.error = error_line(op, exc.reason)
+            obj.touch()
+            self._notify_changed(obj)
 
     @staticmethod
     def describe(obj: Pool | Volume | None) -> str:
@@ -184,7 +187,7 @@ class Manager(VolumeOps):
                     backend.definition = defn
                 new_uuid = defn.uuid or pool.uuid or str(uuidlib.uuid4())
                 stored = StoredPool(name, data, new_uuid, pool.autostart, pool.active,
-                                    self._merged_meta(pool, meta, content_changed=True))
+                                    merge_meta(pool.meta, meta, content_changed=True))
                 self.state.save_pool(stored)
                 pool.definition, pool.backend, pool.config = defn, backend, data
                 pool.uuid, pool.meta = new_uuid, stored.meta
@@ -211,18 +214,10 @@ class Manager(VolumeOps):
                 raise Busy(f"cannot change the {field.replace('_', ' ')} of pool "
                            f"'{pool.name}' while it is running; stop it first")
 
-    def _merged_meta(self, pool: Pool, meta: FileMeta | None, content_changed: bool) -> FileMeta:
-        base = FileMeta(**vars(meta)) if meta is not None else FileMeta(**vars(pool.meta))
-        t = now_ns()
-        if content_changed and (meta is None or meta.mtime_ns == pool.meta.mtime_ns):
-            base.mtime_ns = t
-        base.ctime_ns = t
-        return base
-
     def _apply_meta(self, pool: Pool, meta: FileMeta | None, content_changed: bool) -> None:
         if meta is None:
             return
-        pool.meta = self._merged_meta(pool, meta, content_changed)
+        pool.meta = merge_meta(pool.meta, meta, content_changed)
         self._save(pool)
 
     def set_pool_meta(self, name: str, meta: FileMeta) -> None:

@@ -41,7 +41,7 @@ def line(value: object) -> bytes:
 
 
 def pool_status_xml(m: Manager, pool: Pool) -> bytes:
-    return pool_status(pool.definition, pool.uuid, m.pool_info(pool), pool.active)
+    return pool_status(pool.definition, pool.uuid, m.pool_info(pool))
 
 
 def pool_file(m: Manager, pool: Pool, name: str) -> bytes:

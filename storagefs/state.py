@@ -20,6 +20,7 @@ import fcntl
 import json
 import logging
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -38,6 +39,21 @@ class FileMeta:
     atime_ns: int = 0
     mtime_ns: int = 0
     ctime_ns: int = 0
+
+
+def merge_meta(old: FileMeta, given: FileMeta | None, content_changed: bool) -> FileMeta:
+    """config.xml's metadata after a write or a rename onto it.
+
+    ``given`` (a renamed scratch file's mode, owner and times) wins; mtime moves
+    to now only when the content changed and no time was given explicitly, so
+    writing the same document again leaves mtime alone.
+    """
+    new = FileMeta(**vars(given if given is not None else old))
+    now = time.time_ns()
+    if content_changed and new.mtime_ns == old.mtime_ns:
+        new.mtime_ns = now
+    new.ctime_ns = now
+    return new
 
 
 @dataclass

@@ -17,10 +17,11 @@ import trio
 from .backends.base import VolumeInfo, VolumeSpec
 from .backends.filevol import format_from_name
 from .commands import parse_command
+from .docs import volume_doc
 from .errors import Busy, Exists, InvalidArgument, NotFound, StorageError
 from .names import check_name
 from .objects import Pool, Volume
-from .state import FileMeta, StoredVolume
+from .state import FileMeta, StoredVolume, merge_meta
 from .units import parse_size
 from .watch import DirWatcher
 
@@ -229,10 +230,13 @@ class VolumeOps:
                             meta: FileMeta | None = None) -> bool:
         vol = self.volume(pool_name, name)
         with self.recording(vol, "define"):
-            if vol.config is not None and data == vol.config:
+            current = vol.config if vol.config is not None else volume_doc(
+                vol.pool.definition, vol.info, live=False)
+            if data == current:
                 if meta is not None:
-                    vol.meta = meta
-                    self.state.save_volume(StoredVolume(pool_name, name, data, vol.meta))
+                    vol.meta = merge_meta(vol.meta, meta, content_changed=False)
+                    if vol.config is not None:
+                        self.state.save_volume(StoredVolume(pool_name, name, data, vol.meta))
                 return False
             spec = self.spec_from_xml(vol, data)
             async with vol.lock:
@@ -241,8 +245,7 @@ class VolumeOps:
                     vol.info = await vol.pool.backend.update_volume(vol.info, spec)
                 finally:
                     vol.pool.busy_volumes -= 1
-                new_meta = FileMeta(**vars(meta or vol.meta))
-                new_meta.mtime_ns = new_meta.ctime_ns = vol.info.ctime_ns or new_meta.mtime_ns
+                new_meta = merge_meta(vol.meta, meta, content_changed=True)
                 self.state.save_volume(StoredVolume(pool_name, name, data, new_meta))
                 vol.config, vol.meta = data, new_meta
                 vol.touch()

@@ -333,10 +333,17 @@ def write(path: Path | str, data: bytes | str, flags: int = os.O_WRONLY | os.O_T
         data = data.encode()
     fd = os.open(path, flags)
     try:
-        n = os.write(fd, data)
-        assert n == len(data), f"short write {n} of {len(data)}"
+        write_all(fd, data)
     finally:
         os.close(fd)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """write() until all is written, as cat/cp do after a short write."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
 
 
 def write_errno(path: Path | str, data: bytes | str, flags: int = os.O_WRONLY | os.O_TRUNC):
@@ -350,7 +357,7 @@ def write_errno(path: Path | str, data: bytes | str, flags: int = os.O_WRONLY | 
         return e.errno, "open"
     failed = None
     try:
-        os.write(fd, data)
+        write_all(fd, data)
     except OSError as e:
         failed = (e.errno, "write")
     try:

@@ -8,6 +8,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import threading
 import time
 
@@ -181,9 +182,11 @@ def test_state_dir_holds_no_temp_leftovers_after_remount(mounted, tmp_path):
 SHIM = """#!/bin/sh
 # slows a host tool down for images whose name contains "slow", to make a long
 # volume operation observable; everything else runs at full speed
-for a in "$@"; do
-  case "$a" in *slow*) touch "{marker}"; sleep {delay};; esac
-done
+if [ -e "{flag}" ]; then
+  for a in "$@"; do
+    case "$a" in *slow*) touch "{marker}"; sleep {delay};; esac
+  done
+fi
 exec {real} "$@"
 """
 
@@ -191,20 +194,21 @@ exec {real} "$@"
 SLOWED_TOOLS = ("qemu-img", "fallocate", "truncate", "dd")
 
 
-def _slow_env(tmp_path, delay=3):
+def _slow_env(tmp_path, delay=1.5):
     """PATH with shims that delay the host tools for images named *slow*."""
     shim_dir = tmp_path / "shim"
     shim_dir.mkdir()
     marker = tmp_path / "shim-used"
+    flag = tmp_path / "shim-armed"
     for tool in SLOWED_TOOLS:
         real = shutil.which(tool)
         if not real:
             continue
         shim = shim_dir / tool
-        shim.write_text(SHIM.format(marker=marker, delay=delay, real=real))
+        shim.write_text(SHIM.format(marker=marker, flag=flag, delay=delay, real=real))
         shim.chmod(shim.stat().st_mode | stat.S_IXUSR)
     env = {**os.environ, "PATH": f"{shim_dir}:{os.environ['PATH']}"}
-    return env, marker
+    return env, marker, flag
 
 
 class _Timed(threading.Thread):
@@ -248,9 +252,24 @@ def _probe_while(m, long_op: _Timed, marker):
 # whole mkdir and readdir/lookup there wait for it whatever storagefs does.
 
 
-def _slow_volume(m, marker):
-    os.mkdir(m.vol("slow.qcow2"))  # slowed too, but done before the measured step
-    marker.unlink(missing_ok=True)
+WRITER = ("import os, sys\n"
+          "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_TRUNC)\n"
+          "os.write(fd, sys.argv[2].encode())\n"
+          "os.close(fd)\n")
+
+
+def _write_in_other_process(path, doc):
+    """The long write runs in its own process: a FUSE file open in this one
+    would be flushed by every fork+exec of the probes (close-on-exec sends
+    FUSE a FLUSH for it), tying the probes to the write's own handle."""
+    res = subprocess.run([sys.executable, "-c", WRITER, str(path), doc],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+
+
+def _slow_volume(m, flag):
+    os.mkdir(m.vol("slow.qcow2"))
+    flag.touch()  # from now on the host tools take long for slow.qcow2
 
 
 def _assert_not_blocked(m, long_op, marker):
@@ -264,21 +283,21 @@ def _assert_not_blocked(m, long_op, marker):
 
 
 def test_ls_and_status_do_not_wait_for_slow_resize(mount_factory, tmp_path):
-    env, marker = _slow_env(tmp_path)
+    env, marker, flag = _slow_env(tmp_path)
     m = mount_factory(env=env)
-    _slow_volume(m, marker)
+    _slow_volume(m, flag)
     doc = volume_xml("slow.qcow2", 2 * GiB, fmt="qcow2")
-    long_op = _Timed(lambda: write(m.vol("slow.qcow2") / "config.xml", doc))
+    long_op = _Timed(lambda: _write_in_other_process(m.vol("slow.qcow2") / "config.xml", doc))
     long_op.start()
     _assert_not_blocked(m, long_op, marker)
     assert qemu_info(m.images / "slow.qcow2")["virtual-size"] == 2 * GiB
 
 
 def test_ls_and_status_do_not_wait_for_slow_preallocation(mount_factory, tmp_path):
-    env, marker = _slow_env(tmp_path)
+    env, marker, flag = _slow_env(tmp_path)
     m = mount_factory(env=env)
-    _slow_volume(m, marker)
+    _slow_volume(m, flag)
     doc = volume_xml("slow.qcow2", 2 * GiB, fmt="qcow2", allocation=2 * GiB)
-    long_op = _Timed(lambda: write(m.vol("slow.qcow2") / "config.xml", doc))
+    long_op = _Timed(lambda: _write_in_other_process(m.vol("slow.qcow2") / "config.xml", doc))
     long_op.start()
     _assert_not_blocked(m, long_op, marker)

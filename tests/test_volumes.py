@@ -199,7 +199,7 @@ def test_format_change_refused_with_ebusy_when_volume_holds_data(mounted):
 
 def test_allocation_equal_to_capacity_preallocates(mounted):
     os.mkdir(mounted.vol("disk1"))
-    cap = 64 * MiB
+    cap = GiB  # the default capacity: only the allocation changes
     write(mounted.vol("disk1") / "config.xml", volume_xml("disk1", cap, allocation=cap))
     st = os.stat(mounted.images / "disk1")
     assert st.st_size == cap

@@ -100,7 +100,7 @@ def test_install_replaces_config(pool1, tmp_path):
 
 def test_rsync_replaces_config(pool1, tmp_path):
     p, _, new = pool1
-    run(["rsync", _src(tmp_path, new), p / "config.xml"])
+    run(["rsync", "--checksum", _src(tmp_path, new), p / "config.xml"])
     _assert_applied(p, new, tmp_path)
 
 
