@@ -22,7 +22,7 @@ from .backends import backend_for
 from .commands import Command, parse_command, parse_yes_no
 from .errors import Busy, Exists, InvalidArgument, NotFound, StorageError
 from .names import check_name
-from .objects import INACTIVE, RUNNING, Pool, Volume, new_meta, now_ns
+from .objects import INACCESSIBLE, INACTIVE, RUNNING, Pool, Volume, new_meta, now_ns
 from .state import FileMeta, StateDir, StoredPool, merge_meta
 from .volume_ops import VolumeOps
 from .xml.pool import parse_pool
@@ -321,9 +321,27 @@ class Manager(VolumeOps):
         async with pool.lock:
             if not pool.active:
                 raise Busy(f"storage pool '{pool.name}' is not active")
-            await self._load_volumes(pool)
+            try:
+                await self._load_volumes(pool)
+            except StorageError as exc:
+                self._lost_storage(pool, exc)
+                raise
+            if pool.state == INACCESSIBLE:
+                pool.state = RUNNING
+                self.watch(pool)
             pool.touch()
         self.listener.changed(pool.name)
+
+    def _lost_storage(self, pool: Pool, exc: StorageError) -> None:
+        """The storage of a started pool is gone: inaccessible, volumes unlisted."""
+        if pool.state != INACCESSIBLE:
+            log.error("pool %s: storage became inaccessible: %s", pool.name, exc.reason)
+        pool.state = INACCESSIBLE
+        self.unwatch(pool)
+        names = list(pool.volumes)
+        pool.volumes.clear()
+        for vol in names:
+            self.listener.removed(pool.name, vol)
 
     async def _build(self, pool: Pool, overwrite: bool = False) -> None:
         async with pool.lock:

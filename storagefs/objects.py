@@ -69,7 +69,8 @@ class Pool:
 
     @property
     def active(self) -> bool:
-        return self.state in (RUNNING, DEGRADED)
+        """Started: running, degraded, or started but its storage went away."""
+        return self.state in (RUNNING, DEGRADED, INACCESSIBLE)
 
     @property
     def target(self) -> str | None:

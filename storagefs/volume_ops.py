@@ -78,8 +78,11 @@ class VolumeOps:
                 if pool is None or not pool.active:
                     continue
                 if None in names:
-                    with contextlib.suppress(StorageError):
-                        await self._refresh(pool)
+                    try:
+                        with self.recording(pool, "refresh"):
+                            await self._refresh(pool)
+                    except StorageError:
+                        pass  # recorded; the pool is inaccessible until its storage is back
                     continue
                 for name in names:
                     with contextlib.suppress(StorageError):
@@ -91,6 +94,8 @@ class VolumeOps:
         vol = pool.volumes.get(name)
         if vol is not None and vol.lock.locked():
             return  # our own operation updates it
+        if vol is not None and pool.backend.unchanged(vol.info):
+            return  # the event was our own write, or a touch: nothing to probe
         info = await pool.backend.probe_volume(name)
         if not pool.active or name in pool.reserved:
             return

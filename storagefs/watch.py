@@ -91,7 +91,11 @@ class DirWatcher:
                     self.callback(directory, None, False)
                 continue
             directory = self._wd_to_dir.get(wd)
-            if directory is None or mask & IN_IGNORED:
+            if directory is None:
+                continue
+            if mask & IN_IGNORED:  # the directory went away: the watch is gone
+                self._wd_to_dir.pop(wd, None)
+                self._dir_to_wd.pop(directory, None)
                 continue
             if mask & (IN_DELETE_SELF | IN_MOVE_SELF):
                 self.callback(directory, None, True)

@@ -115,6 +115,10 @@ class PoolBackend:
         """Look at one volume after an event; None when it is not (or no longer) there."""
         return None
 
+    def unchanged(self, info: VolumeInfo) -> bool:
+        """True when a cheap check shows the volume is as ``info`` describes it."""
+        return False
+
     def stat_volume(self, info: VolumeInfo) -> VolumeInfo | None:
         """Refresh fast-changing figures with syscalls only; None if the volume vanished."""
         return info

@@ -94,8 +94,11 @@ class DirBackend(PoolBackend):
     def stat_volume(self, info: VolumeInfo) -> VolumeInfo | None:
         return self.files.stat(info)
 
+    def unchanged(self, info: VolumeInfo) -> bool:
+        return self.files.unchanged(info)
+
     async def create_volume(self, spec: VolumeSpec) -> VolumeInfo:
-        free = shutil.disk_usage(self.target).free
+        free = shutil.disk_usage(self.target).free if spec.allocation else 0
         if spec.allocation and spec.allocation > free:
             raise NoSpace(f"not enough space for {spec.allocation} bytes "
                           f"({free} available)")

@@ -132,6 +132,15 @@ class FileVolumes:
             info.backing_format = data.get("backing-filename-format")
             info.encrypted = bool(data.get("encrypted"))
 
+    def unchanged(self, info: VolumeInfo) -> bool:
+        """Same size, change time and type as when last probed (one lstat)."""
+        try:
+            st = os.lstat(info.path)
+        except OSError:
+            return False
+        return (stat.S_ISREG(st.st_mode) and st.st_ctime_ns == info.ctime_ns
+                and st.st_size == info.physical)
+
     def stat(self, info: VolumeInfo) -> VolumeInfo | None:
         try:
             st = os.lstat(info.path)
@@ -160,11 +169,13 @@ class FileVolumes:
                 os.fchmod(fd, mode)
                 if spec.format == "raw":
                     await self._make_raw(fd, spec.capacity, spec.allocation)
+                    # known format: no need to open it again to probe the header
+                    info = stat_info(VolumeInfo(spec.name, path, path), os.fstat(fd))
             finally:
                 os.close(fd)
             if spec.format != "raw":
                 await self._qemu_create(path, spec)
-            info = await self.probe(spec.name)
+                info = await self.probe(spec.name)
             if info is None:
                 raise StorageError(f"volume '{path}' vanished while being created")
             return info
