@@ -102,8 +102,11 @@ class StorageFS(FileOps):
             self.m.mkdir_pool(text)
         elif e.kind is Kind.POOL_VOLUMES:
             await self.m.create_volume(e.pool.name, text)
+        elif e.kind is Kind.SNAPSHOTS:
+            await self.m.mkdir_snapshot(e.pool.name, e.volume.name, text)
         else:
-            raise NotPermitted("directories are made only in pools/ and pools/P/volumes/")
+            raise NotPermitted("directories are made only in pools/, pools/P/volumes/ "
+                               "and .../VOL/snapshots/")
         node, ce = self._child(parent, text)
         attrs = self.attrs(node, ce)
         node.lookups += 1
@@ -118,6 +121,8 @@ class StorageFS(FileOps):
             await self.m.undefine_pool(e.pool.name)
         elif e.kind is Kind.VOLUME:
             await self.m.delete_volume(e.pool.name, e.volume.name)
+        elif e.kind is Kind.SNAPSHOT:
+            await self.m.rmdir_snapshot(e.pool.name, e.volume.name, text)
         elif e.is_dir:
             raise NotPermitted(f"{text} is part of the tree; it cannot be removed")
         else:

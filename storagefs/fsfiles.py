@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import stat
 
 import pyfuse3
@@ -17,7 +18,15 @@ from pyfuse3 import FUSEError
 
 from .errors import Exists, InvalidArgument, NotFound, NotPermitted
 from .fs_base import FsBase, _name, fuse_op
-from .handles import Apply, CommandHandle, DocumentHandle, Handle, Scratch, ScratchHandle
+from .handles import (
+    Apply,
+    CommandHandle,
+    DocumentHandle,
+    Handle,
+    LiveHandle,
+    Scratch,
+    ScratchHandle,
+)
 from .objects import now_ns
 from .state import FileMeta
 from .view import Entry, Kind
@@ -67,6 +76,10 @@ class FileOps(FsBase):
             return self._new_handle(node, handle)
         if writing and not e.writable:
             raise FUSEError(errno.EACCES)
+        if e.kind is Kind.VOL_FILE and e.name == "progress":
+            vol = e.volume
+            return self._new_handle(node, LiveHandle(lambda: self.view.content(e),
+                                                     lambda: vol.progress_version))
         snapshot = self.view.content(e)
         if not writing:
             return self._new_handle(node, Handle(snapshot), direct_io=e.kind is not Kind.README)
@@ -93,6 +106,19 @@ class FileOps(FsBase):
     @fuse_op
     async def fsync(self, fh, datasync):
         return None
+
+    @fuse_op
+    async def poll(self, inode, fh, poll_handle, ctx):
+        """progress files: readable when they changed since last read, else wait."""
+        node, handle = self.handles[fh]
+        if not isinstance(handle, LiveHandle):
+            return select.POLLIN | select.POLLOUT
+        if handle.version() != handle.seen:
+            return select.POLLIN | select.POLLPRI
+        if poll_handle is not None:
+            e = self.entry(node)
+            self.inval.pollers.setdefault((e.pool.name, e.volume.name), []).append(poll_handle)
+        return 0
 
     @fuse_op
     async def create(self, parent_inode, name, mode, flags, ctx):

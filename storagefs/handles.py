@@ -61,6 +61,23 @@ class Handle:
         raise FUSEError(errno.EINVAL)
 
 
+class LiveHandle(Handle):
+    """A file whose content changes while it is open (progress): each read from
+    offset 0 takes a fresh copy; ``seen`` is the version poll() compares with."""
+
+    def __init__(self, produce: Callable[[], bytes], version: Callable[[], int]) -> None:
+        super().__init__(produce())
+        self.produce = produce
+        self.version = version
+        self.seen = version()
+
+    def read(self, off: int, size: int) -> bytes:
+        if off == 0:
+            self.seen = self.version()
+            self.snapshot = self.produce()
+        return super().read(off, size)
+
+
 class ScratchHandle(Handle):
     def __init__(self, scratch: Scratch) -> None:
         super().__init__()

@@ -95,3 +95,45 @@ async def run_json(argv: Sequence[str], **kwargs) -> object:
         return json.loads(res.stdout)
     except ValueError:
         raise StorageError(f"{argv[0]} printed no JSON", errno.EIO) from None
+
+
+async def run_progress(argv: Sequence[str], pattern, report, *, timeout: float) -> None:
+    """Run a tool that prints progress (``qemu-img convert -p``): ``report(fraction)``
+    for each match of ``pattern`` (a bytes regex whose group 1 is a percentage).
+    Killed when cancelled or too slow; a non-zero exit raises ToolError."""
+    argv = [str(a) for a in argv]
+    if shutil.which(argv[0]) is None:
+        raise NotSupported(f"{os.path.basename(argv[0])} not installed")
+    log.debug("running %s", " ".join(argv))
+    env = dict(os.environ, LC_ALL="C")
+    proc = await trio.lowlevel.open_process(argv, stdin=subprocess.DEVNULL,
+                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                            env=env)
+    err = bytearray()
+
+    async def drain_stderr() -> None:
+        async for chunk in proc.stderr:
+            err.extend(chunk[:4096])
+
+    try:
+        with trio.fail_after(timeout):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(drain_stderr)
+                buf = b""
+                async for chunk in proc.stdout:
+                    buf = (buf + chunk)[-256:]
+                    for m in pattern.finditer(buf):
+                        report(float(m.group(1)) / 100)
+                    buf = buf[buf.rfind(b")") + 1:]
+                await proc.wait()
+    except trio.TooSlowError:
+        proc.kill()
+        raise ToolError(f"{argv[0]} did not finish within {timeout:g} s") from None
+    except BaseException:
+        proc.kill()
+        with trio.CancelScope(shield=True):
+            await proc.wait()
+        raise
+    if proc.returncode != 0:
+        reason = first_line(err.decode(errors="replace")) or f"exit {proc.returncode}"
+        raise ToolError(f"{os.path.basename(argv[0])}: {reason}")

@@ -32,6 +32,15 @@ class Invalidator:
     def __init__(self, table: InodeTable) -> None:
         self.table = table
         self.enabled = False  # only once the mount is live
+        #: poll() handles waiting for a volume's progress to change
+        self.pollers: dict[tuple[str, str], list[pyfuse3.PollHandle]] = {}
+
+    def progress(self, pool: str, volume: str) -> None:
+        for handle in self.pollers.pop((pool, volume), []):
+            try:
+                handle.notify()
+            except OSError:
+                pass
 
     def _inode(self, node: Node) -> None:
         if not self.enabled:

@@ -24,6 +24,7 @@ from .errors import Busy, Exists, InvalidArgument, NotFound, StorageError
 from .names import check_name
 from .objects import INACCESSIBLE, INACTIVE, RUNNING, Pool, Volume, new_meta, now_ns
 from .state import FileMeta, StateDir, StoredPool, merge_meta
+from .volume_cmds import VolumeCommands
 from .volume_ops import VolumeOps
 from .xml.pool import parse_pool
 
@@ -43,6 +44,7 @@ DEFAULT_POOL_XML = """<pool type='dir'>
 
 
 class Listener(Protocol):
+    def progress(self, pool: str, volume: str) -> None: ...
     def changed(self, pool: str, volume: str | None = None) -> None: ...
     def added(self, pool: str, volume: str | None = None) -> None: ...
     def removed(self, pool: str, volume: str | None = None) -> None: ...
@@ -54,13 +56,16 @@ class NullListener:
 
     added = removed = changed
 
+    def progress(self, pool: str, volume: str) -> None:
+        pass
+
 
 def error_line(op: str, reason: str) -> str:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     return f"{stamp} {op}: {reason}\n"
 
 
-class Manager(VolumeOps):
+class Manager(VolumeCommands, VolumeOps):
     def __init__(self, state: StateDir) -> None:
         self.state = state
         self.pools: dict[str, Pool] = {}

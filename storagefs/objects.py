@@ -33,8 +33,9 @@ class Volume:
     config: bytes | None = None
     meta: FileMeta = field(default_factory=new_meta)
     error: str = ""
-    #: what long operation runs now ("" when idle)
+    #: what long operation runs now ("" when idle), and a counter of its changes
     progress: str = ""
+    progress_version: int = 0
     lock: trio.Lock = field(default_factory=trio.Lock)
     changed_ns: int = field(default_factory=now_ns)
 

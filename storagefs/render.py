@@ -87,6 +87,8 @@ def volume_file(m: Manager, vol: Volume, name: str) -> bytes:
         return vol.error.encode()
     if name == "control":
         return "".join(f"{c}\n" for c in m.valid_volume_commands(vol)).encode()
+    if name == "progress":
+        return vol.progress.encode()
     info = m.volume_info(vol)
     if name in ("capacity", "allocation"):
         return line(getattr(info, name))
@@ -95,3 +97,9 @@ def volume_file(m: Manager, vol: Volume, name: str) -> bytes:
     if name == "key":
         return line(info.key)
     return b""
+
+
+def snapshot_file(snap, name: str) -> bytes:
+    value = {"id": snap.id, "date": snap.date, "vm-state-size": snap.vm_state_size,
+             "vm-clock": snap.vm_clock}[name]
+    return line(value)

@@ -18,7 +18,8 @@ POOL_FILES = ("config.xml", "status.xml", "state", "autostart", "control", "uuid
               "capacity", "allocation", "available", "error")
 POOL_WRITABLE = ("config.xml", "state", "autostart", "control")
 VOL_FILES = ("config.xml", "status.xml", "capacity", "allocation", "format", "key",
-             "control", "error")
+             "control", "progress", "error")
+SNAP_FILES = ("id", "date", "vm-state-size", "vm-clock")
 VOL_WRITABLE = ("config.xml", "control")
 
 
@@ -31,6 +32,9 @@ class Kind(enum.Enum):
     POOL_VOLUMES = "pool-volumes"
     VOLUME = "volume"        # pools/P/volumes/V
     VOL_FILE = "vol-file"
+    SNAPSHOTS = "snapshots"  # pools/P/volumes/V/snapshots
+    SNAPSHOT = "snapshot"    # .../snapshots/S
+    SNAP_FILE = "snap-file"
     LINK = "link"
     SCRATCH = "scratch"      # any other name in a pool or volume directory
 
@@ -42,6 +46,7 @@ class Entry:
     volume: Volume | None = None
     name: str = ""           # the file name for *_FILE and SCRATCH
     target: str = ""         # for LINK
+    snapshot: object = None  # for SNAPSHOT and SNAP_FILE
 
     @property
     def writable(self) -> bool:
@@ -53,7 +58,8 @@ class Entry:
 
     @property
     def is_dir(self) -> bool:
-        return self.kind in (Kind.ROOT, Kind.DIR, Kind.POOL, Kind.POOL_VOLUMES, Kind.VOLUME)
+        return self.kind in (Kind.ROOT, Kind.DIR, Kind.POOL, Kind.POOL_VOLUMES, Kind.VOLUME,
+                             Kind.SNAPSHOTS, Kind.SNAPSHOT)
 
     @property
     def owner(self) -> Pool | Volume | None:
@@ -127,6 +133,15 @@ class View:
             return Entry(Kind.VOLUME, pool, vol)
         if n == 5:
             return self._in_object_dir(Entry(Kind.VOLUME, pool, vol), path[4], scratch, hidden)
+        if path[4] != "snapshots":
+            raise NotFound(path[4])
+        snap = next((s for s in vol.info.snapshots if s.name == path[5]), None)
+        if snap is None:
+            raise NotFound(path[5])
+        if n == 6:
+            return Entry(Kind.SNAPSHOT, pool, vol, snapshot=snap)
+        if n == 7 and path[6] in SNAP_FILES:
+            return Entry(Kind.SNAP_FILE, pool, vol, path[6], snapshot=snap)
         raise NotFound(path[-1])
 
     def _resolve_links(self, path, tables) -> Entry:
@@ -158,6 +173,8 @@ class View:
             raise NotFound(name)
         if name == "path" and vol.info.path:
             return Entry(Kind.LINK, pool, vol, name, target=vol.info.path)
+        if name == "snapshots":
+            return Entry(Kind.SNAPSHOTS, pool, vol)
         if name in VOL_FILES:
             return Entry(Kind.VOL_FILE, pool, vol, name)
         raise NotFound(name)
@@ -177,7 +194,11 @@ class View:
             names = list(VOL_FILES)
             if entry.volume.info.path:
                 names.insert(2, "path")
-            return names
+            return [*names, "snapshots"]
+        if k is Kind.SNAPSHOTS:
+            return [s.name for s in entry.volume.info.snapshots]
+        if k is Kind.SNAPSHOT:
+            return list(SNAP_FILES)
         if path == ("pools",):
             return ["by-uuid", "by-path", *sorted(self.m.pools)]
         if path == ("volumes",):
@@ -197,4 +218,6 @@ class View:
             return render.pool_file(self.m, entry.pool, entry.name)
         if entry.kind is Kind.VOL_FILE:
             return render.volume_file(self.m, entry.volume, entry.name)
+        if entry.kind is Kind.SNAP_FILE:
+            return render.snapshot_file(entry.snapshot, entry.name)
         return b""

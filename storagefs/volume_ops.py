@@ -16,13 +16,11 @@ import trio
 
 from .backends.base import VolumeInfo, VolumeSpec
 from .backends.filevol import format_from_name
-from .commands import parse_command
 from .docs import volume_doc
 from .errors import Busy, Exists, InvalidArgument, NotFound, StorageError
 from .names import check_name
 from .objects import Pool, Volume
 from .state import FileMeta, StoredVolume, merge_meta
-from .units import parse_size
 from .watch import DirWatcher
 
 if TYPE_CHECKING:
@@ -262,33 +260,4 @@ class VolumeOps:
         vol.meta = meta
         if vol.config is not None:
             self.state.save_volume(StoredVolume(pool_name, name, vol.config, meta))
-        self.listener.changed(pool_name, name)
-
-    def valid_volume_commands(self: Manager, vol: Volume) -> list[str]:
-        b = vol.pool.backend
-        return ["resize SIZE", "resize --shrink SIZE"] if b.supports("resize_volume") else []
-
-    async def volume_command(self: Manager, pool_name: str, name: str, line: bytes) -> None:
-        vol = self.volume(pool_name, name)
-        with self.recording(vol, "control"):
-            cmd = parse_command(line)
-            if cmd is None:
-                return
-            if cmd.verb != "resize":
-                valid = ", ".join(self.valid_volume_commands(vol)) or "none"
-                raise InvalidArgument(f"unknown command '{cmd}'; valid now: {valid}")
-            flags = {a for a in cmd.args if a.startswith("--")}
-            sizes = [a for a in cmd.args if not a.startswith("--")]
-            bad = flags - {"--shrink", "--delta", "--allocate"}
-            if bad or len(sizes) != 1:
-                raise InvalidArgument("usage: resize [--delta] [--allocate] [--shrink] SIZE")
-            size = parse_size(sizes[0])
-            async with vol.lock:
-                cap = vol.info.capacity + size if "--delta" in flags else size
-                vol.info = await vol.pool.backend.resize_volume(
-                    vol.info, cap, shrink="--shrink" in flags, allocate="--allocate" in flags)
-                if vol.config is not None:
-                    vol.config = None  # the stored document no longer describes it
-                    self.state.delete_volume(pool_name, name)
-                vol.touch()
         self.listener.changed(pool_name, name)

@@ -287,6 +287,16 @@ def test_name_with_slash_in_xml_is_refused(mounted, tmp_path):
     assert not (tmp_path / "evil").exists()
 
 
+def test_volume_target_path_outside_pool_is_never_used(mounted, tmp_path):
+    os.mkdir(mounted.vol("disk1"))
+    outside = tmp_path / "outside.img"
+    doc = volume_xml("disk1", 2 * GiB).replace(
+        "  <target>\n", f"  <target>\n    <path>{outside}</path>\n")
+    write_errno(mounted.vol("disk1") / "config.xml", doc)
+    assert not outside.exists()
+    assert os.readlink(mounted.vol("disk1") / "path") == str(mounted.images / "disk1")
+
+
 def test_symlink_in_target_never_reaches_outside(mounted, tmp_path):
     victim = tmp_path / "victim.img"
     victim.write_bytes(b"outside data")

@@ -176,3 +176,31 @@ def test_service_unit_and_ci_entry_point_exist():
     assert exec_start and "storagefs" in exec_start[0] and " mount " in exec_start[0] + " "
     ci = REPO / ".ci" / "run"
     assert ci.is_file() and os.access(ci, os.X_OK), ".ci/run missing or not executable"
+
+
+def _readme_commands() -> list[str]:
+    """The shell commands of README's fenced ```sh blocks, in order."""
+    blocks, current = [], None
+    for line in (REPO / "README.md").read_text().splitlines():
+        if current is None and line.strip() in ("```sh", "```bash", "```shell"):
+            current = []
+        elif current is not None and line.strip() == "```":
+            blocks.append("\n".join(current).strip())
+            current = None
+        elif current is not None:
+            current.append(line)
+    return blocks
+
+
+def test_readme_first_command_installs_and_mounts_second_is_what_ci_runs():
+    blocks = _readme_commands()
+    assert blocks, "README has no ```sh blocks"
+    first = blocks[0]
+    assert "storagefs mount" in first, f"README's first command does not mount: {first!r}"
+    ci_lines = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()
+                if line.strip() and not line.lstrip().startswith("#")]
+    test_blocks = [b for b in blocks[1:] if "storagefs mount" not in b and "mkdir" not in b]
+    assert test_blocks, "README has no test command after the install command"
+    second = test_blocks[0]
+    assert any(second in line for line in ci_lines), (
+        f".ci/run does not run README's test command {second!r}: {ci_lines}")

@@ -376,3 +376,24 @@ def test_default_pool_config_xml_is_a_pool_definition(mounted):
     assert xml_value(config, "/pool/name") == "default"
     assert xml_value(config, "/pool/target/path") == str(mounted.images)
 
+
+
+def test_command_without_newline_applies_at_close(mounted, tmp_path):
+    p = define_pool(mounted, "p1", tmp_path / "p1")
+    fd = os.open(p / "control", os.O_WRONLY | os.O_TRUNC)
+    try:
+        os.write(fd, b"sto")
+        os.write(fd, b"p")
+        assert read(p / "state") == "running\n", "a command is complete only at newline/close"
+    finally:
+        os.close(fd)
+    assert read(p / "state") == "inactive\n"
+    sh(f"printf start > {p}/control")
+    assert read(p / "state") == "running\n"
+
+
+def test_relative_pool_target_is_einval(mounted):
+    os.mkdir(mounted.pool("p1"))
+    code, call = write_errno(mounted.pool("p1") / "config.xml", pool_xml("p1", "relative/dir"))
+    assert (code, call) == (errno.EINVAL, "write")
+    assert ls_names(mounted.pool("p1")) == {"config.xml"}

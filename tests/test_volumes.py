@@ -297,3 +297,26 @@ def test_qemu_img_check_passes_on_created_qcow2(mounted):
     res = subprocess.run(["qemu-img", "check", str(mounted.images / "q.qcow2")],
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_allocation_follows_guest_writes_without_delay(mounted):
+    os.mkdir(mounted.vol("disk1"))
+    v = mounted.vol("disk1")
+    assert int(read(v / "allocation")) < MiB
+    with open(v / "path", "r+b") as f:
+        f.write(os.urandom(4 * MiB))
+        f.flush()
+        os.fsync(f.fileno())
+    text = read(v / "allocation")
+    assert int(text) >= 4 * MiB
+    assert os.stat(v / "allocation").st_size == len(text)
+    assert int(xml_value(read(v / "status.xml"), "/volume/allocation")) >= 4 * MiB
+
+
+def test_format_change_qcow2_to_raw_while_empty(mounted):
+    os.mkdir(mounted.vol("disk1"))
+    v = mounted.vol("disk1")
+    write(v / "config.xml", volume_xml("disk1", GiB, fmt="qcow2"))
+    write(v / "config.xml", volume_xml("disk1", GiB, fmt="raw"))
+    info = qemu_info(mounted.images / "disk1")
+    assert (info["format"], info["virtual-size"]) == ("raw", GiB)

@@ -9,6 +9,7 @@ creates something removes its own partial result when it fails.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
@@ -46,6 +47,8 @@ class VolumeInfo:
     backing_path: str | None = None
     backing_format: str | None = None
     encrypted: bool = False
+    #: qcow2 internal snapshots (fileops.Snapshot), from qemu-img info
+    snapshots: list = field(default_factory=list)
 
 
 @dataclass
@@ -136,3 +139,17 @@ class PoolBackend:
     async def update_volume(self, info: VolumeInfo, spec: VolumeSpec) -> VolumeInfo:
         """Make an existing volume match ``spec`` (format, allocation, permissions)."""
         raise self._unsupported("changing volumes")
+
+    async def clone_volume(self, src: VolumeInfo, spec: VolumeSpec,
+                           report: Callable[[float], None]) -> VolumeInfo:
+        """Make ``spec.name`` in this pool a copy of ``src`` (which may be in another pool).
+        The new volume appears only when complete; a failure leaves nothing behind."""
+        raise self._unsupported("cloning volumes")
+
+    async def wipe_volume(self, info: VolumeInfo, algorithm: str,
+                          report: Callable[[float], None]) -> VolumeInfo:
+        raise self._unsupported("wiping volumes")
+
+    async def snapshot_volume(self, info: VolumeInfo, op: str, name: str) -> VolumeInfo:
+        """op: 'create', 'revert' or 'delete' an internal snapshot."""
+        raise self._unsupported("internal snapshots")

@@ -115,3 +115,12 @@ class DirBackend(PoolBackend):
         if self.files.stat(info) is None:
             raise Busy(f"volume '{info.name}' is no longer there")
         return await self.files.update(info, spec)
+
+    async def clone_volume(self, src: VolumeInfo, spec: VolumeSpec, report) -> VolumeInfo:
+        return await self.files.clone(src, spec, report)
+
+    async def wipe_volume(self, info: VolumeInfo, algorithm: str, report) -> VolumeInfo:
+        return await self.files.wipe(info, algorithm, report)
+
+    async def snapshot_volume(self, info: VolumeInfo, op: str, name: str) -> VolumeInfo:
+        return await self.files.snapshot(info, op, name)

@@ -16,6 +16,7 @@ import trio
 from .. import hostcmd
 from ..errors import Busy, Exists, InvalidArgument, NotSupported, StorageError, from_oserror
 from ..names import check_name
+from . import fileops
 from .base import VolumeInfo, VolumeSpec
 
 QEMU_IMG = "qemu-img"
@@ -131,6 +132,7 @@ class FileVolumes:
             info.backing_path = data.get("full-backing-filename") or data.get("backing-filename")
             info.backing_format = data.get("backing-filename-format")
             info.encrypted = bool(data.get("encrypted"))
+            info.snapshots = fileops.snapshots_from_info(data)
 
     def unchanged(self, info: VolumeInfo) -> bool:
         """Same size, change time and type as when last probed (one lstat)."""
@@ -318,3 +320,46 @@ class FileVolumes:
             raise from_oserror(exc, "cannot preallocate") from None
         finally:
             os.close(fd)
+
+    async def clone(self, src: VolumeInfo, spec: VolumeSpec, report) -> VolumeInfo:
+        path = self.path_of(spec.name)
+        if os.path.lexists(path):
+            raise Exists(f"volume target path '{path}' already exists")
+        tmp = os.path.join(self.dir, f".storagefs-clone-{spec.name}")
+        try:
+            if spec.format == src.format:
+                await fileops.copy_file(src.path, tmp, src.physical, report)
+            else:
+                if spec.format not in CREATABLE:
+                    raise NotSupported(f"cannot convert to format '{spec.format}'")
+                await fileops.qemu_convert(src, tmp, spec.format, report)
+            if os.path.lexists(path):
+                raise Exists(f"volume target path '{path}' already exists")
+            os.rename(tmp, path)
+        except OSError as exc:
+            self._discard(tmp)
+            raise from_oserror(exc, f"cannot clone to '{path}'") from None
+        except BaseException:
+            self._discard(tmp)
+            raise
+        info = await self.probe(spec.name)
+        if info is None:
+            raise StorageError(f"clone '{path}' vanished")
+        return info
+
+    @staticmethod
+    def _discard(path: str) -> None:
+        with trio.CancelScope(shield=True):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+    async def wipe(self, info: VolumeInfo, algorithm: str, report) -> VolumeInfo:
+        await fileops.wipe_file(info, algorithm, report)
+        return await self.probe(info.name) or info
+
+    async def snapshot(self, info: VolumeInfo, op: str, name: str) -> VolumeInfo:
+        flag = {"create": "-c", "revert": "-a", "delete": "-d"}[op]
+        await fileops.snapshot_op(info, flag, name)
+        return await self.probe(info.name) or info

@@ -1,0 +1,243 @@
+"""Long file-volume operations: clone (reflink, sparse copy, qemu-img convert),
+wipe, and qcow2 internal snapshots. Progress is reported through a callback
+with a fraction in [0, 1]; a failure or cancellation leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from .. import hostcmd
+from ..errors import InvalidArgument, NotSupported, StorageError, from_oserror
+from .base import VolumeInfo
+
+Progress = Callable[[float], None]
+FICLONE = 0x40049409
+CHUNK = 4 << 20
+QEMU_IMG = "qemu-img"
+_PERCENT = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
+#: libvirt's wipe algorithms; all but zero and random need the scrub tool
+WIPE_ALGORITHMS = ("zero", "nnsa", "dod", "bsi", "gutmann", "schneier", "pfitzner7",
+                   "pfitzner33", "random", "trim")
+
+
+class _Cancel:
+    """Set from the trio side when the operation is cancelled; the worker thread checks it."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+
+def try_reflink(src_fd: int, dst_fd: int) -> bool:
+    """O(1) copy on xfs/btrfs (FICLONE); False where the filesystem cannot."""
+    try:
+        fcntl.ioctl(dst_fd, FICLONE, src_fd)
+        return True
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL,
+                         errno.ENOSYS):
+            return False
+        raise
+
+
+def sparse_copy(src_fd: int, dst_fd: int, size: int, report: Progress, cancel: _Cancel) -> None:
+    """Copy only the data extents (SEEK_DATA/SEEK_HOLE): holes stay holes."""
+    os.ftruncate(dst_fd, size)
+    pos = 0
+    while pos < size:
+        if cancel.event.is_set():
+            raise InterruptedError
+        try:
+            data = os.lseek(src_fd, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                break  # only a hole is left
+            raise
+        hole = os.lseek(src_fd, data, os.SEEK_HOLE)
+        off = data
+        while off < hole:
+            if cancel.event.is_set():
+                raise InterruptedError
+            n = os.copy_file_range(src_fd, dst_fd, min(CHUNK, hole - off), off, off)
+            if n <= 0:
+                break
+            off += n
+            report(off / size if size else 1.0)
+        pos = hole
+    report(1.0)
+
+
+async def in_thread(fn: Callable[[_Cancel], None]) -> None:
+    """Run blocking copy work in a thread; on cancellation, stop it and wait for it."""
+    cancel = _Cancel()
+    try:
+        await trio.to_thread.run_sync(fn, cancel, abandon_on_cancel=False)
+    except BaseException:
+        cancel.event.set()
+        raise
+
+
+async def copy_file(src: str, dst: str, size: int, report: Progress) -> None:
+    """Reflink when possible, else a sparse copy; dst is created (O_EXCL)."""
+    def work(cancel: _Cancel) -> None:
+        sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            try:
+                if not try_reflink(sfd, dfd):
+                    sparse_copy(sfd, dfd, size, report, cancel)
+                else:
+                    report(1.0)
+                os.fchmod(dfd, os.fstat(sfd).st_mode & 0o7777)
+            finally:
+                os.close(dfd)
+        finally:
+            os.close(sfd)
+
+    try:
+        await in_thread(work)
+    except OSError as exc:
+        raise from_oserror(exc, f"cannot copy '{src}'") from None
+
+
+async def qemu_convert(src: VolumeInfo, dst: str, fmt: str, report: Progress) -> None:
+    """qemu-img convert -p, progress parsed from its '(12.34/100%)' output."""
+    argv = [QEMU_IMG, "convert", "-p", "-f", src.format, "-O", fmt, src.path, dst]
+    await hostcmd.run_progress(argv, _PERCENT, report, timeout=24 * 3600)
+
+
+async def wipe_file(info: VolumeInfo, algorithm: str, report: Progress) -> None:
+    if algorithm not in WIPE_ALGORITHMS:
+        raise InvalidArgument(f"unknown wipe algorithm '{algorithm}'; known: "
+                              f"{', '.join(WIPE_ALGORITHMS)}")
+    if info.format != "raw" and algorithm != "zero":
+        raise NotSupported(f"only 'zero' can wipe a {info.format} volume")
+    if algorithm in ("zero", "random") and info.format == "raw":
+        await _overwrite(info, algorithm == "random", report)
+    elif algorithm == "zero":
+        await _recreate_empty(info)
+        report(1.0)
+    elif algorithm == "trim":
+        raise NotSupported("trim is not supported for file volumes")
+    else:
+        await hostcmd.run(["scrub", "-f", "-p", algorithm, info.path], timeout=24 * 3600)
+        report(1.0)
+
+
+async def _overwrite(info: VolumeInfo, random: bool, report: Progress) -> None:
+    size = os.lstat(info.path).st_size
+
+    def work(cancel: _Cancel) -> None:
+        fd = os.open(info.path, os.O_WRONLY | os.O_NOFOLLOW)
+        try:
+            if not random:
+                # zeroes: punching holes leaves a sparse file that reads as zeros
+                fallocate_punch(fd, size)
+                report(1.0)
+                return
+            off = 0
+            while off < size:
+                if cancel.event.is_set():
+                    raise InterruptedError
+                n = min(CHUNK, size - off)
+                os.pwrite(fd, os.urandom(n), off)
+                off += n
+                report(off / size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    try:
+        await in_thread(work)
+    except OSError as exc:
+        raise from_oserror(exc, f"cannot wipe '{info.path}'") from None
+
+
+def fallocate_punch(fd: int, size: int) -> None:
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    mode = 0x01 | 0x02  # FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
+    if libc.fallocate(fd, mode, ctypes.c_longlong(0), ctypes.c_longlong(size)) != 0:
+        err = ctypes.get_errno()
+        if err not in (errno.EOPNOTSUPP,):
+            raise OSError(err, os.strerror(err))
+        zero = bytes(CHUNK)
+        for off in range(0, size, CHUNK):
+            os.pwrite(fd, zero[:min(CHUNK, size - off)], off)
+    os.fsync(fd)
+
+
+async def _recreate_empty(info: VolumeInfo) -> None:
+    """Zero a qcow2-like image: a fresh image of the same size and format."""
+    tmp = os.path.join(os.path.dirname(info.path), f".storagefs-wipe-{os.path.basename(info.path)}")
+    argv = [QEMU_IMG, "create", "-q", "-f", info.format]
+    if info.backing_path:
+        argv += ["-b", info.backing_path, "-F", info.backing_format or "raw"]
+    try:
+        await hostcmd.run([*argv, tmp, str(info.capacity)], timeout=600)
+        st = os.lstat(info.path)
+        os.chown(tmp, st.st_uid, st.st_gid)
+        os.chmod(tmp, st.st_mode & 0o7777)
+        os.replace(tmp, info.path)
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        raise
+
+
+@dataclass
+class Snapshot:
+    name: str
+    id: str = ""
+    date: str = ""
+    vm_state_size: int = 0
+    vm_clock: str = ""
+
+
+def snapshots_from_info(data: dict) -> list[Snapshot]:
+    """Internal snapshots from ``qemu-img info --output=json``."""
+    out = []
+    for s in data.get("snapshots", []) or []:
+        secs = int(s.get("date-sec", 0))
+        out.append(Snapshot(name=str(s.get("name", "")), id=str(s.get("id", "")),
+                            date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(secs)),
+                            vm_state_size=int(s.get("vm-state-size", 0)),
+                            vm_clock=str(s.get("vm-clock-sec", 0))))
+    return out
+
+
+async def snapshot_op(info: VolumeInfo, flag: str, name: str) -> None:
+    if info.format != "qcow2":
+        raise NotSupported(f"internal snapshots need qcow2; '{info.name}' is {info.format}")
+    await hostcmd.run([QEMU_IMG, "snapshot", flag, name, info.path],
+                      timeout=600, errno_map={"already exists": errno.EEXIST,
+                                              "not found": errno.ENOENT,
+                                              "Can't find": errno.ENOENT,
+                                              "lock": errno.EBUSY})
+
+
+def check_snapshot_name(name: str) -> str:
+    from ..names import check_name
+
+    check_name(name, "snapshot name")
+    if name.isdigit():
+        raise InvalidArgument("a snapshot name cannot be all digits (qemu-img takes it for an id)")
+    return name
+
+
+__all__ = ["StorageError", "WIPE_ALGORITHMS", "Snapshot", "copy_file", "qemu_convert",
+           "wipe_file", "snapshots_from_info", "snapshot_op", "check_snapshot_name"]

@@ -1,0 +1,192 @@
+"""Commands written to a volume's ``control`` (virsh vol-* words), snapshots, progress.
+
+A long command runs in the write() that asked for it; meanwhile the volume's
+``progress`` file says what runs and how far it is, and other volumes and
+listings stay responsive (the work runs in a thread or a child process).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
+
+from .backends.base import VolumeSpec
+from .backends.fileops import WIPE_ALGORITHMS, check_snapshot_name
+from .commands import Command, parse_command
+from .errors import Exists, InvalidArgument, NotFound, NotSupported
+from .names import check_name
+from .objects import Volume
+from .units import parse_size
+
+if TYPE_CHECKING:
+    from .manager import Manager
+
+log = logging.getLogger(__name__)
+
+
+class VolumeCommands:
+    def valid_volume_commands(self: Manager, vol: Volume) -> list[str]:
+        b = vol.pool.backend
+        cmds = []
+        if b.supports("resize_volume"):
+            cmds += ["resize SIZE", "resize --delta SIZE", "resize --allocate SIZE",
+                     "resize --shrink SIZE"]
+        if b.supports("clone_volume"):
+            cmds.append("clone NEWNAME [--format FMT] [--pool POOL]")
+        if b.supports("wipe_volume"):
+            cmds.append(f"wipe [{'|'.join(WIPE_ALGORITHMS)}]")
+        if b.supports("snapshot_volume") and vol.info.format == "qcow2":
+            cmds += ["snapshot NAME", "revert NAME", "delete-snapshot NAME"]
+        return cmds
+
+    async def volume_command(self: Manager, pool_name: str, name: str, line: bytes) -> None:
+        vol = self.volume(pool_name, name)
+        with self.recording(vol, "control"):
+            cmd = parse_command(line)
+            if cmd is None:
+                return
+            handlers = {"resize": self._resize, "clone": self._clone, "wipe": self._wipe,
+                        "snapshot": self._snapshot_cmd, "revert": self._snapshot_cmd,
+                        "delete-snapshot": self._snapshot_cmd}
+            fn = handlers.get(cmd.verb)
+            if fn is None:
+                valid = "; ".join(self.valid_volume_commands(vol)) or "none"
+                raise InvalidArgument(f"unknown command '{cmd}'; valid: {valid}")
+            await fn(vol, cmd)
+
+    def _progress(self: Manager, vol: Volume, what: str) -> Callable[[float], None]:
+        last = [-1]
+
+        def report(fraction: float) -> None:
+            pct = max(0, min(100, int(fraction * 100)))
+            if pct != last[0]:
+                last[0] = pct
+                vol.progress = f"{what} {pct}%\n"
+                self.listener.changed(vol.pool.name, vol.name)
+                self.progress_changed(vol)
+
+        vol.progress = f"{what} 0%\n"
+        self.progress_changed(vol)
+        return report
+
+    def progress_changed(self: Manager, vol: Volume) -> None:
+        vol.progress_version += 1
+        self.listener.progress(vol.pool.name, vol.name)
+
+    def _done(self: Manager, vol: Volume) -> None:
+        vol.progress = ""
+        vol.touch()
+        self.progress_changed(vol)
+        self.listener.changed(vol.pool.name, vol.name)
+
+    @contextlib.asynccontextmanager
+    async def _volume_op(self: Manager, vol: Volume) -> AsyncIterator[None]:
+        """Serialise operations on one volume; the pool cannot stop meanwhile."""
+        async with vol.lock:
+            if vol.pool.volumes.get(vol.name) is not vol:
+                raise NotFound(f"no storage vol with matching name '{vol.name}'")
+            vol.pool.busy_volumes += 1
+            try:
+                yield
+            finally:
+                vol.pool.busy_volumes -= 1
+                self._done(vol)
+
+    async def _resize(self: Manager, vol: Volume, cmd: Command) -> None:
+        flags = {a for a in cmd.args if a.startswith("--")}
+        sizes = [a for a in cmd.args if not a.startswith("--")]
+        bad = flags - {"--shrink", "--delta", "--allocate"}
+        if bad or len(sizes) != 1:
+            raise InvalidArgument("usage: resize [--delta] [--allocate] [--shrink] SIZE")
+        if sizes[0].startswith("-"):
+            raise InvalidArgument(f"Malformed size {sizes[0]}")
+        size = parse_size(sizes[0])
+        async with self._volume_op(vol):
+            cap = vol.info.capacity + size if "--delta" in flags else size
+            vol.info = await vol.pool.backend.resize_volume(
+                vol.info, cap, shrink="--shrink" in flags, allocate="--allocate" in flags)
+            self._forget_config(vol)
+
+    def _forget_config(self: Manager, vol: Volume) -> None:
+        """The stored document no longer describes the volume: generate it again."""
+        if vol.config is not None:
+            vol.config = None
+            self.state.delete_volume(vol.pool.name, vol.name)
+
+    async def _clone(self: Manager, vol: Volume, cmd: Command) -> None:
+        args = list(cmd.args)
+        opts: dict[str, str] = {}
+        names = []
+        while args:
+            a = args.pop(0)
+            if a in ("--format", "--pool"):
+                if not args:
+                    raise InvalidArgument(f"{a} needs a value")
+                opts[a] = args.pop(0)
+            elif a.startswith("--"):
+                raise InvalidArgument(f"unknown option {a} (use --format FMT, --pool POOL)")
+            else:
+                names.append(a)
+        if len(names) != 1:
+            raise InvalidArgument("usage: clone NEWNAME [--format FMT] [--pool POOL]")
+        new = check_name(names[0], "volume name")
+        target = self.running_pool(opts.get("--pool", vol.pool.name))
+        if new in target.volumes or new in target.reserved:
+            raise Exists(f"storage volume '{new}' exists already")
+        fmt = opts.get("--format", vol.info.format)
+        spec = VolumeSpec(name=new, format=fmt, capacity=vol.info.capacity)
+        target.reserved.add(new)
+        target.busy_volumes += 1
+        try:
+            async with self._volume_op(vol):
+                report = self._progress(vol, "clone")
+                info = await target.backend.clone_volume(vol.info, spec, report)
+            target.volumes[new] = Volume(target, new, info)
+        finally:
+            target.reserved.discard(new)
+            target.busy_volumes -= 1
+        target.touch()
+        self.listener.added(target.name, new)
+        self.listener.changed(target.name)
+
+    async def _wipe(self: Manager, vol: Volume, cmd: Command) -> None:
+        if len(cmd.args) > 1:
+            raise InvalidArgument("usage: wipe [ALGORITHM]")
+        algorithm = cmd.args[0] if cmd.args else "zero"
+        if algorithm not in WIPE_ALGORITHMS:
+            raise InvalidArgument(f"unknown wipe algorithm '{algorithm}'; known: "
+                                  f"{', '.join(WIPE_ALGORITHMS)}")
+        async with self._volume_op(vol):
+            report = self._progress(vol, "wipe")
+            vol.info = await vol.pool.backend.wipe_volume(vol.info, algorithm, report)
+
+    async def _snapshot_cmd(self: Manager, vol: Volume, cmd: Command) -> None:
+        if len(cmd.args) != 1:
+            raise InvalidArgument(f"usage: {cmd.verb} NAME")
+        op = {"snapshot": "create", "revert": "revert", "delete-snapshot": "delete"}[cmd.verb]
+        await self.snapshot_op(vol, op, cmd.args[0])
+
+    async def snapshot_op(self: Manager, vol: Volume, op: str, name: str) -> None:
+        if vol.info.format != "qcow2":
+            raise NotSupported(f"internal snapshots need qcow2; '{vol.name}' is "
+                               f"{vol.info.format}")
+        check_snapshot_name(name)
+        taken = {s.name for s in vol.info.snapshots}
+        if op == "create" and name in taken:
+            raise Exists(f"snapshot '{name}' already exists")
+        if op != "create" and name not in taken:
+            raise NotFound(f"no snapshot '{name}' in volume '{vol.name}'")
+        async with self._volume_op(vol):
+            vol.info = await vol.pool.backend.snapshot_volume(vol.info, op, name)
+
+    async def mkdir_snapshot(self: Manager, pool: str, vol: str, name: str) -> None:
+        v = self.volume(pool, vol)
+        with self.recording(v, f"snapshot {name}"):
+            await self.snapshot_op(v, "create", name)
+
+    async def rmdir_snapshot(self: Manager, pool: str, vol: str, name: str) -> None:
+        v = self.volume(pool, vol)
+        with self.recording(v, f"delete-snapshot {name}"):
+            await self.snapshot_op(v, "delete", name)
