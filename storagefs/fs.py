@@ -100,6 +100,8 @@ class StorageFS(FileOps):
         text = _name(name)
         if parent.path == ("pools",):
             self.m.mkdir_pool(text)
+        elif parent.path == ("secrets",):
+            self.m.mkdir_secret(text)
         elif e.kind is Kind.POOL_VOLUMES:
             await self.m.create_volume(e.pool.name, text)
         elif e.kind is Kind.SNAPSHOTS:
@@ -121,6 +123,8 @@ class StorageFS(FileOps):
             await self.m.undefine_pool(e.pool.name)
         elif e.kind is Kind.VOLUME:
             await self.m.delete_volume(e.pool.name, e.volume.name)
+        elif e.kind is Kind.SECRET:
+            await self.m.undefine_secret(e.secret.uuid)
         elif e.kind is Kind.SNAPSHOT:
             await self.m.rmdir_snapshot(e.pool.name, e.volume.name, text)
         elif e.is_dir:

@@ -93,7 +93,8 @@ class FsBase(pyfuse3.Operations):
     def _meta(self, node: Node, e: Entry) -> FileMeta | None:
         if e.kind is Kind.SCRATCH:
             return self.scratch[node.path[:-1]][e.name]
-        if e.name == "config.xml" and e.kind in (Kind.POOL_FILE, Kind.VOL_FILE):
+        if e.name == "config.xml" and e.kind in (Kind.POOL_FILE, Kind.VOL_FILE,
+                                                 Kind.SECRET_FILE):
             return e.owner.meta
         return self.file_meta.get(node.path)
 
@@ -124,6 +125,8 @@ class FsBase(pyfuse3.Operations):
             else:
                 size = len(self.view.content(e))
             a.st_mode = stat.S_IFREG | (0o644 if e.writable else 0o444)
+            if e.kind is Kind.SECRET_FILE and e.name == "value":
+                a.st_mode = stat.S_IFREG | (0o200 if e.secret.private else 0o600)
             a.st_nlink = 1
             a.st_size = size
             if meta is not None:

@@ -26,18 +26,23 @@ from .handles import (
     LiveHandle,
     Scratch,
     ScratchHandle,
+    ValueHandle,
 )
 from .objects import now_ns
 from .state import FileMeta
 from .view import Entry, Kind
 
-OBJECT_DIRS = (Kind.POOL, Kind.VOLUME)
+OBJECT_DIRS = (Kind.POOL, Kind.VOLUME, Kind.SECRET)
 
 
 class FileOps(FsBase):
     def applier(self, e: Entry, meta: FileMeta | None = None) -> Apply:
         """The operation that bytes written to the writable file ``e`` perform."""
-        m, pool, vol = self.m, e.pool, e.volume
+        m, pool, vol, secret = self.m, e.pool, e.volume, e.secret
+        if secret is not None:
+            if e.name == "config.xml":
+                return lambda data: m.define_secret(secret.uuid, data, meta)
+            return lambda data: m.set_secret_value(secret.uuid, data)
         if vol is None:
             if e.name == "config.xml":
                 return lambda data: m.define_pool(pool.name, data, meta)
@@ -58,6 +63,8 @@ class FileOps(FsBase):
             owner = e.owner
             return DocumentHandle(snapshot, self.applier(e),
                                   lambda exc: self.m.note_refusal(owner, "define", exc))
+        if e.kind is Kind.SECRET_FILE:
+            return ValueHandle(self.applier(e))
         return CommandHandle(snapshot, self.applier(e))
 
     @fuse_op
@@ -76,6 +83,9 @@ class FileOps(FsBase):
             return self._new_handle(node, handle)
         if writing and not e.writable:
             raise FUSEError(errno.EACCES)
+        if e.kind is Kind.SECRET_FILE and e.name == "value" and e.secret.private and \
+                (flags & os.O_ACCMODE) != os.O_WRONLY:
+            raise FUSEError(errno.EACCES)  # a private secret's value is write-only, for all
         if e.kind is Kind.VOL_FILE and e.name == "progress":
             vol = e.volume
             return self._new_handle(node, LiveHandle(lambda: self.view.content(e),
@@ -212,6 +222,9 @@ class FileOps(FsBase):
 
     async def _apply_scratch(self, e: Entry, scratch: Scratch) -> None:
         data = bytes(scratch.data)
+        if e.kind is Kind.SECRET_FILE and e.name == "value":
+            await self.applier(e)(data)
+            return
         if e.name != "config.xml":
             handle = CommandHandle(b"", self.applier(e))
             await handle.write(0, data)
@@ -264,10 +277,8 @@ class FileOps(FsBase):
         if scratch is not None:
             scratch.meta = meta
             scratch.times_set = scratch.times_set or fields.update_mtime
-        elif e.name == "config.xml" and e.volume is not None:
-            self.m.set_volume_meta(e.pool.name, e.volume.name, meta)
         elif e.name == "config.xml":
-            self.m.set_pool_meta(e.pool.name, meta)
+            self.m.set_config_meta(e.owner, meta)
         else:
             self.file_meta[node.path] = meta
 

@@ -198,3 +198,30 @@ class CommandHandle(Handle):
 
     def truncate(self, size: int) -> None:
         return None  # O_TRUNC on a command file means nothing
+
+
+class ValueHandle(Handle):
+    """A secret's value: every write sets the value to all bytes written so far."""
+
+    def __init__(self, apply: Apply) -> None:
+        super().__init__(b"")
+        self.apply = apply
+        self.data = bytearray()
+
+    async def write(self, off: int, buf: bytes) -> int:
+        if self.failed is not None:
+            raise FUSEError(self.failed)
+        if off != len(self.data):
+            self.failed = errno.EINVAL
+            raise InvalidArgument("a secret value is written from the start, in order")
+        self.data.extend(buf)
+        try:
+            await self.apply(bytes(self.data))
+        except StorageError as exc:
+            self.failed = exc.errno
+            raise
+        return len(buf)
+
+    def truncate(self, size: int) -> None:
+        if size != 0 or self.data:
+            raise FUSEError(errno.EINVAL)

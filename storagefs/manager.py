@@ -23,6 +23,7 @@ from .commands import Command, parse_command, parse_yes_no
 from .errors import Busy, Exists, InvalidArgument, NotFound, StorageError
 from .names import check_name
 from .objects import INACCESSIBLE, INACTIVE, RUNNING, Pool, Volume, new_meta, now_ns
+from .secrets import Secret, SecretOps
 from .state import FileMeta, StateDir, StoredPool, merge_meta
 from .volume_cmds import VolumeCommands
 from .volume_ops import VolumeOps
@@ -45,6 +46,7 @@ DEFAULT_POOL_XML = """<pool type='dir'>
 
 class Listener(Protocol):
     def progress(self, pool: str, volume: str) -> None: ...
+    def changed_dir(self, path: tuple[str, ...]) -> None: ...
     def changed(self, pool: str, volume: str | None = None) -> None: ...
     def added(self, pool: str, volume: str | None = None) -> None: ...
     def removed(self, pool: str, volume: str | None = None) -> None: ...
@@ -59,13 +61,16 @@ class NullListener:
     def progress(self, pool: str, volume: str) -> None:
         pass
 
+    def changed_dir(self, path: tuple[str, ...]) -> None:
+        pass
+
 
 def error_line(op: str, reason: str) -> str:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     return f"{stamp} {op}: {reason}\n"
 
 
-class Manager(VolumeCommands, VolumeOps):
+class Manager(VolumeCommands, VolumeOps, SecretOps):
     def __init__(self, state: StateDir) -> None:
         self.state = state
         self.pools: dict[str, Pool] = {}
@@ -76,7 +81,7 @@ class Manager(VolumeCommands, VolumeOps):
 
     # ---- error recording -------------------------------------------------
     @contextlib.contextmanager
-    def recording(self, obj: Pool | Volume | None, op: str) -> Iterator[None]:
+    def recording(self, obj: Pool | Volume | Secret | None, op: str) -> Iterator[None]:
         """Turn a refusal into: one line in obj.error, one log line, a StorageError."""
         try:
             try:
@@ -87,7 +92,8 @@ class Manager(VolumeCommands, VolumeOps):
             self.note_refusal(obj, op, exc)
             raise
 
-    def note_refusal(self, obj: Pool | Volume | None, op: str, exc: StorageError) -> None:
+    def note_refusal(self, obj: Pool | Volume | Secret | None, op: str,
+                     exc: StorageError) -> None:
         """One line in the object's error file, one in the log."""
         log.warning("%s: %s refused: %s", self.describe(obj), op, exc.reason)
         if obj is not None:
@@ -96,15 +102,19 @@ class Manager(VolumeCommands, VolumeOps):
             self._notify_changed(obj)
 
     @staticmethod
-    def describe(obj: Pool | Volume | None) -> str:
+    def describe(obj: Pool | Volume | Secret | None) -> str:
+        if isinstance(obj, Secret):
+            return f"secret {obj.uuid}"
         if isinstance(obj, Volume):
             return f"volume {obj.pool.name}/{obj.name}"
         if isinstance(obj, Pool):
             return f"pool {obj.name}"
         return "storagefs"
 
-    def _notify_changed(self, obj: Pool | Volume) -> None:
-        if isinstance(obj, Volume):
+    def _notify_changed(self, obj: Pool | Volume | Secret) -> None:
+        if isinstance(obj, Secret):
+            self.listener.changed_dir(("secrets", obj.uuid))
+        elif isinstance(obj, Volume):
             self.listener.changed(obj.pool.name, obj.name)
         else:
             self.listener.changed(obj.name)
@@ -114,6 +124,7 @@ class Manager(VolumeCommands, VolumeOps):
         """Open the state directory, embed the default pool once, start pools."""
         fresh = self.state.is_new
         self.state.open()
+        self.load_secrets()
         if fresh:
             await self._embed_default_pool()
         for stored in self.state.load_pools():
@@ -224,6 +235,18 @@ class Manager(VolumeCommands, VolumeOps):
             return
         pool.meta = merge_meta(pool.meta, meta, content_changed)
         self._save(pool)
+
+    def set_config_meta(self, owner: Pool | Volume | Secret, meta: FileMeta) -> None:
+        """chmod/chown/touch of an object's config.xml: kept and persisted."""
+        if isinstance(owner, Secret):
+            owner.meta = meta
+            if owner.definition is not None:
+                self._save_secret(owner)
+            self._notify_changed(owner)
+        elif isinstance(owner, Volume):
+            self.set_volume_meta(owner.pool.name, owner.name, meta)
+        else:
+            self.set_pool_meta(owner.name, meta)
 
     def set_pool_meta(self, name: str, meta: FileMeta) -> None:
         """chmod/chown/touch of config.xml: kept, and persisted once defined."""

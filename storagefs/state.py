@@ -6,6 +6,8 @@ Layout of the state directory::
     pools/NAME.json       one pool: accepted config.xml bytes, uuid, autostart,
                           whether it was running, config.xml's mode/owner/times
     volumes/POOL/VOL.json a volume's accepted config.xml (only when one was written)
+    secrets/UUID.json     a secret's accepted config.xml (not for ephemeral secrets)
+    secrets/UUID.value    its value, mode 0600, in a directory only root can enter
     images/               the default pool's target
 
 A crash at any moment leaves either the old or the new file of an object:
@@ -110,6 +112,7 @@ class StateDir:
         self.pools_dir = self.path / "pools"
         self.volumes_dir = self.path / "volumes"
         self.images_dir = self.path / "images"
+        self.secrets_dir = self.path / "secrets"
         self._lock_fd: int | None = None
 
     @property
@@ -134,8 +137,9 @@ class StateDir:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
-        for d in (self.pools_dir, self.volumes_dir):
+        for d in (self.pools_dir, self.volumes_dir, self.secrets_dir):
             d.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(self.secrets_dir, 0o700)
 
     def close(self) -> None:
         if self._lock_fd is not None:
@@ -199,6 +203,44 @@ class StateDir:
         except FileNotFoundError:
             return
         fsync_dir(path.parent)
+
+    # secrets
+    def load_secrets(self) -> list[tuple[str, bytes, FileMeta, bytes | None]]:
+        """(uuid, config, meta, value or None) for each stored secret."""
+        out = []
+        for entry in sorted(self.secrets_dir.glob("*.json")):
+            try:
+                raw = json.loads(entry.read_text())
+                value_path = self.secrets_dir / f"{raw['uuid']}.value"
+                value = value_path.read_bytes() if value_path.exists() else None
+                out.append((raw["uuid"], _dec(raw["config"]), FileMeta(**raw.get("meta", {})),
+                            value))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.error("skipping unreadable secret %s: %s", entry.name, exc)
+        return out
+
+    def save_secret(self, uuid: str, config: bytes, meta: FileMeta) -> None:
+        doc = {"uuid": uuid, "config": _enc(config), "meta": asdict(meta)}
+        self._write(self.secrets_dir / f"{uuid}.json", doc)
+
+    def save_secret_value(self, uuid: str, value: bytes | None) -> None:
+        path = self.secrets_dir / f"{uuid}.value"
+        try:
+            if value is None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                fsync_dir(self.secrets_dir)
+            else:
+                atomic_write(path, value, mode=0o600)
+        except OSError as exc:
+            raise StorageError(f"cannot save the value of secret {uuid}: {exc.strerror}",
+                               exc.errno or errno.EIO) from None
+
+    def delete_secret(self, uuid: str) -> None:
+        for suffix in (".value", ".json"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.secrets_dir / f"{uuid}{suffix}")
+        fsync_dir(self.secrets_dir)
 
     def _write(self, path: Path, doc: dict) -> None:
         try:

@@ -13,6 +13,7 @@ from .errors import NotFound
 from .manager import Manager
 from .names import systemd_escape_path
 from .objects import Pool, Volume
+from .secrets import Secret
 
 POOL_FILES = ("config.xml", "status.xml", "state", "autostart", "control", "uuid", "type",
               "capacity", "allocation", "available", "error")
@@ -20,6 +21,7 @@ POOL_WRITABLE = ("config.xml", "state", "autostart", "control")
 VOL_FILES = ("config.xml", "status.xml", "capacity", "allocation", "format", "key",
              "control", "progress", "error")
 SNAP_FILES = ("id", "date", "vm-state-size", "vm-clock")
+SECRET_FILES = ("config.xml", "value", "error")
 VOL_WRITABLE = ("config.xml", "control")
 
 
@@ -35,6 +37,8 @@ class Kind(enum.Enum):
     SNAPSHOTS = "snapshots"  # pools/P/volumes/V/snapshots
     SNAPSHOT = "snapshot"    # .../snapshots/S
     SNAP_FILE = "snap-file"
+    SECRET = "secret"        # secrets/UUID
+    SECRET_FILE = "secret-file"
     LINK = "link"
     SCRATCH = "scratch"      # any other name in a pool or volume directory
 
@@ -47,6 +51,7 @@ class Entry:
     name: str = ""           # the file name for *_FILE and SCRATCH
     target: str = ""         # for LINK
     snapshot: object = None  # for SNAPSHOT and SNAP_FILE
+    secret: Secret | None = None
 
     @property
     def writable(self) -> bool:
@@ -54,15 +59,19 @@ class Entry:
             return self.name in POOL_WRITABLE
         if self.kind is Kind.VOL_FILE:
             return self.name in VOL_WRITABLE
+        if self.kind is Kind.SECRET_FILE:
+            return self.name in ("config.xml", "value")
         return self.kind is Kind.SCRATCH
 
     @property
     def is_dir(self) -> bool:
         return self.kind in (Kind.ROOT, Kind.DIR, Kind.POOL, Kind.POOL_VOLUMES, Kind.VOLUME,
-                             Kind.SNAPSHOTS, Kind.SNAPSHOT)
+                             Kind.SNAPSHOTS, Kind.SNAPSHOT, Kind.SECRET)
 
     @property
-    def owner(self) -> Pool | Volume | None:
+    def owner(self) -> Pool | Volume | Secret | None:
+        if self.secret is not None:
+            return self.secret
         return self.volume if self.volume is not None else self.pool
 
 
@@ -105,9 +114,11 @@ class View:
         if n == 1:
             if top == "README":
                 return Entry(Kind.README)
-            if top in ("pools", "volumes"):
+            if top in ("pools", "volumes", "secrets"):
                 return Entry(Kind.DIR)
             raise NotFound(top)
+        if top == "secrets":
+            return self._resolve_secret(path, scratch, hidden)
         if top == "volumes":
             return self._resolve_links(path, {"by-key": self.volumes_by_key,
                                               "by-path": self.volumes_by_path})
@@ -143,6 +154,20 @@ class View:
         if n == 7 and path[6] in SNAP_FILES:
             return Entry(Kind.SNAP_FILE, pool, vol, path[6], snapshot=snap)
         raise NotFound(path[-1])
+
+    def _resolve_secret(self, path, scratch, hidden) -> Entry:
+        s = self.m.secrets.get(path[1])
+        if s is None or len(path) > 3:
+            raise NotFound(path[-1])
+        if len(path) == 2:
+            return Entry(Kind.SECRET, secret=s)
+        name = path[2]
+        if scratch and name in scratch:
+            return Entry(Kind.SCRATCH, name=name, secret=s)
+        if (hidden and name in hidden) or name not in SECRET_FILES or \
+                (s.definition is None and name != "config.xml"):
+            raise NotFound(name)
+        return Entry(Kind.SECRET_FILE, name=name, secret=s)
 
     def _resolve_links(self, path, tables) -> Entry:
         if len(path) == 2:
@@ -183,7 +208,11 @@ class View:
         """Names in a directory, in a stable order (scratch names are added by the caller)."""
         k = entry.kind
         if k is Kind.ROOT:
-            return ["README", "pools", "volumes"]
+            return ["README", "pools", "secrets", "volumes"]
+        if path == ("secrets",):
+            return sorted(self.m.secrets)
+        if k is Kind.SECRET:
+            return list(SECRET_FILES) if entry.secret.definition is not None else ["config.xml"]
         if k is Kind.POOL:
             if not entry.pool.defined:
                 return ["config.xml"]
@@ -220,4 +249,11 @@ class View:
             return render.volume_file(self.m, entry.volume, entry.name)
         if entry.kind is Kind.SNAP_FILE:
             return render.snapshot_file(entry.snapshot, entry.name)
+        if entry.kind is Kind.SECRET_FILE:
+            s = entry.secret
+            if entry.name == "config.xml":
+                return s.config
+            if entry.name == "error":
+                return s.error.encode()
+            return b"" if s.private else (s.value or b"")
         return b""

@@ -17,7 +17,7 @@ import trio
 from .backends.base import VolumeInfo, VolumeSpec
 from .backends.filevol import format_from_name
 from .docs import volume_doc
-from .errors import Busy, Exists, InvalidArgument, NotFound, StorageError
+from .errors import Busy, Exists, InvalidArgument, NotFound, NotSupported, StorageError
 from .names import check_name
 from .objects import Pool, Volume
 from .state import FileMeta, StoredVolume, merge_meta
@@ -221,13 +221,41 @@ class VolumeOps:
                                   f"the directory '{vol.name}'")
         target = vdef.target
         perms = getattr(target, "permissions", None)
-        return VolumeSpec(
+        spec = VolumeSpec(
             name=vol.name,
             format=getattr(target, "format", None) or vol.info.format,
             capacity=vdef.capacity if vdef.capacity is not None else vol.info.capacity,
             allocation=vdef.allocation,
             mode=getattr(perms, "mode", None), uid=getattr(perms, "owner", None),
             gid=getattr(perms, "group", None))
+        if vdef.backing is not None and vdef.backing.path:
+            spec.backing_path = vdef.backing.path
+            spec.backing_format = vdef.backing.format or "raw"
+        enc = getattr(target, "encryption", None)
+        if enc is not None:
+            if enc.format not in ("luks", "default"):
+                raise NotSupported(f"encryption format '{enc.format}' is not supported; "
+                                   "use luks")
+            spec.encryption = "luks"
+        return spec
+
+    def encryption_secret(self: Manager, data: bytes, pool) -> str | None:
+        """The uuid of the secret a volume document's <encryption> names, if any."""
+        from .xml.volume import parse_volume
+
+        enc = getattr(parse_volume(data, pool).target, "encryption", None)
+        if enc is None:
+            return None
+        for ref in enc.secrets:
+            if ref.uuid:
+                self.secret(ref.uuid)
+                return ref.uuid
+            for s in self.secrets.values():
+                d = s.definition
+                if d is not None and d.usage_type == "volume" and d.usage_id == ref.usage:
+                    return s.uuid
+            raise NotFound(f"no secret with usage volume '{ref.usage}'")
+        raise InvalidArgument("<encryption> names no <secret>")
 
     async def define_volume(self: Manager, pool_name: str, name: str, data: bytes,
                             meta: FileMeta | None = None) -> bool:
@@ -242,10 +270,14 @@ class VolumeOps:
                         self.state.save_volume(StoredVolume(pool_name, name, data, vol.meta))
                 return False
             spec = self.spec_from_xml(vol, data)
+            secret = self.encryption_secret(data, vol.pool.definition) if spec.encryption \
+                else None
             async with vol.lock:
                 vol.pool.busy_volumes += 1
                 try:
-                    vol.info = await vol.pool.backend.update_volume(vol.info, spec)
+                    async with self.optional_secret_file(secret) as path:
+                        spec.secret_file = path
+                        vol.info = await vol.pool.backend.update_volume(vol.info, spec)
                 finally:
                     vol.pool.busy_volumes -= 1
                 new_meta = merge_meta(vol.meta, meta, content_changed=True)

@@ -15,6 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import mount_helpers  # noqa: E402
 from mount_helpers import FUSE_AVAILABLE, TEST_DEADLINE, Mount, is_mounted  # noqa: E402
 
 MOUNT_MODULES = {
@@ -93,11 +94,13 @@ def mount_factory(tmp_path, request):
         if start:
             m.start(*extra)  # raises with the log if the server died or never got ready
         made.append(m)
+        mount_helpers.ACTIVE_MOUNTS.append(m)
         m.arm_watchdog(TEST_DEADLINE)
         return m
 
     yield make
 
+    mount_helpers.ACTIVE_MOUNTS.clear()
     problems = []
     for m in reversed(made):
         problems += _finish(m, request)

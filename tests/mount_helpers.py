@@ -385,13 +385,27 @@ def error_line(obj: Path) -> str:
     return read(obj / "error")
 
 
+# the mounts of the running test (set by the fixtures), whose logs must record
+# every refusal
+ACTIVE_MOUNTS: list[Mount] = []
+
+
 def assert_one_error_line(obj: Path) -> str:
+    """The object's error file holds one line, and the log says it too (the
+    reason, i.e. the text after the line's first ': ', appears in the log)."""
     text = error_line(obj)
     assert text.strip(), f"{obj}/error is empty after a refused operation"
     assert text.endswith("\n") and text.count("\n") == 1, (
         f"{obj}/error should hold exactly one line, got {text!r}"
     )
-    return text.strip()
+    size = os.stat(obj / "error").st_size
+    assert size == len(text.encode()), f"{obj}/error: st_size {size}, content {len(text)} bytes"
+    line = text.strip()
+    reason = line.split(": ", 1)[-1]
+    if ACTIVE_MOUNTS:
+        logs = "".join(m.log() for m in ACTIVE_MOUNTS)
+        assert reason in logs, f"the refusal {line!r} is not in the storagefs log"
+    return line
 
 
 def escape_path(path: Path | str) -> str:

@@ -45,6 +45,7 @@ def _src(tmp_path, doc: str):
 
 def _assert_applied(p, new, tmp_path):
     assert read(p / "config.xml") == new, "config.xml must read back byte for byte"
+    assert os.stat(p / "config.xml").st_size == len(new.encode())
     assert xml_value(read(p / "status.xml"), "/pool/target/path") == str(tmp_path / "p1b")
     leftovers = ls_names(p) - {
         "config.xml", "status.xml", "state", "autostart", "control", "uuid", "type",
@@ -233,6 +234,13 @@ def test_o_trunc_empties_the_buffer_not_the_definition(pool1):
         os.close(fd)
     except OSError:
         pass  # whether an empty document at close() is an error is not the point here
+    assert read(p / "config.xml") == old
+    assert read(p / "state") == "inactive\n"
+
+
+def test_truncate_to_zero_keeps_definition(pool1):
+    p, old, _ = pool1
+    run(["truncate", "-s", "0", p / "config.xml"], check=False)
     assert read(p / "config.xml") == old
     assert read(p / "state") == "inactive\n"
 

@@ -65,6 +65,9 @@ class VolumeSpec:
     backing_path: str | None = None
     backing_format: str | None = None
     options: dict[str, str] = field(default_factory=dict)
+    #: "luks" to encrypt; the passphrase is in ``secret_file`` while the operation runs
+    encryption: str | None = None
+    secret_file: str | None = None
 
 
 POOL_OPS = ("build", "start", "stop", "delete", "refresh")

@@ -152,10 +152,12 @@ class FileVolumes:
             return None
         return stat_info(info, st)
 
-    async def create(self, spec: VolumeSpec) -> VolumeInfo:
+    async def create(self, spec: VolumeSpec, path: str | None = None) -> VolumeInfo:
+        """Make the volume at its path (or at ``path``, a temporary name in the pool)."""
         if spec.format not in CREATABLE:
             raise NotSupported(f"cannot create volumes of format '{spec.format}' here")
-        path = self.path_of(spec.name)
+        final = self.path_of(spec.name)
+        path = path or final
         mode = spec.mode if spec.mode is not None else 0o600
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
@@ -169,14 +171,18 @@ class FileVolumes:
                     os.fchown(fd, -1 if spec.uid is None else spec.uid,
                               -1 if spec.gid is None else spec.gid)
                 os.fchmod(fd, mode)
-                if spec.format == "raw":
+                if spec.format == "raw" and not spec.encryption:
                     await self._make_raw(fd, spec.capacity, spec.allocation)
                     # known format: no need to open it again to probe the header
-                    info = stat_info(VolumeInfo(spec.name, path, path), os.fstat(fd))
+                    info = stat_info(VolumeInfo(spec.name, final, final), os.fstat(fd))
             finally:
                 os.close(fd)
-            if spec.format != "raw":
+            if spec.format != "raw" or spec.encryption:
                 await self._qemu_create(path, spec)
+                info = None
+            if path != final:
+                os.replace(path, final)
+            if info is None:
                 info = await self.probe(spec.name)
             if info is None:
                 raise StorageError(f"volume '{path}' vanished while being created")
@@ -198,8 +204,20 @@ class FileVolumes:
             raise from_oserror(exc, "cannot allocate the volume") from None
 
     async def _qemu_create(self, path: str, spec: VolumeSpec) -> None:
-        argv = [QEMU_IMG, "create", "-q", "-f", spec.format]
+        fmt = "luks" if spec.encryption and spec.format == "raw" else spec.format
+        argv = [QEMU_IMG, "create", "-q", "-f", fmt]
         opts = dict(spec.options)
+        if spec.encryption:
+            if spec.encryption != "luks" or fmt not in ("qcow2", "luks"):
+                raise NotSupported(f"encryption '{spec.encryption}' is supported as LUKS in "
+                                   "qcow2 or raw volumes only")
+            if not spec.secret_file:
+                raise InvalidArgument("an encrypted volume needs a secret with a value")
+            argv += ["--object", f"secret,id=sec0,file={spec.secret_file}"]
+            opts["encrypt.format" if fmt == "qcow2" else "key-secret"] = (
+                "luks" if fmt == "qcow2" else "sec0")
+            if fmt == "qcow2":
+                opts["encrypt.key-secret"] = "sec0"
         if spec.allocation and spec.allocation >= spec.capacity and spec.format == "qcow2":
             opts.setdefault("preallocation", "falloc")
         if spec.format == "vpc":
@@ -279,12 +297,16 @@ class FileVolumes:
 
     async def update(self, info: VolumeInfo, spec: VolumeSpec) -> VolumeInfo:
         """Make the file match spec: format (only while empty), size, allocation, owner."""
-        if spec.format != info.format:
+        recreate = spec.format != info.format and not (spec.encryption and info.format == "luks")
+        if recreate or (spec.encryption and not info.encrypted) or \
+                (spec.backing_path and spec.backing_path != info.backing_path):
             if await self.image_holds_data(info):
                 raise Busy(f"volume '{info.name}' holds data; its format cannot change "
                            f"from {info.format} to {spec.format}")
-            await self.delete(info)
-            return await self.create(spec)
+            # made beside the old one, then renamed over it: a failure keeps the old
+            tmp = os.path.join(self.dir, f".storagefs-new-{info.name}")
+            self._discard(tmp)
+            return await self.create(spec, tmp)
         if spec.capacity > info.capacity:
             info = await self.resize(info, spec.capacity, shrink=False, allocate=False)
         elif spec.capacity < info.capacity:
