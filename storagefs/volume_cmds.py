@@ -103,15 +103,24 @@ class VolumeCommands:
         if sizes[0].startswith("-"):
             raise InvalidArgument(f"Malformed size {sizes[0]}")
         size = parse_size(sizes[0])
-        async with self._volume_op(vol):
+        secret = self.volume_secret(vol)
+        async with self._volume_op(vol), self.optional_secret_file(secret) as secret_file:
             cap = vol.info.capacity + size if "--delta" in flags else size
             vol.info = await vol.pool.backend.resize_volume(
-                vol.info, cap, shrink="--shrink" in flags, allocate="--allocate" in flags)
+                vol.info, cap, shrink="--shrink" in flags, allocate="--allocate" in flags,
+                secret_file=secret_file)
             self._forget_config(vol)
 
+    def volume_secret(self: Manager, vol: Volume) -> str | None:
+        """The secret of an encrypted volume, from the <encryption> of its config.xml."""
+        if not vol.info.encrypted or vol.config is None:
+            return None
+        return self.encryption_secret(vol.config, vol.pool.definition)
+
     def _forget_config(self: Manager, vol: Volume) -> None:
-        """The stored document no longer describes the volume: generate it again."""
-        if vol.config is not None:
+        """The stored document no longer describes the volume: generate it again
+        (except for an encrypted volume, whose document names its secret)."""
+        if vol.config is not None and not vol.info.encrypted:
             vol.config = None
             self.state.delete_volume(vol.pool.name, vol.name)
 

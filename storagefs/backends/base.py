@@ -136,7 +136,8 @@ class PoolBackend:
         raise self._unsupported("deleting volumes")
 
     async def resize_volume(self, info: VolumeInfo, capacity: int, *,
-                            shrink: bool = False, allocate: bool = False) -> VolumeInfo:
+                            shrink: bool = False, allocate: bool = False,
+                            secret_file: str | None = None) -> VolumeInfo:
         raise self._unsupported("resizing volumes")
 
     async def update_volume(self, info: VolumeInfo, spec: VolumeSpec) -> VolumeInfo:

@@ -108,8 +108,10 @@ class DirBackend(PoolBackend):
         await self.files.delete(info)
 
     async def resize_volume(self, info: VolumeInfo, capacity: int, *,
-                            shrink: bool = False, allocate: bool = False) -> VolumeInfo:
-        return await self.files.resize(info, capacity, shrink=shrink, allocate=allocate)
+                            shrink: bool = False, allocate: bool = False,
+                            secret_file: str | None = None) -> VolumeInfo:
+        return await self.files.resize(info, capacity, shrink=shrink, allocate=allocate,
+                                       secret_file=secret_file)
 
     async def update_volume(self, info: VolumeInfo, spec: VolumeSpec) -> VolumeInfo:
         if self.files.stat(info) is None:

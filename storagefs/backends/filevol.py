@@ -8,6 +8,7 @@ other non-regular entries in the directory are never listed nor touched.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
 
@@ -19,10 +20,12 @@ from ..names import check_name
 from . import fileops
 from .base import VolumeInfo, VolumeSpec
 
+log = logging.getLogger(__name__)
+
 QEMU_IMG = "qemu-img"
 #: formats storagefs creates as files, and those qemu-img can resize
 CREATABLE = ("raw", "qcow2", "qed", "vmdk", "vdi", "vpc")
-RESIZABLE = ("raw", "qcow2")
+RESIZABLE = ("raw", "qcow2", "luks")
 SUFFIX_FORMATS = {".qcow2": "qcow2", ".vmdk": "vmdk", ".vdi": "vdi", ".vhd": "vpc",
                   ".raw": "raw", ".img": "raw", ".qed": "qed"}
 QEMU_ERRNOS = {"No space left": errno.ENOSPC, "File too large": errno.EFBIG,
@@ -227,7 +230,16 @@ class FileVolumes:
         if opts:
             argv += ["-o", ",".join(f"{k}={v}" for k, v in opts.items())]
         argv += [path, str(spec.capacity)]
-        await hostcmd.run(argv, timeout=600, errno_map=QEMU_ERRNOS)
+        for attempt in range(3):
+            try:
+                await hostcmd.run(argv, timeout=600, errno_map=QEMU_ERRNOS)
+                return
+            except StorageError as exc:
+                # LUKS key setup times PBKDF on the CPU; on a busy VM that measurement
+                # sometimes fails ("Unable to get accurate CPU usage"): try again
+                if "accurate CPU usage" not in exc.reason or attempt == 2:
+                    raise
+                log.warning("qemu-img could not time the key derivation; trying again")
 
     async def delete(self, info: VolumeInfo) -> None:
         try:
@@ -241,12 +253,15 @@ class FileVolumes:
             raise from_oserror(exc, f"cannot delete '{info.path}'") from None
 
     async def resize(self, info: VolumeInfo, capacity: int, *, shrink: bool,
-                     allocate: bool) -> VolumeInfo:
+                     allocate: bool, secret_file: str | None = None) -> VolumeInfo:
         if capacity < info.capacity and not shrink:
             raise InvalidArgument("Can't shrink capacity below current capacity unless "
                                   "shrink flag explicitly specified")
         if info.format not in RESIZABLE:
             raise NotSupported(f"format '{info.format}' cannot be resized")
+        if info.encrypted and not secret_file:
+            raise NotSupported(f"'{info.name}' is encrypted: resizing needs its secret, named "
+                               "by <encryption> in the volume's config.xml")
         if info.format == "raw":
             try:
                 fd = os.open(info.path, os.O_WRONLY | os.O_NOFOLLOW)
@@ -262,13 +277,18 @@ class FileVolumes:
             finally:
                 os.close(fd)
         else:
-            argv = [QEMU_IMG, "resize", "-q", "-f", info.format]
+            argv = [QEMU_IMG, "resize", "-q"]
             if shrink and capacity < info.capacity:
                 argv.append("--shrink")
             if allocate:
                 argv.append("--preallocation=falloc")
-            await hostcmd.run([*argv, info.path, str(capacity)], timeout=600,
-                              errno_map=QEMU_ERRNOS)
+            if info.encrypted:
+                key = "encrypt.key-secret" if info.format == "qcow2" else "key-secret"
+                argv += ["--object", f"secret,id=sec0,file={secret_file}", "--image-opts",
+                         f"driver={info.format},file.filename={info.path},{key}=sec0"]
+            else:
+                argv += ["-f", info.format, info.path]
+            await hostcmd.run([*argv, str(capacity)], timeout=600, errno_map=QEMU_ERRNOS)
         new = await self.probe(info.name)
         if new is None:
             raise StorageError(f"volume '{info.path}' vanished")

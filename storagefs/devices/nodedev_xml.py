@@ -190,9 +190,10 @@ def _cap_storage(out: _Out, c: dict[str, Any]) -> None:
         out.elem("media_label", c.get("media_label"))
     else:
         out.elem("size", c.get("size") or 0)
-    if lbs > 0:
+    # libvirt writes each when > 0, but nodedev.rng wants both or neither
+    # (an empty loop device has a block size and no blocks)
+    if lbs > 0 and blocks > 0:
         out.elem("logical_block_size", lbs)
-    if blocks > 0:
         out.elem("num_blocks", blocks)
     if c.get("removable"):
         out.close("</capability>")
