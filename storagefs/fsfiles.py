@@ -16,7 +16,7 @@ import stat
 import pyfuse3
 from pyfuse3 import FUSEError
 
-from .errors import Exists, InvalidArgument, NotFound, NotPermitted
+from .errors import Exists, InvalidArgument, NotFound, NotPermitted, StorageError
 from .fs_base import FsBase, _name, fuse_op
 from .handles import (
     Apply,
@@ -28,6 +28,7 @@ from .handles import (
     ScratchHandle,
     ValueHandle,
 )
+from .interrupt import interruptible
 from .objects import now_ns
 from .state import FileMeta
 from .view import Entry, Kind
@@ -53,7 +54,9 @@ class FileOps(FsBase):
             return lambda data: m.define_volume(pool.name, vol.name, data, meta)
         return lambda data: m.volume_command(pool.name, vol.name, data)
 
-    def _new_handle(self, node, handle: Handle, direct_io: bool = True) -> pyfuse3.FileInfo:
+    def _new_handle(self, node, handle: Handle, direct_io: bool = True,
+                    pid: int = 0) -> pyfuse3.FileInfo:
+        handle.pid = pid
         fh = next(self._fh)
         self.handles[fh] = (node, handle)
         return pyfuse3.FileInfo(fh=fh, direct_io=direct_io, keep_cache=not direct_io)
@@ -93,7 +96,7 @@ class FileOps(FsBase):
         snapshot = self.view.content(e)
         if not writing:
             return self._new_handle(node, Handle(snapshot), direct_io=e.kind is not Kind.README)
-        return self._new_handle(node, self._writer(e, snapshot))
+        return self._new_handle(node, self._writer(e, snapshot), pid=ctx.pid)
 
     @fuse_op
     async def read(self, fh, off, size):
@@ -101,7 +104,19 @@ class FileOps(FsBase):
 
     @fuse_op
     async def write(self, fh, off, buf):
-        return await self.handles[fh][1].write(off, buf)
+        node, handle = self.handles[fh]
+        if isinstance(handle, ScratchHandle):
+            return await handle.write(off, buf)
+        return await interruptible(handle.pid, lambda: handle.write(off, buf),
+                                   lambda: self._interrupted(node))
+
+    def _interrupted(self, node) -> None:
+        try:
+            owner = self.entry(node).owner
+        except FUSEError:
+            return
+        self.m.note_refusal(owner, "write", StorageError("interrupted by a signal; the "
+                                                         "operation was undone", errno.EINTR))
 
     @fuse_op
     async def flush(self, fh):
@@ -141,7 +156,7 @@ class FileOps(FsBase):
         if text in hidden:
             hidden.discard(text)
             node, e = self._child(parent, text)
-            fi = self._new_handle(node, self._writer(e, self.view.content(e)))
+            fi = self._new_handle(node, self._writer(e, self.view.content(e)), pid=ctx.pid)
         else:
             try:
                 self.resolve((*parent.path, text))

@@ -47,6 +47,8 @@ class Handle:
     def __init__(self, snapshot: bytes = b"") -> None:
         self.snapshot = snapshot
         self.failed: int | None = None
+        #: the process that opened the file (its Ctrl-C cancels a long write)
+        self.pid = 0
 
     def read(self, off: int, size: int) -> bytes:
         return self.snapshot[off:off + size]

@@ -158,3 +158,24 @@ def test_progress_is_shown_and_poll_wakes_during_a_clone(mounted):
     assert all("big2.qcow2" not in names for names in listing_during)
     assert "big2.qcow2" in os.listdir(mounted.pool() / "volumes")
     assert read(src / "progress") == ""
+
+
+def test_ctrl_c_on_the_writer_cancels_a_clone_and_leaves_nothing(mounted):
+    src = mounted.vol("big.raw")
+    os.mkdir(src)
+    sh(f"echo 'resize 2G' > {src}/control")
+    qemu_io(src / "path", "write -P 0x42 0 1800M")
+    before = sorted(os.listdir(mounted.images))
+    writer = subprocess.Popen(
+        ["bash", "-c", f"echo 'clone half.qcow2 --format qcow2' > {src}/control"])
+    deadline = 200
+    while read(src / "progress") == "" and deadline and writer.poll() is None:
+        deadline -= 1
+        threading.Event().wait(0.02)
+    assert writer.poll() is None, "the clone finished before it could be interrupted"
+    writer.send_signal(2)  # what Ctrl-C sends
+    assert writer.wait(timeout=30) != 0
+    assert sorted(os.listdir(mounted.images)) == before  # no half-made file, no temp file
+    assert "half.qcow2" not in os.listdir(mounted.pool() / "volumes")
+    assert "interrupted" in assert_one_error_line(src)
+    assert read(src / "progress") == ""

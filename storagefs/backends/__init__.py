@@ -5,9 +5,15 @@ from __future__ import annotations
 from ..errors import NotSupported
 from .base import PoolBackend, PoolInfo, VolumeInfo, VolumeSpec
 from .dir import DirBackend
+from .disk import DiskBackend
+from .fs import FsBackend
+from .logical import LogicalBackend
 
 BACKENDS: dict[str, type[PoolBackend]] = {
     DirBackend.type: DirBackend,
+    FsBackend.type: FsBackend,
+    DiskBackend.type: DiskBackend,
+    LogicalBackend.type: LogicalBackend,
 }
 
 

@@ -77,12 +77,23 @@ def sparse_copy(src_fd: int, dst_fd: int, size: int, report: Progress, cancel: _
 
 
 async def in_thread(fn: Callable[[_Cancel], None]) -> None:
-    """Run blocking copy work in a thread; on cancellation, stop it and wait for it."""
+    """Run blocking copy work in a thread; on cancellation, tell it to stop and wait
+    until it has (so the caller's cleanup never races the copy)."""
     cancel = _Cancel()
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            fn(cancel)
+        finally:
+            done.set()
+
     try:
-        await trio.to_thread.run_sync(fn, cancel, abandon_on_cancel=False)
+        await trio.to_thread.run_sync(work, abandon_on_cancel=True)
     except BaseException:
         cancel.event.set()
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(done.wait)
         raise
 
 

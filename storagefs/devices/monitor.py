@@ -133,6 +133,13 @@ async def follow(index: DeviceIndex, on_change: OnChange) -> None:
     monitor = index.take_monitor()
     if monitor is None:
         return
+    try:
+        await _loop(index, monitor, on_change)
+    except Exception:
+        log.exception("device monitor stopped: devices no longer follow hotplug")
+
+
+async def _loop(index: DeviceIndex, monitor: pyudev.Monitor, on_change: OnChange) -> None:
     worker_ctx = pyudev.Context()  # libudev objects are not shared across threads
     limiter = trio.CapacityLimiter(1)
     fd = monitor.fileno()

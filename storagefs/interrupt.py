@@ -1,0 +1,65 @@
+"""Ctrl-C on the shell that waits in write(): cancel the operation it asked for.
+
+pyfuse3 does not pass FUSE interrupts on, but a process blocked in a FUSE
+write() keeps its signal pending until the request is answered, so the
+kernel's /proc/PID/status tells us: a pending SIGINT, SIGTERM, SIGHUP or
+SIGKILL (or a process that is gone) cancels the operation, which then cleans up
+after itself, and the write() fails with EINTR.
+"""
+
+from __future__ import annotations
+
+import errno
+import signal
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import trio
+from pyfuse3 import FUSEError
+
+T = TypeVar("T")
+POLL_SECONDS = 0.1
+_STOP = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGKILL, signal.SIGQUIT)
+_MASK = sum(1 << (s - 1) for s in _STOP)
+
+
+def wants_to_stop(pid: int) -> bool:
+    """True when pid has a pending stop signal, or does not exist any more."""
+    if pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(("SigPnd:", "ShdPnd:")) and int(line.split()[1], 16) & _MASK:
+                    return True
+    except (OSError, ValueError):
+        return True
+    return False
+
+
+async def interruptible(pid: int, fn: Callable[[], Awaitable[T]],
+                        on_interrupt: Callable[[], None]) -> T:
+    """Run fn(); if the requesting process gets a stop signal meanwhile, cancel it."""
+    interrupted = False
+    result: list[T] = []
+
+    async with trio.open_nursery() as nursery:
+        async def watch() -> None:
+            nonlocal interrupted
+            while True:
+                await trio.sleep(POLL_SECONDS)
+                if wants_to_stop(pid):
+                    interrupted = True
+                    nursery.cancel_scope.cancel()
+                    return
+
+        async def run() -> None:
+            result.append(await fn())
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(watch)
+        nursery.start_soon(run)
+    if interrupted and not result:
+        on_interrupt()
+        raise FUSEError(errno.EINTR)
+    return result[0]
