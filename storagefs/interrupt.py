@@ -42,6 +42,7 @@ async def interruptible(pid: int, fn: Callable[[], Awaitable[T]],
     """Run fn(); if the requesting process gets a stop signal meanwhile, cancel it."""
     interrupted = False
     result: list[T] = []
+    errors: list[Exception] = []
 
     async with trio.open_nursery() as nursery:
         async def watch() -> None:
@@ -54,11 +55,18 @@ async def interruptible(pid: int, fn: Callable[[], Awaitable[T]],
                     return
 
         async def run() -> None:
-            result.append(await fn())
-            nursery.cancel_scope.cancel()
+            # errors are carried out of the nursery as they are (not in an ExceptionGroup)
+            try:
+                result.append(await fn())
+            except Exception as exc:
+                errors.append(exc)
+            finally:
+                nursery.cancel_scope.cancel()
 
         nursery.start_soon(watch)
         nursery.start_soon(run)
+    if errors:
+        raise errors[0]
     if interrupted and not result:
         on_interrupt()
         raise FUSEError(errno.EINTR)

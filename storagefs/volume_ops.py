@@ -228,6 +228,15 @@ class VolumeOps:
             allocation=vdef.allocation,
             mode=getattr(perms, "mode", None), uid=getattr(perms, "owner", None),
             gid=getattr(perms, "group", None))
+        if spec.format == "qcow2":
+            if target.compat:
+                spec.options["compat"] = target.compat
+            if target.features and "lazy_refcounts" in target.features:
+                spec.options["lazy_refcounts"] = "on"
+            if target.cluster_size:
+                spec.options["cluster_size"] = str(target.cluster_size)
+        if target.nocow and spec.format in ("qcow2", "raw", "vdi", "vpc", "vmdk"):
+            spec.options["nocow"] = "on"
         if vdef.backing is not None and vdef.backing.path:
             spec.backing_path = vdef.backing.path
             spec.backing_format = vdef.backing.format or "raw"

@@ -54,7 +54,10 @@ def virsh_names() -> list[str]:
 
 def udev_serial(sys_path: str) -> str | None:
     """ID_SERIAL from udev's database, if udevd has run here."""
-    dev = pyudev.Devices.from_sys_path(pyudev.Context(), sys_path)
+    try:
+        dev = pyudev.Devices.from_sys_path(pyudev.Context(), sys_path)
+    except pyudev.DeviceNotFoundError:
+        return None  # gone meanwhile (another test's loop device)
     return dev.properties.get("ID_SERIAL")
 
 

@@ -49,6 +49,8 @@ class VolumeInfo:
     encrypted: bool = False
     #: qcow2 internal snapshots (fileops.Snapshot), from qemu-img info
     snapshots: list = field(default_factory=list)
+    #: qcow2 creation options qemu-img reports (compat, lazy_refcounts)
+    options: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

@@ -136,6 +136,11 @@ class FileVolumes:
             info.backing_format = data.get("backing-filename-format")
             info.encrypted = bool(data.get("encrypted"))
             info.snapshots = fileops.snapshots_from_info(data)
+            specific = (data.get("format-specific") or {}).get("data") or {}
+            if "compat" in specific:
+                info.options["compat"] = str(specific["compat"])
+            if specific.get("lazy-refcounts"):
+                info.options["lazy_refcounts"] = "on"
 
     def unchanged(self, info: VolumeInfo) -> bool:
         """Same size, change time and type as when last probed (one lstat)."""
@@ -174,13 +179,13 @@ class FileVolumes:
                     os.fchown(fd, -1 if spec.uid is None else spec.uid,
                               -1 if spec.gid is None else spec.gid)
                 os.fchmod(fd, mode)
-                if spec.format == "raw" and not spec.encryption:
+                if spec.format == "raw" and not spec.encryption and not spec.options:
                     await self._make_raw(fd, spec.capacity, spec.allocation)
                     # known format: no need to open it again to probe the header
                     info = stat_info(VolumeInfo(spec.name, final, final), os.fstat(fd))
             finally:
                 os.close(fd)
-            if spec.format != "raw" or spec.encryption:
+            if spec.format != "raw" or spec.encryption or spec.options:
                 await self._qemu_create(path, spec)
                 info = None
             if path != final:
@@ -318,6 +323,8 @@ class FileVolumes:
     async def update(self, info: VolumeInfo, spec: VolumeSpec) -> VolumeInfo:
         """Make the file match spec: format (only while empty), size, allocation, owner."""
         recreate = spec.format != info.format and not (spec.encryption and info.format == "luks")
+        wanted = {k: v for k, v in spec.options.items() if k in ("compat", "lazy_refcounts")}
+        recreate = recreate or any(info.options.get(k) != v for k, v in wanted.items())
         if recreate or (spec.encryption and not info.encrypted) or \
                 (spec.backing_path and spec.backing_path != info.backing_path):
             if await self.image_holds_data(info):

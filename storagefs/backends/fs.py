@@ -76,6 +76,9 @@ class FsBackend(DirBackend):
             raise NotFound(f"Source device '{dev}' does not exist when formatting pool "
                            f"'{self.definition.name}'")
         if fmt == "auto":
+            found = None if overwrite else blockdev.found_format(await blockdev.probe(dev))
+            if found is not None:
+                raise Busy(f"Device '{dev}' already formatted using '{found}'")
             raise InvalidArgument("cannot make a filesystem of format 'auto': name one in "
                                   "<source><format type='...'/> (ext4, xfs ...)")
         if fmt not in MKFS_FORCE:

@@ -30,14 +30,21 @@ OnChange = Callable[[set[str], set[str], set[str]], None]
 
 @dataclass
 class Device:
-    """One node device as the tree shows it (see the package docstring)."""
+    """One node device as the tree shows it."""
 
+    #: libvirt node-device name: computer, pci_0000_00_02_0, block_loop3p1 ...
     name: str
+    #: /sys/devices/... ("" for computer)
     sys_path: str
+    #: name of the parent device (None for computer only)
     parent: str | None
+    #: libvirt capability names: system, pci, net, storage, scsi_host ...
     classes: list[str]
+    #: the device node under /dev ("sda", "loop3p1"; "/" written "!"), or None
     devnode: str | None
+    #: one-value files, only the facts the device has; text without newline
     values: dict[str, str] = field(default_factory=dict)
+    #: device.xml: node-device XML, valid against libvirt's nodedev.rng
     xml: bytes = b""
 
 
@@ -88,7 +95,9 @@ class DeviceIndex:
 
     def load(self) -> None:
         """Full scan of sysfs (startup).  The kernel monitor is opened first,
-        so a device that changes during the scan is seen again by :meth:`run`."""
+        so a device that changes during the scan is seen again by :meth:`run`
+        (call :meth:`close` instead when run() will not follow: the socket
+        would keep queueing events)."""
         if self._monitor is None:
             self._monitor = self._open_monitor()
         found = self.scan(self._ctx, self.content_probe)
