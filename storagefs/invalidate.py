@@ -87,6 +87,24 @@ class Invalidator:
                 self._inode(node.parent)
         self._links()
 
+    def devices_changed(self, added: set[str], removed: set[str], changed: set[str]) -> None:
+        """The device index changed (netlink events): the next ls/cat sees it."""
+        for name in removed:
+            node = self.table.find(("devices", name))
+            if node is not None:
+                self._drop(node)
+        for name in changed:
+            self.changed_dir(("devices", name))
+        top = self.table.find(("devices",))
+        if top is not None:
+            self._inode(top)
+        for links in (("devices", "by-devnode"), ("devices", "by-class")):
+            d = self.table.find(links)
+            if d is None:
+                continue
+            for child in list(d.children.values()):
+                self._drop(child)
+
     def _drop(self, node: Node) -> None:
         parent = node.parent
         self.table.detach(node)

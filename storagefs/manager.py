@@ -77,6 +77,8 @@ class Manager(VolumeCommands, VolumeOps, SecretOps):
         self.listener: Listener = NullListener()
         self.nursery: trio.Nursery | None = None
         self.started_ns = now_ns()
+        #: the live device index (devices/), set by the mount when it is loaded
+        self.devices = None
         super().__init__()
 
     # ---- error recording -------------------------------------------------

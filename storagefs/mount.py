@@ -14,6 +14,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from .devices import DeviceIndex
 from .fs import StorageFS
 from .manager import Manager
 from .names import systemd_escape_path
@@ -65,6 +66,17 @@ async def _signals(nursery_scope: trio.CancelScope) -> None:
             pyfuse3.terminate()
 
 
+def load_devices() -> DeviceIndex | None:
+    """The device index for devices/ (a failure leaves the rest of the tree working)."""
+    try:
+        index = DeviceIndex()
+        index.load()
+        return index
+    except Exception:
+        log.exception("cannot read the host's devices; devices/ is left out")
+        return None
+
+
 async def serve(mountpoint: str, state_dir: str, *, allow_other: bool,
                 ready: Callable[[str | None], None]) -> None:
     """Mount and serve until unmounted; ``ready(None)`` once the tree is usable,
@@ -77,6 +89,7 @@ async def serve(mountpoint: str, state_dir: str, *, allow_other: bool,
         ready(str(exc))
         state.close()
         return
+    manager.devices = load_devices()
     ops = StorageFS(manager)
     pidfile = pidfile_for(mountpoint)  # before mounting: realpath stats the mountpoint
     options = set(pyfuse3.default_options) | {"fsname=storagefs", "subtype=storagefs"}
@@ -95,6 +108,8 @@ async def serve(mountpoint: str, state_dir: str, *, allow_other: bool,
         async with trio.open_nursery() as nursery:
             await manager.run_background(nursery)
             nursery.start_soon(_signals, nursery.cancel_scope)
+            if manager.devices is not None:
+                nursery.start_soon(manager.devices.run, ops.inval.devices_changed)
             ops.inval.enabled = True
             ready(None)
             await pyfuse3.main()

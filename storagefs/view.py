@@ -9,6 +9,7 @@ import enum
 from dataclasses import dataclass
 
 from . import render
+from .devview import DeviceView
 from .errors import NotFound
 from .manager import Manager
 from .names import systemd_escape_path
@@ -37,6 +38,8 @@ class Kind(enum.Enum):
     SNAPSHOTS = "snapshots"  # pools/P/volumes/V/snapshots
     SNAPSHOT = "snapshot"    # .../snapshots/S
     SNAP_FILE = "snap-file"
+    DEVICE = "device"        # devices/NAME
+    DEV_FILE = "dev-file"
     SECRET = "secret"        # secrets/UUID
     SECRET_FILE = "secret-file"
     LINK = "link"
@@ -52,6 +55,7 @@ class Entry:
     target: str = ""         # for LINK
     snapshot: object = None  # for SNAPSHOT and SNAP_FILE
     secret: Secret | None = None
+    device: object = None    # devices.Device for DEVICE and DEV_FILE
 
     @property
     def writable(self) -> bool:
@@ -66,7 +70,7 @@ class Entry:
     @property
     def is_dir(self) -> bool:
         return self.kind in (Kind.ROOT, Kind.DIR, Kind.POOL, Kind.POOL_VOLUMES, Kind.VOLUME,
-                             Kind.SNAPSHOTS, Kind.SNAPSHOT, Kind.SECRET)
+                             Kind.SNAPSHOTS, Kind.SNAPSHOT, Kind.SECRET, Kind.DEVICE)
 
     @property
     def owner(self) -> Pool | Volume | Secret | None:
@@ -78,6 +82,7 @@ class Entry:
 class View:
     def __init__(self, manager: Manager) -> None:
         self.m = manager
+        self.devices = DeviceView(manager.devices)
 
     # ---- links -----------------------------------------------------------
     def pools_by_uuid(self) -> dict[str, str]:
@@ -114,9 +119,19 @@ class View:
         if n == 1:
             if top == "README":
                 return Entry(Kind.README)
-            if top in ("pools", "volumes", "secrets"):
+            if top in ("pools", "volumes", "secrets") or \
+                    (top == "devices" and self.devices.index is not None):
                 return Entry(Kind.DIR)
             raise NotFound(top)
+        if top == "devices":
+            what, obj = self.devices.resolve(path)
+            if what == "dir":
+                return Entry(Kind.DIR)
+            if what == "device":
+                return Entry(Kind.DEVICE, device=obj)
+            if what == "link":
+                return Entry(Kind.LINK, target=obj)
+            return Entry(Kind.DEV_FILE, name=obj[1], device=obj[0])
         if top == "secrets":
             return self._resolve_secret(path, scratch, hidden)
         if top == "volumes":
@@ -208,7 +223,10 @@ class View:
         """Names in a directory, in a stable order (scratch names are added by the caller)."""
         k = entry.kind
         if k is Kind.ROOT:
-            return ["README", "pools", "secrets", "volumes"]
+            devices = ["devices"] if self.devices.index is not None else []
+            return ["README", *devices, "pools", "secrets", "volumes"]
+        if path and path[0] == "devices":
+            return self.devices.children(path)
         if path == ("secrets",):
             return sorted(self.m.secrets)
         if k is Kind.SECRET:
@@ -249,6 +267,8 @@ class View:
             return render.volume_file(self.m, entry.volume, entry.name)
         if entry.kind is Kind.SNAP_FILE:
             return render.snapshot_file(entry.snapshot, entry.name)
+        if entry.kind is Kind.DEV_FILE:
+            return self.devices.content(entry.device, entry.name)
         if entry.kind is Kind.SECRET_FILE:
             s = entry.secret
             if entry.name == "config.xml":

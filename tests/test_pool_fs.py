@@ -96,10 +96,10 @@ def test_fs_pool_build_start_volumes_restart_stop_delete(mounted, loops, tmp_pat
 
     # volumes are files on the mounted filesystem
     os.mkdir(p / "volumes" / "a.qcow2")
-    write(p / "volumes" / "a.qcow2" / "config.xml", volume_xml("a.qcow2", 32 * MiB, "qcow2"))
+    write(p / "volumes" / "a.qcow2" / "config.xml", volume_xml("a.qcow2", 2048 * MiB, "qcow2"))
     img = target / "a.qcow2"
     assert os.stat(img).st_dev == os.stat(target).st_dev
-    assert qemu_info(img)["format"] == "qcow2" and qemu_info(img)["virtual-size"] == 32 * MiB
+    assert qemu_info(img)["format"] == "qcow2" and qemu_info(img)["virtual-size"] == 2048 * MiB
     assert os.readlink(p / "volumes" / "a.qcow2" / "path") == str(img)
     # a file made outside storagefs shows up without a refresh (the mount is watched)
     (target / "b.img").write_bytes(b"x" * 8192)
@@ -191,7 +191,6 @@ def test_fs_auto_mounts_what_is_there_and_lost_storage_makes_the_pool_inaccessib
     run(["umount", target])
     code, call = write_errno(p / "control", "refresh\n")
     assert (code, call) == (errno.ENOENT, "write")
-    assert state(p) == "inactive" or state(p) == "inaccessible"
     assert state(p) == "inaccessible"
     line = assert_one_error_line(p)
     assert "not mounted" in line and dev.path in line, line
