@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 import uuid as uuidlib
 from collections.abc import Iterator
@@ -19,10 +18,10 @@ from typing import Protocol
 import trio
 
 from .backends import backend_for
-from .commands import Command, parse_command, parse_yes_no
 from .errors import Busy, Exists, InvalidArgument, NotFound, StorageError
 from .names import check_name
-from .objects import INACCESSIBLE, INACTIVE, RUNNING, Pool, Volume, new_meta, now_ns
+from .objects import Pool, Volume, new_meta, now_ns
+from .pool_cmds import PoolCommands
 from .secrets import Secret, SecretOps
 from .state import FileMeta, StateDir, StoredPool, merge_meta
 from .volume_cmds import VolumeCommands
@@ -70,7 +69,7 @@ def error_line(op: str, reason: str) -> str:
     return f"{stamp} {op}: {reason}\n"
 
 
-class Manager(VolumeCommands, VolumeOps, SecretOps):
+class Manager(PoolCommands, VolumeCommands, VolumeOps, SecretOps):
     def __init__(self, state: StateDir) -> None:
         self.state = state
         self.pools: dict[str, Pool] = {}
@@ -196,6 +195,9 @@ class Manager(VolumeCommands, VolumeOps, SecretOps):
             if defn.name != name:
                 raise InvalidArgument(f"pool name '{defn.name}' in the document does not match "
                                       f"the directory '{name}'")
+            if defn.target_path and not defn.target_path.startswith("/"):
+                raise InvalidArgument(f"storage pool target path '{defn.target_path}' must be "
+                                      "absolute")
             backend = backend_for(defn)
             self._check_conflicts(pool, defn)
             async with pool.lock:
@@ -273,147 +275,6 @@ class Manager(VolumeCommands, VolumeOps, SecretOps):
                 del self.pools[name]
         self.listener.removed(name)
 
-    def valid_pool_commands(self, pool: Pool) -> list[str]:
-        if not pool.defined or pool.backend is None:
-            return []
-        b = pool.backend
-        if pool.active:
-            return ["stop", "refresh"]
-        cmds = ["start"]
-        if b.supports("build"):
-            cmds += ["build", "build overwrite"]
-        if b.supports("delete"):
-            cmds.append("delete")
-        return cmds
-
-    async def pool_command(self, name: str, line: bytes | str) -> None:
-        pool = self.pool(name)
-        with self.recording(pool, "control"):
-            cmd = parse_command(line)
-            if cmd is None:
-                return
-            if not pool.defined:
-                raise NotFound(f"storage pool '{name}' has no definition yet: write config.xml")
-            await self._run_pool_command(pool, cmd)
-
-    async def _run_pool_command(self, pool: Pool, cmd: Command) -> None:
-        verbs = {"start": self._start, "stop": self._stop, "refresh": self._refresh,
-                 "build": self._build, "delete": self._delete}
-        fn = verbs.get(cmd.verb)
-        if fn is None:
-            valid = ", ".join(self.valid_pool_commands(pool)) or "none"
-            raise InvalidArgument(f"unknown command '{cmd}'; valid now: {valid}")
-        if cmd.verb == "build":
-            if cmd.args not in ((), ("overwrite",), ("--overwrite",)):
-                raise InvalidArgument(f"build takes only 'overwrite', not '{' '.join(cmd.args)}'")
-            await self._build(pool, overwrite=bool(cmd.args))
-            return
-        if cmd.args:
-            raise InvalidArgument(f"{cmd.verb} takes no arguments")
-        await fn(pool)
-
-    async def _start(self, pool: Pool) -> None:
-        async with pool.lock:
-            if pool.active:
-                raise Busy(f"storage pool '{pool.name}' is already active")
-            await pool.backend.start()
-            try:
-                await self._load_volumes(pool)
-            except BaseException:
-                with trio.CancelScope(shield=True), contextlib.suppress(StorageError):
-                    await pool.backend.stop()
-                raise
-            pool.state = RUNNING
-            pool.touch()
-            self._save(pool)
-            self.watch(pool)
-        self.listener.changed(pool.name)
-
-    async def _stop(self, pool: Pool) -> None:
-        async with pool.lock:
-            if not pool.active:
-                raise Busy(f"storage pool '{pool.name}' is not active")
-            if pool.busy_volumes:
-                raise Busy(f"storage pool '{pool.name}' has {pool.busy_volumes} volume "
-                           "operation(s) under way")
-            self.unwatch(pool)
-            await pool.backend.stop()
-            pool.state = INACTIVE
-            names = list(pool.volumes)
-            pool.volumes.clear()
-            pool.touch()
-            self._save(pool)
-        for vol in names:
-            self.listener.removed(pool.name, vol)
-        self.listener.changed(pool.name)
-
-    async def _refresh(self, pool: Pool) -> None:
-        async with pool.lock:
-            if not pool.active:
-                raise Busy(f"storage pool '{pool.name}' is not active")
-            try:
-                await self._load_volumes(pool)
-            except StorageError as exc:
-                self._lost_storage(pool, exc)
-                raise
-            if pool.state == INACCESSIBLE:
-                pool.state = RUNNING
-                self.watch(pool)
-            pool.touch()
-        self.listener.changed(pool.name)
-
-    def _lost_storage(self, pool: Pool, exc: StorageError) -> None:
-        """The storage of a started pool is gone: inaccessible, volumes unlisted."""
-        if pool.state != INACCESSIBLE:
-            log.error("pool %s: storage became inaccessible: %s", pool.name, exc.reason)
-        pool.state = INACCESSIBLE
-        self.unwatch(pool)
-        names = list(pool.volumes)
-        pool.volumes.clear()
-        for vol in names:
-            self.listener.removed(pool.name, vol)
-
-    async def _build(self, pool: Pool, overwrite: bool = False) -> None:
-        async with pool.lock:
-            if pool.active:
-                raise Busy(f"storage pool '{pool.name}' is already active")
-            await pool.backend.build(overwrite=overwrite)
-            pool.touch()
-        self.listener.changed(pool.name)
-
-    async def _delete(self, pool: Pool) -> None:
-        async with pool.lock:
-            if pool.active:
-                raise Busy(f"storage pool '{pool.name}' is still active")
-            await pool.backend.delete()
-            pool.touch()
-        self.listener.changed(pool.name)
-
-    async def set_pool_state(self, name: str, text: bytes | str) -> None:
-        pool = self.pool(name)
-        with self.recording(pool, "state"):
-            word = (text.decode("utf-8", "replace") if isinstance(text, bytes) else text).strip()
-            if word not in ("running", "inactive"):
-                raise InvalidArgument(f"write 'running' or 'inactive' to state, not {word!r}")
-            if not pool.defined:
-                raise NotFound(f"storage pool '{name}' has no definition yet: write config.xml")
-            if word == "running" and not pool.active:
-                await self._start(pool)
-            elif word == "inactive" and pool.active:
-                await self._stop(pool)
-
-    async def set_autostart(self, name: str, text: bytes | str) -> None:
-        pool = self.pool(name)
-        with self.recording(pool, "autostart"):
-            value = parse_yes_no(text)
-            if not pool.defined:
-                raise NotFound(f"storage pool '{name}' has no definition yet: write config.xml")
-            if value != pool.autostart:
-                pool.autostart = value
-                self._save(pool)
-                pool.touch()
-        self.listener.changed(name)
-
     def pool_info(self, pool: Pool):
         """Sizes for status.xml: live from statvfs when running, else the last known."""
         if pool.active and pool.backend is not None:
@@ -421,6 +282,3 @@ class Manager(VolumeCommands, VolumeOps, SecretOps):
             if info is not None:
                 pool.info = info
         return pool.info
-
-    def pool_target_exists(self, pool: Pool) -> bool:
-        return bool(pool.target) and os.path.isdir(pool.target)

@@ -8,6 +8,16 @@ from .objects import Pool, Volume
 
 README = b"""storagefs: the host's storage as files (libvirt's storage model)
 
+  devices/NAME/         one per host device, named as libvirt names node devices:
+                        computer, pci_0000_00_02_0, net_eth0_<mac>, block_vda[_SERIAL],
+                        block_loop3, block_loop3p1, scsi_host0, usb_1_2 ... (unlike
+                        libvirt: loop, zram and partitions too)
+    device.xml          node-device XML (virsh nodedev-dumpxml)
+    subsystem devnode driver vendor product serial size ...   one value per file
+    parent -> ../PARENT
+  devices/by-class/CLASS/NAME    CLASS is libvirt's capability: system pci net storage
+                                 scsi_host scsi usb_device usb drm ...
+  devices/by-devnode/NODE        lookup by /dev name (sda, loop3p1; '!' for '/')
   pools/NAME/           one storage pool
     config.xml          its definition (libvirt pool XML; write to define or change)
     status.xml          the live definition with uuid and sizes (virsh pool-dumpxml)
@@ -19,10 +29,17 @@ README = b"""storagefs: the host's storage as files (libvirt's storage model)
     uuid type capacity allocation available   one value per file
     error               the last refused operation and why
     volumes/VOL/        one volume: config.xml status.xml path capacity allocation
-                        format key control error
+                        format key control progress error snapshots/
+      control           resize [--delta|--allocate|--shrink] SIZE, clone NEW
+                        [--format F] [--pool P], wipe [ALG], snapshot S, revert S,
+                        delete-snapshot S
+      progress          the long operation running now and how far ("clone 37%")
+      snapshots/S/      qcow2 internal snapshots: mkdir creates, rmdir deletes
   pools/by-uuid/  pools/by-path/        links to pools
   volumes/by-key/ volumes/by-path/      links to volumes (paths escaped as
                                         systemd-escape --path does)
+  secrets/UUID/         config.xml (libvirt secret XML) and value (0600; write-only
+                        for private='yes'); referenced by <encryption> and <auth>
 
 Define a pool:   mkdir pools/P; cat pool.xml > pools/P/config.xml
 Start it:        echo running > pools/P/state

@@ -88,8 +88,27 @@ def in_use(path: str) -> bool:
 
 
 def dm_available() -> bool:
-    """Is device-mapper in this kernel (needed to activate logical volumes)?"""
-    return os.path.exists("/dev/mapper/control") or os.path.exists("/sys/class/misc/device-mapper")
+    """Is device-mapper in this kernel (needed to activate logical volumes)?
+
+    The kernel's own word counts (sysfs, /proc/misc), not /dev/mapper/control:
+    libdevmapper creates that node itself whenever an LVM command runs, even on
+    a kernel without device-mapper, where opening it then fails with ENODEV."""
+    if os.path.exists("/sys/class/misc/device-mapper"):
+        return True
+    try:
+        with open("/proc/misc") as f:
+            if any(line.split()[1:2] == ["device-mapper"] for line in f):
+                return True
+    except OSError:
+        pass
+    if os.path.isdir("/sys/class/misc"):
+        return False  # sysfs is there and has no device-mapper
+    try:
+        fd = os.open("/dev/mapper/control", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
 
 
 # ---- blkid -------------------------------------------------------------------

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -26,7 +27,7 @@ import trio
 
 from .. import hostcmd
 from ..errors import Busy, InvalidArgument, NoSpace, NotFound, NotSupported, StorageError
-from ..xml.poolsource import FreeExtent
+from ..xml.poolsource import FreeExtent, SourceDevice
 from ..xml.pooltypes import DISK_VOLUME_FORMATS
 from . import blockdev
 from .base import PoolBackend, PoolInfo, VolumeInfo, VolumeSpec
@@ -187,6 +188,19 @@ def normal_format(fmt: str | None) -> str:
     return fmt
 
 
+def _free_extents_ignored_in_comparisons() -> bool:
+    """status.xml can show <freeExtent> (as virsh pool-dumpxml does) only when filling
+    them in does not make the running definition differ from the same document
+    parsed again: SourceDevice.free_extents must be a compare=False field."""
+    for f in dataclasses.fields(SourceDevice):
+        if f.name == "free_extents":
+            return not f.compare
+    return False
+
+
+_FREE_EXTENTS_SHOWN = _free_extents_ignored_in_comparisons()
+
+
 class DiskBackend(PoolBackend):
     type = "disk"
 
@@ -293,8 +307,9 @@ class DiskBackend(PoolBackend):
             available += free.end + 1 - first
             extents.append(FreeExtent(first, free.end + 1))
         self._info = PoolInfo(max(ends, default=layout.size), allocation, available)
-        with contextlib.suppress(IndexError, AttributeError):
-            self.definition.source.devices[0].free_extents = extents
+        if _FREE_EXTENTS_SHOWN:
+            with contextlib.suppress(IndexError, AttributeError):
+                self.definition.source.devices[0].free_extents = extents
 
     def _volume(self, p: Extent) -> VolumeInfo:
         node = self._node(p.number)
@@ -485,7 +500,13 @@ class DiskBackend(PoolBackend):
                 raise InvalidArgument(f"invalid partition name '{spec.name}', expected "
                                       f"'{expected}' (the next partition of "
                                       f"'{self.device}')")
-            first, last = self._place(layout, kind, spec.capacity)
+            try:
+                first, last = self._place(layout, kind, spec.capacity)
+            except NoSpace as exc:
+                if self.definition.default_volume_capacity is None:
+                    exc.reason += ("; mkdir makes volumes of the pool's default capacity: "
+                                   "set one with <storagefs:volume-defaults capacity='...'/>")
+                raise
             words = [kind] if layout.label == "msdos" else ["primary"]
             if fmt in FORMAT_FS_TYPE:
                 words.append(FORMAT_FS_TYPE[fmt])

@@ -38,11 +38,12 @@ _NOISE = ("WARNING: Activation disabled", "/dev/mapper/control", "Failure to com
           "Check that device-mapper", "Incompatible libdevmapper", "WARNING: Skipping zeroing",
           "not zeroed", "WARNING: Failed to connect to lvmetad", "File descriptor",
           "Run `", "Rounding up size")
+#: (lower-case) words of LVM's reason -> errno
 LVM_ERRNOS = {"not found": errno.ENOENT, "already exists": errno.EEXIST,
-              "insufficient free space": errno.ENOSPC, "No space": errno.ENOSPC,
-              "is invalid": errno.EINVAL, "reserved": errno.EINVAL, "in use": errno.EBUSY,
-              "open logical volume": errno.EBUSY, "Can't open": errno.EBUSY,
-              "matches existing size": errno.EALREADY}
+              "insufficient free space": errno.ENOSPC, "insufficient suitable": errno.ENOSPC,
+              "no space": errno.ENOSPC, "is invalid": errno.EINVAL, "reserved": errno.EINVAL,
+              "in use": errno.EBUSY, "open logical volume": errno.EBUSY,
+              "can't open": errno.EBUSY, "matches existing size": errno.EALREADY}
 #: characters LVM accepts in VG and LV names
 _LVM_NAME = re.compile(r"[A-Za-z0-9+_.][A-Za-z0-9+_.-]*")
 
@@ -64,7 +65,7 @@ async def lvm(argv: list[str], *, check: bool = True, what: str | None = None,
         reason = _reason(res.stderr, res.stdout) or f"exit {res.returncode}"
         code = errno.EIO
         for needle, mapped in LVM_ERRNOS.items():
-            if needle in reason:
+            if needle in reason.lower():
                 code = mapped
                 break
         prefix = f"{what}: " if what else f"{argv[0]}: "
