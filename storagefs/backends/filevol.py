@@ -235,9 +235,10 @@ class FileVolumes:
         if opts:
             argv += ["-o", ",".join(f"{k}={v}" for k, v in opts.items())]
         argv += [path, str(spec.capacity)]
+        slow = "preallocation" in opts  # writes the whole image
         for attempt in range(3):
             try:
-                await hostcmd.run(argv, timeout=600, errno_map=QEMU_ERRNOS)
+                await hostcmd.run(argv, timeout=3600 if slow else 60, errno_map=QEMU_ERRNOS)
                 return
             except StorageError as exc:
                 # LUKS key setup times PBKDF on the CPU; on a busy VM that measurement

@@ -127,9 +127,8 @@ class LogicalBackend(PoolBackend):
         """Why the running pool is degraded (None when it is not): its logical volumes
         cannot be activated, or physical volumes of the group are missing."""
         if not blockdev.dm_available():
-            return (f"logical volumes of '{self.vg}' cannot be activated: device-mapper is "
-                    "not available in this kernel (no /dev/mapper/control), so their "
-                    f"{self.target}/NAME nodes do not exist")
+            return (f"logical volumes of '{self.vg}' cannot be activated: this kernel has "
+                    f"no device-mapper, so no {self.target}/NAME node exists")
         return self._activation_error or self._partial
 
     # ---- reports ------------------------------------------------------------------------
