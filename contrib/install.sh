@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
-apt_pkgs=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv qemu-utils util-linux coreutils scrub)
+apt_pkgs=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv qemu-utils util-linux coreutils scrub
+          parted lvm2 e2fsprogs xfsprogs btrfs-progs)
 test_pkgs=(vim rsync sed systemd xfsprogs)
 
 missing=()

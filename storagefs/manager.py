@@ -31,6 +31,8 @@ from .xml.pool import parse_pool
 log = logging.getLogger(__name__)
 
 RESERVED_POOL_NAMES = ("by-uuid", "by-path")
+#: pool types whose <source><device>s must not be shared (libvirt's source conflict)
+BLOCK_TYPES = ("fs", "disk", "logical")
 DEFAULT_POOL_XML = """<pool type='dir'>
   <name>default</name>
   <uuid>{uuid}</uuid>
@@ -223,8 +225,13 @@ class Manager(PoolCommands, VolumeCommands, VolumeOps, SecretOps):
                 continue
             if defn.uuid and other.uuid == defn.uuid:
                 raise Exists(f"pool '{other.name}' already exists with uuid {defn.uuid}")
-            if defn.target_path and other.target == defn.target_path:
+            if defn.target_path and other.target == defn.target_path and defn.type != "disk":
                 raise Exists(f"Storage source conflict with pool: '{other.name}'")
+            if defn.type in BLOCK_TYPES and other.definition.type in BLOCK_TYPES:
+                mine = {d.path for d in defn.source.devices}
+                theirs = {d.path for d in other.definition.source.devices}
+                if mine & theirs:
+                    raise Exists(f"Storage source conflict with pool: '{other.name}'")
 
     @staticmethod
     def _check_running_change(pool: Pool, defn) -> None:

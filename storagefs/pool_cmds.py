@@ -14,7 +14,7 @@ import trio
 
 from .commands import Command, parse_command, parse_yes_no
 from .errors import Busy, InvalidArgument, NotFound, StorageError
-from .objects import INACCESSIBLE, INACTIVE, RUNNING, Pool
+from .objects import DEGRADED, INACCESSIBLE, INACTIVE, RUNNING, Pool
 
 if TYPE_CHECKING:
     from .manager import Manager
@@ -73,7 +73,7 @@ class PoolCommands:
                 with trio.CancelScope(shield=True), contextlib.suppress(StorageError):
                     await pool.backend.stop()
                 raise
-            pool.state = RUNNING
+            self._apply_health(pool, "start")
             pool.touch()
             self._save(pool)
             self.watch(pool)
@@ -86,8 +86,8 @@ class PoolCommands:
             if pool.busy_volumes:
                 raise Busy(f"storage pool '{pool.name}' has {pool.busy_volumes} volume "
                            "operation(s) under way")
-            self.unwatch(pool)
             await pool.backend.stop()
+            self.unwatch(pool)
             pool.state = INACTIVE
             names = list(pool.volumes)
             pool.volumes.clear()
@@ -107,10 +107,24 @@ class PoolCommands:
                 self._lost_storage(pool, exc)
                 raise
             if pool.state == INACCESSIBLE:
-                pool.state = RUNNING
                 self.watch(pool)
+            self._apply_health(pool, "refresh")
             pool.touch()
         self.listener.changed(pool.name)
+
+    def _apply_health(self: Manager, pool: Pool, op: str) -> None:
+        """running, or degraded when the backend says why (e.g. LVs cannot be activated)."""
+        from .manager import error_line
+
+        hook = getattr(pool.backend, "degraded_reason", None)
+        reason = hook() if hook else None
+        if reason:
+            if pool.state != DEGRADED:
+                log.warning("pool %s is degraded: %s", pool.name, reason)
+            pool.state = DEGRADED
+            pool.error = error_line(op, reason)
+        else:
+            pool.state = RUNNING
 
     def _lost_storage(self: Manager, pool: Pool, exc: StorageError) -> None:
         """The storage of a started pool is gone: inaccessible, volumes unlisted."""

@@ -24,6 +24,7 @@ IN_CREATE = 0x100
 IN_DELETE = 0x200
 IN_DELETE_SELF = 0x400
 IN_MOVE_SELF = 0x800
+IN_UNMOUNT = 0x2000
 IN_Q_OVERFLOW = 0x4000
 IN_IGNORED = 0x8000
 IN_ISDIR = 0x40000000
@@ -97,7 +98,7 @@ class DirWatcher:
                 self._wd_to_dir.pop(wd, None)
                 self._dir_to_wd.pop(directory, None)
                 continue
-            if mask & (IN_DELETE_SELF | IN_MOVE_SELF):
+            if mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT):
                 self.callback(directory, None, True)
                 continue
             if mask & IN_ISDIR or not name:

@@ -19,12 +19,13 @@ import json
 import os
 import shutil
 import subprocess
+import warnings
 from pathlib import Path
 
 LVM_ENV = dict(os.environ, LVM_SUPPRESS_FD_WARNINGS="1", LC_ALL="C")
 
 
-def _run(argv, check: bool = True, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+def host(argv, check: bool = True, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
     kw.setdefault("env", LVM_ENV)
     res = subprocess.run([str(a) for a in argv], capture_output=True, text=True,
                          timeout=timeout, **kw)
@@ -60,7 +61,7 @@ class LoopDevice:
         return os.path.basename(self.path)
 
     def attach(self) -> str:
-        res = _run(["losetup", "-f", "--show", self.image])
+        res = host(["losetup", "-f", "--show", self.image])
         self.path = res.stdout.strip()
         assert self.path.startswith("/dev/loop"), res.stdout
         assert self.ours(), f"{self.path} is not backed by {self.image}"
@@ -82,9 +83,6 @@ class LoopDevice:
         backing = backing.removesuffix(" (deleted)")
         return backing == str(self.image) or backing == os.path.realpath(self.image)
 
-    def attached(self) -> bool:
-        return self.ours()
-
     def partitions(self) -> list[str]:
         """Nodes of the partitions the kernel knows on this device."""
         base = f"/sys/block/{self.name}"
@@ -102,8 +100,8 @@ class LoopDevice:
         """partx -d and losetup -d, only while the device is still ours."""
         if not self.ours():
             return
-        _run(["partx", "-d", self.path], check=False)
-        _run(["losetup", "-d", self.path], check=False)
+        host(["partx", "-d", self.path], check=False)
+        host(["losetup", "-d", self.path], check=False)
 
     def unmount_all(self) -> None:
         """Unmount every filesystem mounted from this device or its partitions."""
@@ -129,12 +127,12 @@ class LoopDevice:
                 if mine:
                     targets.append(fields[4].encode().decode("unicode_escape"))
         for target in reversed(targets):
-            if _run(["umount", target], check=False).returncode != 0:
-                _run(["umount", "-l", target], check=False)
+            if host(["umount", target], check=False).returncode != 0:
+                host(["umount", "-l", target], check=False)
 
 
 def lvm_json(argv: list[str], kind: str) -> list[dict]:
-    res = _run([*argv, "--reportformat", "json"], check=False)
+    res = host([*argv, "--reportformat", "json"], check=False)
     if res.returncode != 0 or not res.stdout.strip():
         return []
     rows = []
@@ -155,10 +153,10 @@ def remove_lvm(devices: list[LoopDevice]) -> None:
             by_vg.setdefault(row["vg_name"], set()).add(row.get("pv_name", ""))
     for vg, members in by_vg.items():
         if members and members <= ours:
-            _run(["vgremove", "-f", vg], check=False)
+            host(["vgremove", "-f", vg], check=False)
     for row in pvs:
         if row.get("pv_name") in ours:
-            _run(["pvremove", "-ff", "-y", row["pv_name"]], check=False)
+            host(["pvremove", "-ff", "-y", row["pv_name"]], check=False)
 
 
 class LoopSet:
@@ -170,7 +168,7 @@ class LoopSet:
 
     def make(self, size: str = "64M", name: str | None = None) -> LoopDevice:
         image = self.base / (name or f"disk{len(self.devices)}.img")
-        _run(["truncate", "-s", size, image])
+        host(["truncate", "-s", size, image])
         dev = LoopDevice(image)
         self.devices.append(dev)
         dev.attach()
@@ -198,12 +196,14 @@ class LoopSet:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.cleanup()
+        problems = self.cleanup()
+        if problems:
+            warnings.warn("loop device cleanup: " + "; ".join(problems), stacklevel=2)
 
 
 def blkid(path: str) -> dict[str, str]:
     """``blkid -p -o export``: {} when nothing is found."""
-    res = _run(["blkid", "-p", "-o", "export", path], check=False)
+    res = host(["blkid", "-p", "-o", "export", path], check=False)
     out = {}
     for line in res.stdout.splitlines():
         key, _, value = line.partition("=")
@@ -213,7 +213,7 @@ def blkid(path: str) -> dict[str, str]:
 
 def parted_print(path: str) -> tuple[str, list[tuple[int, int, int]]]:
     """(label, [(number, start, size) ...]) from ``parted -m -s DEV unit B print``."""
-    res = _run(["parted", "-m", "-s", path, "unit", "B", "print"], check=False)
+    res = host(["parted", "-m", "-s", path, "unit", "B", "print"], check=False)
     label, parts = "", []
     for line in res.stdout.splitlines():
         fields = line.rstrip(";").split(":")
@@ -226,7 +226,7 @@ def parted_print(path: str) -> tuple[str, list[tuple[int, int, int]]]:
 
 def findmnt(target: Path | str) -> dict[str, str] | None:
     """SOURCE and FSTYPE mounted on ``target`` (None when nothing is)."""
-    res = _run(["findmnt", "-n", "-o", "SOURCE,FSTYPE", "--mountpoint", str(target)],
+    res = host(["findmnt", "-n", "-o", "SOURCE,FSTYPE", "--mountpoint", str(target)],
                check=False)
     if res.returncode != 0 or not res.stdout.strip():
         return None

@@ -409,7 +409,22 @@ def assert_one_error_line(obj: Path) -> str:
 
 
 def escape_path(path: Path | str) -> str:
-    return run(["systemd-escape", "--path", str(path)]).stdout.strip()
+    """`systemd-escape --path PATH` (the same rules in Python where the tool is missing)."""
+    if shutil.which("systemd-escape"):
+        return run(["systemd-escape", "--path", str(path)]).stdout.strip()
+    parts = [p for p in str(path).split("/") if p]
+    if not parts:
+        return "-"
+    out = []
+    for i, ch in enumerate("/".join(parts).encode()):
+        c = chr(ch)
+        if c == "/":
+            out.append("-")
+        elif (c.isascii() and (c.isalnum() or c in ":_.")) and not (i == 0 and c == "."):
+            out.append(c)
+        else:
+            out.append(f"\\x{ch:02x}")
+    return "".join(out)
 
 
 def qemu_info(path: Path | str) -> dict:

@@ -11,10 +11,9 @@ from __future__ import annotations
 import errno
 import os
 import uuid
-from pathlib import Path
 
 import pytest
-from loopdev import LoopSet, _run, blkid, lvm_json, skip_reason
+from loopdev import LoopSet, blkid, host, lvm_json, skip_reason
 from mount_helpers import (
     STORAGEFS_POOL_NS,
     assert_one_error_line,
@@ -31,16 +30,10 @@ from mount_helpers import (
     xml_value,
 )
 
-import storagefs
-
 MiB = 1024**2
 #: the kernel's word (libdevmapper makes /dev/mapper/control even where it is absent)
 DM_PRESENT = os.path.exists("/sys/class/misc/device-mapper")
 #: the manager turns a backend's degraded_reason() into state 'degraded' (lead's change)
-MANAGER_DEGRADES = any("degraded_reason" in path.read_text()
-                       for path in Path(storagefs.__file__).parent.glob("*.py"))
-
-
 @pytest.fixture
 def loops(tmp_path):
     reason = skip_reason("pvcreate", "vgcreate", "lvcreate", "lvs", "vgs", "pvs", "wipefs")
@@ -169,7 +162,7 @@ def test_logical_pool_build_volumes_resize_delete(mounted, loops, vg):
     outside = ["lvcreate", "-n", "ext", "-L", "8M", "--yes", vg]
     if not DM_PRESENT:
         outside[1:1] = ["--driverloaded", "n"]
-    _run(outside)
+    host(outside)
     command(p / "control", "refresh")
     assert ls_names(p / "volumes") == {"lv1", "ext"}
 
@@ -237,8 +230,6 @@ def test_logical_pool_whose_device_vanishes_becomes_inaccessible(mounted, loops,
 
 
 @pytest.mark.skipif(DM_PRESENT, reason="device-mapper present: LVs can be activated here")
-@pytest.mark.xfail(not MANAGER_DEGRADES, strict=True,
-                   reason="the manager does not yet apply the backend's degraded_reason()")
 def test_logical_pool_without_device_mapper_runs_degraded_and_says_why(mounted, loops, vg):
     dev = loops.make("64M")
     p = define(mounted, "lp", vg, [dev.path])

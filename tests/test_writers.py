@@ -157,6 +157,16 @@ def test_sed_in_place_on_volume_config_resizes(mounted):
     assert read(v / "config.xml") == volume_xml("disk1", 2 * GiB)
 
 
+def test_config_reads_back_byte_for_byte_whatever_the_formatting(pool1, tmp_path):
+    p, _, _ = pool1
+    doc = ('<?xml version="1.0" encoding="UTF-8"?>\n<!-- managed by ansible: do not edit -->\n'
+           f'<pool type="dir">\n\t<name>p1</name>\n\t<target><path>{tmp_path / "p1b"}</path>'
+           '</target>   \n</pool>\n\n')
+    run(["cp", _src(tmp_path, doc), p / "config.xml"])
+    assert read_bytes(p / "config.xml") == doc.encode()
+    assert xml_value(read(p / "status.xml"), "/pool/target/path") == str(tmp_path / "p1b")
+
+
 def test_rewriting_same_document_changes_nothing(pool1):
     p, old, _ = pool1
     before = os.stat(p / "config.xml")

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import logging
 import os
@@ -27,7 +26,7 @@ import trio
 
 from .. import hostcmd
 from ..errors import Busy, InvalidArgument, NoSpace, NotFound, NotSupported, StorageError
-from ..xml.poolsource import FreeExtent, SourceDevice
+from ..xml.poolsource import FreeExtent
 from ..xml.pooltypes import DISK_VOLUME_FORMATS
 from . import blockdev
 from .base import PoolBackend, PoolInfo, VolumeInfo, VolumeSpec
@@ -188,19 +187,6 @@ def normal_format(fmt: str | None) -> str:
     return fmt
 
 
-def _free_extents_ignored_in_comparisons() -> bool:
-    """status.xml can show <freeExtent> (as virsh pool-dumpxml does) only when filling
-    them in does not make the running definition differ from the same document
-    parsed again: SourceDevice.free_extents must be a compare=False field."""
-    for f in dataclasses.fields(SourceDevice):
-        if f.name == "free_extents":
-            return not f.compare
-    return False
-
-
-_FREE_EXTENTS_SHOWN = _free_extents_ignored_in_comparisons()
-
-
 class DiskBackend(PoolBackend):
     type = "disk"
 
@@ -307,9 +293,9 @@ class DiskBackend(PoolBackend):
             available += free.end + 1 - first
             extents.append(FreeExtent(first, free.end + 1))
         self._info = PoolInfo(max(ends, default=layout.size), allocation, available)
-        if _FREE_EXTENTS_SHOWN:
-            with contextlib.suppress(IndexError, AttributeError):
-                self.definition.source.devices[0].free_extents = extents
+        # status.xml shows <freeExtent>, as virsh pool-dumpxml does
+        with contextlib.suppress(IndexError, AttributeError):
+            self.definition.source.devices[0].free_extents = extents
 
     def _volume(self, p: Extent) -> VolumeInfo:
         node = self._node(p.number)

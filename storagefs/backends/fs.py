@@ -25,9 +25,18 @@ MOUNT, UMOUNT = "mount", "umount"
 MKFS_FORCE = {"ext2": "-F", "ext3": "-F", "ext4": "-F", "xfs": "-f", "btrfs": "-f", "vfat": "-I"}
 #: options every fs pool is mounted with, before those of <fs:mount_opts> (as libvirt)
 DEFAULT_MOUNT_OPTIONS = ("nodev", "nosuid", "noexec")
+#: libvirt's name of a filesystem type -> the kernel's (for mount -t and blkid's TYPE)
+KERNEL_FS_TYPE = {"hfs+": "hfsplus"}
 MOUNT_ERRNOS = {"already mounted": errno.EBUSY, "busy": errno.EBUSY,
                 "does not exist": errno.ENOENT, "wrong fs type": errno.EINVAL,
                 "unknown filesystem type": errno.ENOTSUP}
+
+
+def fs_matches(fmt: str, found: str) -> bool:
+    """Can a pool of format ``fmt`` mount what blkid found? (ext4 mounts ext2 and ext3)"""
+    if fmt == "auto" or found == KERNEL_FS_TYPE.get(fmt, fmt):
+        return True
+    return fmt == "ext4" and found in ("ext2", "ext3")
 
 
 class FsBackend(DirBackend):
@@ -109,12 +118,12 @@ class FsBackend(DirBackend):
         found = blockdev.found_format(await blockdev.probe(dev))
         if found is None:
             raise Busy(f"Device '{dev}' is unrecognized, requires build")
-        if fmt != "auto" and found != fmt:
+        if not fs_matches(fmt, found):
             raise Busy(f"Format of device '{dev}' does not match the expected format "
                        f"'{fmt}' (it holds {found})")
         options = ",".join((*DEFAULT_MOUNT_OPTIONS, *self.definition.mount_opts))
-        await hostcmd.run([MOUNT, "-t", fmt, "-o", options, dev, target], timeout=120,
-                          errno_map=MOUNT_ERRNOS)
+        await hostcmd.run([MOUNT, "-t", KERNEL_FS_TYPE.get(fmt, fmt), "-o", options, dev,
+                           target], timeout=120, errno_map=MOUNT_ERRNOS)
 
     async def stop(self) -> None:
         if not self.mounted():

@@ -69,7 +69,8 @@ class SourceDevice:
     #: disk pools: whether partition names get a 'p' separator (None: not said)
     part_separator: bool | None = None
     #: filled by a refresh of a disk pool (never read from XML, as libvirt)
-    free_extents: list[FreeExtent] = field(default_factory=list)
+    #: live figures (status.xml only): not part of the definition's identity
+    free_extents: list[FreeExtent] = field(default_factory=list, compare=False)
 
 
 @dataclass

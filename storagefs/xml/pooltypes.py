@@ -53,6 +53,8 @@ DISK_VOLUME_FORMATS = (
 _FS_FORMATS = (
     "auto", "ext2", "ext3", "ext4", "ufs", "iso9660", "udf", "gfs", "gfs2",
     "vfat", "hfs+", "xfs", "ocfs2", "vmfs",
+    # storagefs accepts btrfs too (libvirt's list lacks it; its fs backend mounts it fine)
+    "btrfs",
 )  # fmt: skip
 _NETFS_FORMATS = ("auto", "nfs", "glusterfs", "cifs")
 _DISK_FORMATS = ("unknown", "dos", "dvh", "gpt", "mac", "bsd", "pc98", "sun", "lvm2")
