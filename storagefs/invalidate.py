@@ -68,6 +68,9 @@ class Invalidator:
         self.changed_dir(_path(pool, volume))
         if volume is not None:
             self.changed_dir(("pools", pool))
+
+    def links_changed(self) -> None:
+        """A pool's uuid or target changed: by-uuid/ and by-path/ entries may be stale."""
         self._links()
 
     def added(self, pool: str, volume: str | None = None) -> None:
@@ -112,7 +115,8 @@ class Invalidator:
             self._entry(parent, node.name, node.ino)
 
     def _links(self) -> None:
-        """Links under by-*/ may point at objects that changed: let the kernel ask again."""
+        """Links under by-*/ may point at objects that went away: let the kernel ask again.
+        (New links need nothing: the kernel caches no negative entries here.)"""
         for path in LINK_DIRS:
             d = self.table.find(path)
             if d is None:

@@ -47,6 +47,7 @@ DEFAULT_POOL_XML = """<pool type='dir'>
 
 class Listener(Protocol):
     def progress(self, pool: str, volume: str) -> None: ...
+    def links_changed(self) -> None: ...
     def changed_dir(self, path: tuple[str, ...]) -> None: ...
     def changed(self, pool: str, volume: str | None = None) -> None: ...
     def added(self, pool: str, volume: str | None = None) -> None: ...
@@ -63,6 +64,9 @@ class NullListener:
         pass
 
     def changed_dir(self, path: tuple[str, ...]) -> None:
+        pass
+
+    def links_changed(self) -> None:
         pass
 
 
@@ -215,6 +219,7 @@ class Manager(PoolCommands, VolumeCommands, VolumeOps, SecretOps):
                 pool.uuid, pool.meta = new_uuid, stored.meta
                 pool.touch()
         self.listener.changed(name)
+        self.listener.links_changed()
         return True
 
     def _check_conflicts(self, pool: Pool, defn) -> None:
