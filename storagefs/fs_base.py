@@ -70,6 +70,8 @@ class FsBase(pyfuse3.Operations):
         self.scratch: dict[tuple[str, ...], dict[str, Scratch]] = {}
         self.hidden: dict[tuple[str, ...], set[str]] = {}
         self.file_meta: dict[tuple[str, ...], FileMeta] = {}
+        #: times set on directories (rsync -a), kept while mounted
+        self.dir_times: dict[tuple[str, ...], tuple[int, int]] = {}
         self.mounted_ns = manager.started_ns
         manager.listener = self.inval
 
@@ -113,6 +115,9 @@ class FsBase(pyfuse3.Operations):
             a.st_mode = stat.S_IFDIR | 0o755
             a.st_nlink = 2
             a.st_size = 0
+            times = self.dir_times.get(node.path)
+            if times is not None:
+                a.st_atime_ns, a.st_mtime_ns = times
         elif e.kind is Kind.LINK:
             a.st_mode = stat.S_IFLNK | 0o777
             a.st_nlink = 1

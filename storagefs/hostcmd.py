@@ -8,11 +8,13 @@ caller maps a message to a better errno. Secrets are never passed in argv.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -53,6 +55,14 @@ def first_line(text: str) -> str:
     return ""
 
 
+async def _kill_group(proc: trio.Process) -> None:
+    """On a time-out or cancellation: kill the tool and everything it started."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+
+
 async def run(
     argv: Sequence[str],
     *,
@@ -81,6 +91,8 @@ async def run(
                 check=False,
                 env=full_env,
                 stdin=stdin if stdin is not None else subprocess.DEVNULL,
+                start_new_session=True,
+                deliver_cancel=_kill_group,
             )
     except trio.TooSlowError:
         raise ToolError(f"{tool} did not finish within {timeout:g} s") from None
@@ -120,7 +132,7 @@ async def run_progress(argv: Sequence[str], pattern, report, *, timeout: float) 
     env = dict(os.environ, LC_ALL="C")
     proc = await trio.lowlevel.open_process(argv, stdin=subprocess.DEVNULL,
                                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                            env=env)
+                                            env=env, start_new_session=True)
     err = bytearray()
 
     async def drain_stderr() -> None:
@@ -139,10 +151,10 @@ async def run_progress(argv: Sequence[str], pattern, report, *, timeout: float) 
                     buf = buf[buf.rfind(b")") + 1:]
                 await proc.wait()
     except trio.TooSlowError:
-        proc.kill()
+        await _kill_group(proc)
         raise ToolError(f"{argv[0]} did not finish within {timeout:g} s") from None
     except BaseException:
-        proc.kill()
+        await _kill_group(proc)
         with trio.CancelScope(shield=True):
             await proc.wait()
         raise

@@ -102,7 +102,7 @@ class PoolCommands:
             if not pool.active:
                 raise Busy(f"storage pool '{pool.name}' is not active")
             try:
-                await self._load_volumes(pool)
+                await self._load_volumes(pool, deep=True)
             except StorageError as exc:
                 self._lost_storage(pool, exc)
                 raise

@@ -182,6 +182,7 @@ class VolumeCommands:
             raise NotSupported(f"internal snapshots need qcow2; '{vol.name}' is "
                                f"{vol.info.format}")
         check_snapshot_name(name)
+        vol.info = await vol.pool.backend.volume_details(vol.info)  # the current snapshots
         taken = {s.name for s in vol.info.snapshots}
         if op == "create" and name in taken:
             raise Exists(f"snapshot '{name}' already exists")

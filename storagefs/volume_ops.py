@@ -9,6 +9,7 @@ worker task, never on the hot path.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from typing import TYPE_CHECKING
 
@@ -36,6 +37,9 @@ class VolumeOps:
         self.watcher: DirWatcher | None = None
         self._dirty: dict[str, set[str | None]] = {}
         self._dirty_event = trio.Event()
+        #: volumes refreshed from their headers only, waiting for qemu-img's details
+        self._details: dict[str, set[str]] = {}
+        self._details_event = trio.Event()
 
     # ---- the live index ------------------------------------------------
     async def run_background(self: Manager, nursery: trio.Nursery) -> None:
@@ -46,6 +50,7 @@ class VolumeOps:
                 self.watch(pool)
         nursery.start_soon(self.watcher.run)
         nursery.start_soon(self._probe_worker)
+        nursery.start_soon(self._details_worker)
 
     def watch(self: Manager, pool: Pool) -> None:
         if self.watcher is not None and pool.backend is not None:
@@ -86,6 +91,38 @@ class VolumeOps:
                     with contextlib.suppress(StorageError):
                         await self._probe_one(pool, name)
 
+    async def _details_worker(self: Manager) -> None:
+        """Fill in what a refresh left out (backing store, snapshots ...) one volume at
+        a time, after the fact: a slow or hung qemu-img never delays a mount or an ls."""
+        while True:
+            await self._details_event.wait()
+            self._details_event = trio.Event()
+            pending, self._details = self._details, {}
+            for pool_name, names in pending.items():
+                for name in sorted(names):
+                    pool = self.pools.get(pool_name)
+                    vol = pool.volumes.get(name) if pool is not None else None
+                    if vol is None or vol.lock.locked():
+                        continue
+                    await self._fill_details(vol)
+
+    async def _fill_details(self: Manager, vol: Volume) -> None:
+        pool, name = vol.pool, vol.name
+        try:
+            info = await pool.backend.volume_details(dataclasses.replace(vol.info))
+        except StorageError as exc:
+            self.note_refusal(vol, "refresh", exc)
+            return
+        if pool.volumes.get(name) is vol and not vol.lock.locked():
+            vol.info = info
+            vol.touch()
+            self.listener.changed(pool.name, name)
+
+    def _want_details(self: Manager, pool: Pool, names: list[str]) -> None:
+        if names:
+            self._details.setdefault(pool.name, set()).update(names)
+            self._details_event.set()
+
     async def _probe_one(self: Manager, pool: Pool, name: str) -> None:
         if name in pool.reserved or name.startswith("."):
             return
@@ -115,8 +152,11 @@ class VolumeOps:
             vol.touch()
             self.listener.changed(pool.name, name)
 
-    async def _load_volumes(self: Manager, pool: Pool) -> None:
-        """Refresh the pool from its storage; keep Volume objects that still exist."""
+    async def _load_volumes(self: Manager, pool: Pool, deep: bool = False) -> None:
+        """Refresh the pool from its storage; keep Volume objects that still exist.
+
+        Volumes come from cheap probes (headers); qemu-img's details follow in the
+        background, or at once when ``deep`` (a refresh the user asked for)."""
         info, found = await pool.backend.refresh()
         pool.info = info
         stored = self.state.load_volumes(pool.name)
@@ -141,6 +181,14 @@ class VolumeOps:
         for name in stored:
             if name not in seen:
                 self.state.delete_volume(pool.name, name)
+        slow = [v.name for v in found if v.format != "raw"]
+        if not deep:
+            self._want_details(pool, slow)
+            return
+        for name in slow:
+            vol = pool.volumes.get(name)
+            if vol is not None and not vol.lock.locked():
+                await self._fill_details(vol)
 
     def volume_info(self: Manager, vol: Volume) -> VolumeInfo:
         """The volume's figures with a fresh stat (cheap syscalls only)."""

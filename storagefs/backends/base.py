@@ -123,6 +123,10 @@ class PoolBackend:
         """Look at one volume after an event; None when it is not (or no longer) there."""
         return None
 
+    async def volume_details(self, info: VolumeInfo) -> VolumeInfo:
+        """Add what is slow to learn (a host tool's report) to a refreshed volume."""
+        return info
+
     def unchanged(self, info: VolumeInfo) -> bool:
         """True when a cheap check shows the volume is as ``info`` describes it."""
         return False

@@ -80,7 +80,7 @@ class DirBackend(PoolBackend):
         files = self.files
         vols = []
         for name in files.scan_names():
-            info = await files.probe(name)
+            info = await files.probe(name, deep=False)  # details later, in the background
             if info is not None:
                 vols.append(info)
         return self.pool_info() or PoolInfo(), vols
@@ -90,6 +90,9 @@ class DirBackend(PoolBackend):
 
     async def probe_volume(self, name: str) -> VolumeInfo | None:
         return await self.files.probe(name)
+
+    async def volume_details(self, info: VolumeInfo) -> VolumeInfo:
+        return await self.files.details(info)
 
     def stat_volume(self, info: VolumeInfo) -> VolumeInfo | None:
         return self.files.stat(info)
