@@ -147,12 +147,6 @@ class SecretOps:
             s.value = value
             s.touch()
 
-    def read_secret_value(self: Manager, uid: str) -> bytes:
-        s = self.secret(uid)
-        if s.private:
-            raise NotPermitted(f"secret {uid} is private: its value cannot be read")
-        return s.value or b""
-
     async def undefine_secret(self: Manager, uid: str) -> None:
         s = self.secret(uid)
         with self.recording(s, "undefine"):

@@ -18,6 +18,7 @@ from .commands import Command, parse_command
 from .errors import Exists, InvalidArgument, NotFound, NotSupported
 from .names import check_name
 from .objects import Volume
+from .state import StoredVolume
 from .units import parse_size
 
 if TYPE_CHECKING:
@@ -111,6 +112,14 @@ class VolumeCommands:
                 secret_file=secret_file)
             self._forget_config(vol)
 
+    def renamed_config(self: Manager, vol: Volume, new: str, pool) -> bytes:
+        from .xml.volume import format_volume, parse_volume
+
+        vdef = parse_volume(vol.config, vol.pool.definition)
+        vdef.name, vdef.key = new, None
+        vdef.target.path = None
+        return format_volume(vdef, pool.definition).encode()
+
     def volume_secret(self: Manager, vol: Volume) -> str | None:
         """The secret of an encrypted volume, from the <encryption> of its config.xml."""
         if not vol.info.encrypted or vol.config is None:
@@ -145,6 +154,9 @@ class VolumeCommands:
         if new in target.volumes or new in target.reserved:
             raise Exists(f"storage volume '{new}' exists already")
         fmt = opts.get("--format", vol.info.format)
+        if vol.info.encrypted and fmt != vol.info.format:
+            raise NotSupported("an encrypted volume is cloned in its own format (a byte copy "
+                               "that keeps its encryption); converting it is not supported")
         spec = VolumeSpec(name=new, format=fmt, capacity=vol.info.capacity)
         target.reserved.add(new)
         target.busy_volumes += 1
@@ -152,7 +164,12 @@ class VolumeCommands:
             async with self._volume_op(vol):
                 report = self._progress(vol, "clone")
                 info = await target.backend.clone_volume(vol.info, spec, report)
-            target.volumes[new] = Volume(target, new, info)
+            clone = Volume(target, new, info)
+            if info.encrypted and vol.config is not None:
+                # the copy is encrypted with the same secret: keep the <encryption> on record
+                clone.config = self.renamed_config(vol, new, target)
+                self.state.save_volume(StoredVolume(target.name, new, clone.config, clone.meta))
+            target.volumes[new] = clone
         finally:
             target.reserved.discard(new)
             target.busy_volumes -= 1

@@ -105,3 +105,26 @@ def test_luks_volume_created_resized_and_secret_appears_nowhere_else(mounted, tm
     leftovers = [p for p in mounted.state_dir.rglob("*")
                  if p.is_file() and VALUE.encode() in p.read_bytes()]
     assert leftovers == [mounted.state_dir / "secrets" / f"{UUID}.value"]
+
+
+def test_clone_of_a_luks_volume_keeps_encryption_and_its_secret(mounted, tmp_path):
+    make_secret(mounted, private="yes")
+    v = mounted.vol("enc.qcow2")
+    os.mkdir(v)
+    write(v / "config.xml", luks_volume_xml("enc.qcow2", 64 * MiB, "qcow2"))
+    pw = tmp_path / "pw"
+    pw.write_text(VALUE)
+    opts = "driver=qcow2,file.filename={},encrypt.key-secret=s"
+    run(["qemu-io", "--object", f"secret,id=s,file={pw}", "--image-opts",
+         opts.format(v / "path"), "-c", "write -P 0x33 0 64k"])
+    write(v / "control", "clone copy.qcow2\n")
+    c = mounted.vol("copy.qcow2")
+    assert qemu_info(c / "path")["encrypted"] is True
+    assert f"uuid='{UUID}'" in read(c / "config.xml")
+    write(c / "control", "resize 96M\n")  # needs the secret: found through the clone's config
+    assert read(c / "capacity") == f"{96 * MiB}\n"
+    out = run(["qemu-io", "--object", f"secret,id=s,file={pw}", "--image-opts",
+               opts.format(c / "path"), "-c", "read -P 0x33 0 64k"]).stdout
+    assert "read 65536/65536" in out
+    code, _ = write_errno(v / "control", "clone plain.raw --format raw\n")
+    assert code == errno.ENOTSUP
