@@ -16,6 +16,7 @@ import stat
 import pyfuse3
 from pyfuse3 import FUSEError
 
+from .commands import parse_yes_no
 from .errors import Exists, InvalidArgument, NotFound, NotPermitted, StorageError
 from .fs_base import FsBase, _name, fuse_op
 from .handles import (
@@ -30,10 +31,19 @@ from .handles import (
 )
 from .interrupt import interruptible
 from .objects import now_ns
+from .pool_cmds import check_pool_command, check_state_word
 from .state import FileMeta
 from .view import Entry, Kind
+from .volume_cmds import check_volume_command
 
 OBJECT_DIRS = (Kind.POOL, Kind.VOLUME, Kind.SECRET)
+#: what every line written to a command file must look like (checked before any runs)
+COMMAND_CHECKS = {
+    (Kind.POOL_FILE, "control"): check_pool_command,
+    (Kind.POOL_FILE, "state"): check_state_word,
+    (Kind.POOL_FILE, "autostart"): parse_yes_no,
+    (Kind.VOL_FILE, "control"): check_volume_command,
+}
 
 
 class FileOps(FsBase):
@@ -68,7 +78,13 @@ class FileOps(FsBase):
                                   lambda exc: self.m.note_refusal(owner, "define", exc))
         if e.kind is Kind.SECRET_FILE:
             return ValueHandle(self.applier(e))
-        return CommandHandle(snapshot, self.applier(e))
+        owner = e.owner
+        check_all = None
+        if e.kind is Kind.POOL_FILE and e.name in ("control", "state"):
+            pool, state_file = e.pool, e.name == "state"
+            check_all = lambda lines: self.m.check_pool_lines(pool, lines, state_file)  # noqa: E731
+        return CommandHandle(snapshot, self.applier(e), COMMAND_CHECKS[(e.kind, e.name)],
+                             lambda exc: self.m.note_refusal(owner, e.name, exc), check_all)
 
     @fuse_op
     async def open(self, inode, flags, ctx):
@@ -241,7 +257,7 @@ class FileOps(FsBase):
             await self.applier(e)(data)
             return
         if e.name != "config.xml":
-            handle = CommandHandle(b"", self.applier(e))
+            handle = self._writer(e, b"")
             await handle.write(0, data)
             await handle.flush()
             return

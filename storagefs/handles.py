@@ -17,7 +17,7 @@ from pyfuse3 import FUSEError
 from .errors import InvalidArgument, StorageError
 from .objects import now_ns
 from .state import FileMeta
-from .xml.safe import MAX_DOCUMENT_BYTES, IncrementalDocument, XmlError
+from .xml.safe import MAX_DOCUMENT_BYTES, IncrementalDocument
 
 MAX_SCRATCH_BYTES = 4 * MAX_DOCUMENT_BYTES
 
@@ -25,6 +25,8 @@ MAX_SCRATCH_BYTES = 4 * MAX_DOCUMENT_BYTES
 Apply = Callable[[bytes], Awaitable[None]]
 #: refused(exc): record a refusal found by the handle itself (bad XML) on the object
 Refused = Callable[[StorageError], None]
+#: check(line): raise StorageError when a command line can never be valid
+Check = Callable[[bytes], None]
 
 
 @dataclass(eq=False)
@@ -128,7 +130,7 @@ class DocumentHandle(Handle):
         self.written = True
         try:
             complete = self.doc.feed(buf)
-        except XmlError as exc:
+        except ValueError as exc:  # XmlError, and lxml's own (e.g. an undeclared prefix)
             self._refuse(str(exc))
         if complete and self.applied is None:
             await self._apply(self.doc.data)
@@ -155,7 +157,7 @@ class DocumentHandle(Handle):
         if self.applied is None:
             try:
                 self.doc.close()
-            except XmlError as exc:
+            except ValueError as exc:
                 self._refuse(str(exc))
         if data != self.applied:  # whitespace after the root: keep the bytes exact
             await self._apply(data)
@@ -166,24 +168,61 @@ class DocumentHandle(Handle):
 
 
 class CommandHandle(Handle):
-    """control, state, autostart: each complete line is run in the write() carrying it."""
+    """control, state, autostart: each complete line is run in the write() carrying it.
 
-    def __init__(self, snapshot: bytes, apply: Apply) -> None:
+    All complete lines of one write() are checked before any runs, so a write
+    with a malformed line changes nothing; blank lines are ignored."""
+
+    def __init__(self, snapshot: bytes, apply: Apply, check: Check | None = None,
+                 refused: Refused | None = None,
+                 check_all: Callable[[list[bytes]], None] | None = None) -> None:
         super().__init__(snapshot)
         self.apply = apply
+        self.check = check
+        #: checks the lines of one write together (e.g. each command against the pool
+        #: state the ones before it leave)
+        self.check_all = check_all
+        self.refused = refused
         self.pending = b""
 
     async def write(self, off: int, buf: bytes) -> int:
         if self.failed is not None:
             raise FUSEError(self.failed)
-        self.pending += buf
-        if len(self.pending) > 65536:
-            self.failed = errno.EINVAL
-            raise InvalidArgument("command too long")
-        while b"\n" in self.pending:
-            line, self.pending = self.pending.split(b"\n", 1)
-            await self._run(line)
+        pending = self.pending + buf
+        if len(pending) > 65536:
+            self._fail(InvalidArgument("command longer than 65536 bytes"))
+        *lines, rest = pending.split(b"\n")
+        lines = [line for line in lines if line.strip()]
+        self._check(lines)
+        if rest.strip():
+            # the write ends inside a line: run its lines with that one, once it is whole
+            # (next newline or close), so what one write() carries is checked as a whole
+            self.pending = pending
+            return len(buf)
+        self.pending = b""
+        await self._run_all(lines)
         return len(buf)
+
+    def _check(self, lines: list[bytes]) -> None:
+        if self.check is not None and lines:
+            try:
+                for line in lines:
+                    self.check(line)
+                if self.check_all is not None:
+                    self.check_all(lines)
+            except StorageError as exc:
+                self._fail(exc)
+
+    async def _run_all(self, lines: list[bytes]) -> None:
+        for line in lines:
+            await self._run(line)
+
+    def _fail(self, exc: StorageError) -> None:
+        self.failed = exc.errno
+        self.pending = b""
+        if self.refused is not None:
+            self.refused(exc)
+        raise exc
 
     async def _run(self, line: bytes) -> None:
         try:
@@ -195,8 +234,10 @@ class CommandHandle(Handle):
 
     async def flush(self) -> None:
         if self.failed is None and self.pending.strip():
-            line, self.pending = self.pending, b""
-            await self._run(line)
+            lines = [line for line in self.pending.split(b"\n") if line.strip()]
+            self.pending = b""
+            self._check(lines)
+            await self._run_all(lines)
 
     def truncate(self, size: int) -> None:
         return None  # O_TRUNC on a command file means nothing

@@ -70,9 +70,14 @@ class NullListener:
         pass
 
 
+def one_line(op: str, reason: str) -> str:
+    """'op: reason' on one line, whatever it holds (names and documents carry newlines)."""
+    text = f"{op}: {reason}"
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)[:2000]
+
+
 def error_line(op: str, reason: str) -> str:
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    return f"{stamp} {op}: {reason}\n"
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} {one_line(op, reason)}\n"
 
 
 class Manager(PoolCommands, VolumeCommands, VolumeOps, SecretOps):
@@ -102,7 +107,7 @@ class Manager(PoolCommands, VolumeCommands, VolumeOps, SecretOps):
     def note_refusal(self, obj: Pool | Volume | Secret | None, op: str,
                      exc: StorageError) -> None:
         """One line in the object's error file, one in the log."""
-        log.warning("%s: %s refused: %s", self.describe(obj), op, exc.reason)
+        log.warning("%s: refused %s", self.describe(obj), one_line(op, exc.reason))
         if obj is not None:
             obj.error = error_line(op, exc.reason)
             obj.touch()

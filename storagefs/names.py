@@ -19,7 +19,10 @@ def check_name(name: str | bytes, what: str = "name") -> str:
             name = name.decode("utf-8")
         except UnicodeDecodeError:
             raise InvalidArgument(f"{what} {raw!r} is not valid UTF-8") from None
-    raw_len = len(name.encode("utf-8", "surrogateescape"))
+    try:
+        raw_len = len(name.encode("utf-8"))
+    except UnicodeEncodeError:  # surrogate escapes: the bytes were not UTF-8
+        raise InvalidArgument(f"{what} {name!r} is not valid UTF-8") from None
     if not name:
         raise InvalidArgument(f"{what} is empty")
     if raw_len > MAX_NAME_BYTES:

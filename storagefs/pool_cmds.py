@@ -22,7 +22,57 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+POOL_VERBS = ("start", "stop", "refresh", "build", "delete")
+
+
+def check_pool_command(line: bytes | str, valid_now: list[str] | None = None) -> Command | None:
+    """A pool command line, or EINVAL for one that can never be valid (no state needed:
+    every line of a write is checked before any of them runs)."""
+    cmd = parse_command(line)
+    if cmd is None:
+        return None
+    if cmd.verb not in POOL_VERBS:
+        hint = f"valid now: {', '.join(valid_now) or 'none'}" if valid_now is not None else \
+            "commands: start, stop, refresh, build [overwrite], delete"
+        raise InvalidArgument(f"unknown command '{cmd}'; {hint}")
+    if cmd.verb == "build":
+        if cmd.args not in ((), ("overwrite",), ("--overwrite",)):
+            raise InvalidArgument(f"build takes only 'overwrite', not '{' '.join(cmd.args)}'")
+    elif cmd.args:
+        raise InvalidArgument(f"{cmd.verb} takes no arguments")
+    return cmd
+
+
+def check_state_word(text: bytes | str) -> str:
+    word = (text.decode("utf-8", "replace") if isinstance(text, bytes) else text).strip()
+    if word not in ("running", "inactive"):
+        raise InvalidArgument(f"write 'running' or 'inactive' to state, not {word[:80]!r}")
+    return word
+
+
 class PoolCommands:
+    def check_pool_lines(self: Manager, pool: Pool, lines: list[bytes],
+                         state_file: bool = False) -> None:
+        """Refuse (EBUSY) a series of commands when one needs a state that the pool will
+        not be in by then, before any of them runs."""
+        if not pool.defined or len(lines) < 2:
+            return
+        active = pool.active
+        for line in lines:
+            if state_file:
+                active = check_state_word(line) == "running"
+                continue
+            cmd = check_pool_command(line)
+            if cmd is None:
+                continue
+            if active and cmd.verb in ("start", "build", "delete"):
+                raise Busy(f"'{cmd}' after the lines before it: storage pool '{pool.name}' "
+                           "would be active")
+            if not active and cmd.verb in ("stop", "refresh"):
+                raise Busy(f"'{cmd}' after the lines before it: storage pool '{pool.name}' "
+                           "would not be active")
+            active = {"start": True, "stop": False}.get(cmd.verb, active)
+
     def valid_pool_commands(self: Manager, pool: Pool) -> list[str]:
         if not pool.defined or pool.backend is None:
             return []
@@ -39,7 +89,7 @@ class PoolCommands:
     async def pool_command(self: Manager, name: str, line: bytes | str) -> None:
         pool = self.pool(name)
         with self.recording(pool, "control"):
-            cmd = parse_command(line)
+            cmd = check_pool_command(line, self.valid_pool_commands(pool))
             if cmd is None:
                 return
             if not pool.defined:
@@ -48,19 +98,11 @@ class PoolCommands:
 
     async def _run_pool_command(self: Manager, pool: Pool, cmd: Command) -> None:
         verbs = {"start": self._start, "stop": self._stop, "refresh": self._refresh,
-                 "build": self._build, "delete": self._delete}
-        fn = verbs.get(cmd.verb)
-        if fn is None:
-            valid = ", ".join(self.valid_pool_commands(pool)) or "none"
-            raise InvalidArgument(f"unknown command '{cmd}'; valid now: {valid}")
+                 "delete": self._delete}
         if cmd.verb == "build":
-            if cmd.args not in ((), ("overwrite",), ("--overwrite",)):
-                raise InvalidArgument(f"build takes only 'overwrite', not '{' '.join(cmd.args)}'")
             await self._build(pool, overwrite=bool(cmd.args))
-            return
-        if cmd.args:
-            raise InvalidArgument(f"{cmd.verb} takes no arguments")
-        await fn(pool)
+        else:
+            await verbs[cmd.verb](pool)
 
     async def _start(self: Manager, pool: Pool) -> None:
         async with pool.lock:
@@ -156,9 +198,7 @@ class PoolCommands:
     async def set_pool_state(self: Manager, name: str, text: bytes | str) -> None:
         pool = self.pool(name)
         with self.recording(pool, "state"):
-            word = (text.decode("utf-8", "replace") if isinstance(text, bytes) else text).strip()
-            if word not in ("running", "inactive"):
-                raise InvalidArgument(f"write 'running' or 'inactive' to state, not {word!r}")
+            word = check_state_word(text)
             if not pool.defined:
                 raise NotFound(f"storage pool '{name}' has no definition yet: write config.xml")
             if word == "running" and not pool.active:

@@ -180,7 +180,8 @@ class View:
         if scratch and name in scratch:
             return Entry(Kind.SCRATCH, name=name, secret=s)
         if (hidden and name in hidden) or name not in SECRET_FILES or \
-                (s.definition is None and name != "config.xml"):
+                (s.definition is None and name != "config.xml" and
+                 not (name == "error" and s.error)):
             raise NotFound(name)
         return Entry(Kind.SECRET_FILE, name=name, secret=s)
 
@@ -203,7 +204,7 @@ class View:
             raise NotFound(name)
         if vol is None:
             if not pool.defined:
-                if name == "config.xml":
+                if name == "config.xml" or (name == "error" and pool.error):
                     return Entry(Kind.POOL_FILE, pool, None, name)
                 raise NotFound(name)
             if name == "volumes":
@@ -230,10 +231,12 @@ class View:
         if path == ("secrets",):
             return sorted(self.m.secrets)
         if k is Kind.SECRET:
-            return list(SECRET_FILES) if entry.secret.definition is not None else ["config.xml"]
+            if entry.secret.definition is not None:
+                return list(SECRET_FILES)
+            return ["config.xml", "error"] if entry.secret.error else ["config.xml"]
         if k is Kind.POOL:
-            if not entry.pool.defined:
-                return ["config.xml"]
+            if not entry.pool.defined:  # a pending pool: its config.xml (and why it was refused)
+                return ["config.xml", "error"] if entry.pool.error else ["config.xml"]
             return [*POOL_FILES, "volumes"]
         if k is Kind.POOL_VOLUMES:
             return sorted(entry.pool.volumes)

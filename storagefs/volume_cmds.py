@@ -27,6 +27,59 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+VOLUME_VERBS = ("resize", "clone", "wipe", "snapshot", "revert", "delete-snapshot")
+
+
+def _clone_args(args: tuple[str, ...]) -> tuple[str, dict[str, str]]:
+    rest, opts, names = list(args), {}, []
+    while rest:
+        a = rest.pop(0)
+        if a in ("--format", "--pool"):
+            if not rest:
+                raise InvalidArgument(f"{a} needs a value")
+            opts[a] = rest.pop(0)
+        elif a.startswith("--"):
+            raise InvalidArgument(f"unknown option {a} (use --format FMT, --pool POOL)")
+        else:
+            names.append(a)
+    if len(names) != 1:
+        raise InvalidArgument("usage: clone NEWNAME [--format FMT] [--pool POOL]")
+    return check_name(names[0], "volume name"), opts
+
+
+def check_volume_command(line: bytes | str, valid: list[str] | None = None) -> Command | None:
+    """A volume command line, or EINVAL for one that can never be valid."""
+    try:
+        return _check_volume_command(line, valid)
+    except ValueError as exc:  # sizes
+        raise InvalidArgument(str(exc)) from None
+
+
+def _check_volume_command(line: bytes | str, valid: list[str] | None) -> Command | None:
+    cmd = parse_command(line)
+    if cmd is None:
+        return None
+    if cmd.verb not in VOLUME_VERBS:
+        hint = "; ".join(valid) if valid else ", ".join(VOLUME_VERBS)
+        raise InvalidArgument(f"unknown command '{cmd}'; valid: {hint}")
+    if cmd.verb == "resize":
+        flags = {a for a in cmd.args if a.startswith("--")}
+        sizes = [a for a in cmd.args if not a.startswith("--")]
+        if flags - {"--shrink", "--delta", "--allocate"} or len(sizes) != 1:
+            raise InvalidArgument("usage: resize [--delta] [--allocate] [--shrink] SIZE")
+        parse_size(sizes[0])
+    elif cmd.verb == "clone":
+        _clone_args(cmd.args)
+    elif cmd.verb == "wipe":
+        if len(cmd.args) > 1 or (cmd.args and cmd.args[0] not in WIPE_ALGORITHMS):
+            raise InvalidArgument(f"usage: wipe [{'|'.join(WIPE_ALGORITHMS)}]")
+    elif len(cmd.args) != 1:
+        raise InvalidArgument(f"usage: {cmd.verb} NAME")
+    else:
+        check_snapshot_name(cmd.args[0])
+    return cmd
+
+
 class VolumeCommands:
     def valid_volume_commands(self: Manager, vol: Volume) -> list[str]:
         b = vol.pool.backend
@@ -45,17 +98,13 @@ class VolumeCommands:
     async def volume_command(self: Manager, pool_name: str, name: str, line: bytes) -> None:
         vol = self.volume(pool_name, name)
         with self.recording(vol, "control"):
-            cmd = parse_command(line)
+            cmd = check_volume_command(line, self.valid_volume_commands(vol))
             if cmd is None:
                 return
             handlers = {"resize": self._resize, "clone": self._clone, "wipe": self._wipe,
                         "snapshot": self._snapshot_cmd, "revert": self._snapshot_cmd,
                         "delete-snapshot": self._snapshot_cmd}
-            fn = handlers.get(cmd.verb)
-            if fn is None:
-                valid = "; ".join(self.valid_volume_commands(vol)) or "none"
-                raise InvalidArgument(f"unknown command '{cmd}'; valid: {valid}")
-            await fn(vol, cmd)
+            await handlers[cmd.verb](vol, cmd)
 
     def _progress(self: Manager, vol: Volume, what: str) -> Callable[[float], None]:
         last = [-1]
@@ -97,13 +146,7 @@ class VolumeCommands:
 
     async def _resize(self: Manager, vol: Volume, cmd: Command) -> None:
         flags = {a for a in cmd.args if a.startswith("--")}
-        sizes = [a for a in cmd.args if not a.startswith("--")]
-        bad = flags - {"--shrink", "--delta", "--allocate"}
-        if bad or len(sizes) != 1:
-            raise InvalidArgument("usage: resize [--delta] [--allocate] [--shrink] SIZE")
-        if sizes[0].startswith("-"):
-            raise InvalidArgument(f"Malformed size {sizes[0]}")
-        size = parse_size(sizes[0])
+        size = parse_size(next(a for a in cmd.args if not a.startswith("--")))
         secret = self.volume_secret(vol)
         async with self._volume_op(vol), self.optional_secret_file(secret) as secret_file:
             cap = vol.info.capacity + size if "--delta" in flags else size
@@ -134,22 +177,7 @@ class VolumeCommands:
             self.state.delete_volume(vol.pool.name, vol.name)
 
     async def _clone(self: Manager, vol: Volume, cmd: Command) -> None:
-        args = list(cmd.args)
-        opts: dict[str, str] = {}
-        names = []
-        while args:
-            a = args.pop(0)
-            if a in ("--format", "--pool"):
-                if not args:
-                    raise InvalidArgument(f"{a} needs a value")
-                opts[a] = args.pop(0)
-            elif a.startswith("--"):
-                raise InvalidArgument(f"unknown option {a} (use --format FMT, --pool POOL)")
-            else:
-                names.append(a)
-        if len(names) != 1:
-            raise InvalidArgument("usage: clone NEWNAME [--format FMT] [--pool POOL]")
-        new = check_name(names[0], "volume name")
+        new, opts = _clone_args(cmd.args)
         target = self.running_pool(opts.get("--pool", vol.pool.name))
         if new in target.volumes or new in target.reserved:
             raise Exists(f"storage volume '{new}' exists already")
@@ -178,19 +206,12 @@ class VolumeCommands:
         self.listener.changed(target.name)
 
     async def _wipe(self: Manager, vol: Volume, cmd: Command) -> None:
-        if len(cmd.args) > 1:
-            raise InvalidArgument("usage: wipe [ALGORITHM]")
         algorithm = cmd.args[0] if cmd.args else "zero"
-        if algorithm not in WIPE_ALGORITHMS:
-            raise InvalidArgument(f"unknown wipe algorithm '{algorithm}'; known: "
-                                  f"{', '.join(WIPE_ALGORITHMS)}")
         async with self._volume_op(vol):
             report = self._progress(vol, "wipe")
             vol.info = await vol.pool.backend.wipe_volume(vol.info, algorithm, report)
 
     async def _snapshot_cmd(self: Manager, vol: Volume, cmd: Command) -> None:
-        if len(cmd.args) != 1:
-            raise InvalidArgument(f"usage: {cmd.verb} NAME")
         op = {"snapshot": "create", "revert": "revert", "delete-snapshot": "delete"}[cmd.verb]
         await self.snapshot_op(vol, op, cmd.args[0])
 

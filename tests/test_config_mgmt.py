@@ -251,7 +251,7 @@ def test_rsync_with_one_refused_definition_applies_the_others(mounted, tmp_path)
     assert "Invalid argument" in res.stderr, res.stderr
     assert read(m.pool("A") / "config.xml") == pool_xml("A", tmp_path / "tA")
     # C's directory is there (rsync made it) but holds no definition and no temp file
-    assert ls_names(m.pool("C")) == {"config.xml"}
+    assert ls_names(m.pool("C")) == {"config.xml", "error"}  # pending: and why refused
     assert read(m.pool("C") / "config.xml") == ""
     assert ls_names(m.pool("A")) == POOL_FILES
     m.remount()

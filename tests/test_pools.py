@@ -215,7 +215,7 @@ def test_pool_xml_with_other_name_is_refused_with_einval(mounted, tmp_path):
     os.mkdir(mounted.pool("p1"))
     code, call = write_errno(mounted.pool("p1") / "config.xml", pool_xml("p2", tmp_path / "p2"))
     assert (code, call) == (errno.EINVAL, "write")
-    assert ls_names(mounted.pool("p1")) == {"config.xml"}
+    assert ls_names(mounted.pool("p1")) == {"config.xml", "error"}  # pending: and why refused
     assert "p2" not in ls_names(mounted.pools)
 
 
@@ -405,4 +405,4 @@ def test_relative_pool_target_is_einval(mounted):
     os.mkdir(mounted.pool("p1"))
     code, call = write_errno(mounted.pool("p1") / "config.xml", pool_xml("p1", "relative/dir"))
     assert (code, call) == (errno.EINVAL, "write")
-    assert ls_names(mounted.pool("p1")) == {"config.xml"}
+    assert ls_names(mounted.pool("p1")) == {"config.xml", "error"}  # pending: and why refused

@@ -53,6 +53,7 @@ class DirBackend(PoolBackend):
     async def start(self) -> None:
         if not self._is_dir():
             raise NotFound(f"cannot open directory '{self.target}': No such file or directory")
+        self.files.remove_leftovers()
 
     async def stop(self) -> None:
         return None

@@ -7,6 +7,7 @@ other non-regular entries in the directory are never listed nor touched.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -16,13 +17,24 @@ import struct
 import trio
 
 from .. import hostcmd
-from ..errors import Busy, Exists, InvalidArgument, NotSupported, StorageError, from_oserror
+from ..errors import (
+    Busy,
+    Exists,
+    InvalidArgument,
+    NotFound,
+    NotPermitted,
+    NotSupported,
+    StorageError,
+    from_oserror,
+)
 from ..names import check_name
 from . import fileops
 from .base import VolumeInfo, VolumeSpec
 
 log = logging.getLogger(__name__)
 
+#: names of our temp files in a pool directory (never volumes: names start with a dot)
+TEMP_PREFIX = ".storagefs-"
 QEMU_IMG = "qemu-img"
 #: formats storagefs creates as files, and those qemu-img can resize
 CREATABLE = ("raw", "qcow2", "qed", "vmdk", "vdi", "vpc")
@@ -102,6 +114,23 @@ class FileVolumes:
     def path_of(self, name: str) -> str:
         return os.path.join(self.dir, check_name(name, "volume name"))
 
+    def remove_leftovers(self) -> list[str]:
+        """Temp files of ours that an interrupted storagefs left (clone, recreate, wipe):
+        removed when the pool starts, before anything could be using them."""
+        gone = []
+        try:
+            with os.scandir(self.dir) as it:
+                for entry in it:
+                    if entry.name.startswith(TEMP_PREFIX) and entry.is_file(follow_symlinks=False):
+                        with contextlib.suppress(OSError):
+                            os.unlink(entry.path)
+                            gone.append(entry.name)
+        except OSError:
+            pass
+        if gone:
+            log.warning("removed unfinished temp files in %s: %s", self.dir, ", ".join(gone))
+        return gone
+
     def scan_names(self) -> list[str]:
         """Names of the regular files in the directory that are valid volume names."""
         names = []
@@ -168,6 +197,20 @@ class FileVolumes:
                 info.options["compat"] = str(specific["compat"])
             if specific.get("lazy-refcounts"):
                 info.options["lazy_refcounts"] = "on"
+
+    @staticmethod
+    def ensure_regular(info: VolumeInfo) -> None:
+        """Refuse to touch a volume whose file was swapped for a symlink (or anything
+        but a regular file) behind our back: no operation follows links out of the pool."""
+        try:
+            st = os.lstat(info.path)
+        except FileNotFoundError:
+            raise NotFound(f"volume '{info.name}' is no longer in the pool") from None
+        except OSError as exc:
+            raise from_oserror(exc, f"cannot stat '{info.path}'") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise NotPermitted(f"'{info.path}' is not a regular file (a symlink?): storagefs "
+                               "does not follow it")
 
     def unchanged(self, info: VolumeInfo) -> bool:
         """Same size, change time and type as when last probed (one lstat)."""
@@ -287,6 +330,7 @@ class FileVolumes:
 
     async def resize(self, info: VolumeInfo, capacity: int, *, shrink: bool,
                      allocate: bool, secret_file: str | None = None) -> VolumeInfo:
+        self.ensure_regular(info)
         if capacity < info.capacity and not shrink:
             raise InvalidArgument("Can't shrink capacity below current capacity unless "
                                   "shrink flag explicitly specified")
@@ -350,6 +394,7 @@ class FileVolumes:
 
     async def update(self, info: VolumeInfo, spec: VolumeSpec) -> VolumeInfo:
         """Make the file match spec: format (only while empty), size, allocation, owner."""
+        self.ensure_regular(info)
         recreate = spec.format != info.format and not (spec.encryption and info.format == "luks")
         wanted = {k: v for k, v in spec.options.items() if k in ("compat", "lazy_refcounts")}
         recreate = recreate or any(info.options.get(k) != v for k, v in wanted.items())
@@ -399,6 +444,7 @@ class FileVolumes:
             os.close(fd)
 
     async def clone(self, src: VolumeInfo, spec: VolumeSpec, report) -> VolumeInfo:
+        self.ensure_regular(src)
         path = self.path_of(spec.name)
         if os.path.lexists(path):
             raise Exists(f"volume target path '{path}' already exists")
@@ -433,10 +479,12 @@ class FileVolumes:
                 pass
 
     async def wipe(self, info: VolumeInfo, algorithm: str, report) -> VolumeInfo:
+        self.ensure_regular(info)
         await fileops.wipe_file(info, algorithm, report)
         return await self.probe(info.name) or info
 
     async def snapshot(self, info: VolumeInfo, op: str, name: str) -> VolumeInfo:
+        self.ensure_regular(info)
         flag = {"create": "-c", "revert": "-a", "delete": "-d"}[op]
         await fileops.snapshot_op(info, flag, name)
         return await self.probe(info.name) or info

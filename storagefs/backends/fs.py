@@ -110,7 +110,8 @@ class FsBackend(DirBackend):
     async def start(self) -> None:
         dev, fmt, target = self.device, self.fs_format, self.target
         if self.mounted():
-            return  # already mounted there (storagefs restarted): nothing to do
+            self.files.remove_leftovers()
+            return  # already mounted there (storagefs restarted): nothing more to do
         blockdev.require_device(dev)
         if not self._is_dir():
             raise NotFound(f"cannot mount '{dev}' on '{target}': the mount point does not "
@@ -124,6 +125,7 @@ class FsBackend(DirBackend):
         options = ",".join((*DEFAULT_MOUNT_OPTIONS, *self.definition.mount_opts))
         await hostcmd.run([MOUNT, "-t", KERNEL_FS_TYPE.get(fmt, fmt), "-o", options, dev,
                            target], timeout=120, errno_map=MOUNT_ERRNOS)
+        self.files.remove_leftovers()
 
     async def stop(self) -> None:
         if not self.mounted():
