@@ -128,6 +128,7 @@ class PoolCommands:
             if pool.busy_volumes:
                 raise Busy(f"storage pool '{pool.name}' has {pool.busy_volumes} volume "
                            "operation(s) under way")
+            await self.cancel_details(pool)
             await pool.backend.stop()
             self.unwatch(pool)
             pool.state = INACTIVE

@@ -71,8 +71,11 @@ def _check_volume_command(line: bytes | str, valid: list[str] | None) -> Command
     elif cmd.verb == "clone":
         _clone_args(cmd.args)
     elif cmd.verb == "wipe":
-        if len(cmd.args) > 1 or (cmd.args and cmd.args[0] not in WIPE_ALGORITHMS):
+        if len(cmd.args) > 1:
             raise InvalidArgument(f"usage: wipe [{'|'.join(WIPE_ALGORITHMS)}]")
+        if cmd.args and cmd.args[0] not in WIPE_ALGORITHMS:
+            raise InvalidArgument(f"unknown wipe algorithm '{cmd.args[0]}'; known: "
+                                  f"{', '.join(WIPE_ALGORITHMS)}")
     elif len(cmd.args) != 1:
         raise InvalidArgument(f"usage: {cmd.verb} NAME")
     else:

@@ -40,6 +40,7 @@ class VolumeOps:
         #: volumes refreshed from their headers only, waiting for qemu-img's details
         self._details: dict[str, set[str]] = {}
         self._details_event = trio.Event()
+        self._details_running: tuple[str, trio.CancelScope] | None = None
 
     # ---- the live index ------------------------------------------------
     async def run_background(self: Manager, nursery: trio.Nursery) -> None:
@@ -82,10 +83,12 @@ class VolumeOps:
                     continue
                 if None in names:
                     try:
-                        with self.recording(pool, "refresh"):
-                            await self._refresh(pool)
-                    except StorageError:
-                        pass  # recorded; the pool is inaccessible until its storage is back
+                        await self._refresh(pool)
+                    except Busy:
+                        pass  # stopped meanwhile
+                    except StorageError as exc:
+                        # the pool is inaccessible until its storage is back
+                        self.note_refusal(pool, "refresh", exc)
                     continue
                 for name in names:
                     with contextlib.suppress(StorageError):
@@ -102,9 +105,24 @@ class VolumeOps:
                 for name in sorted(names):
                     pool = self.pools.get(pool_name)
                     vol = pool.volumes.get(name) if pool is not None else None
-                    if vol is None or vol.lock.locked():
+                    if vol is None or vol.lock.locked() or not pool.active:
                         continue
-                    await self._fill_details(vol)
+                    # a stop cancels this (the probe must not keep the pool's files busy)
+                    with trio.CancelScope() as scope:
+                        self._details_running = (pool_name, scope)
+                        try:
+                            await self._fill_details(vol)
+                        finally:
+                            self._details_running = None
+
+    async def cancel_details(self: Manager, pool: Pool) -> None:
+        """Before a pool stops: no more background probes of its volumes, and the one
+        under way (if any) cancelled and finished (its tool killed)."""
+        self._details.pop(pool.name, None)
+        with trio.move_on_after(10):
+            while self._details_running is not None and self._details_running[0] == pool.name:
+                self._details_running[1].cancel()
+                await trio.sleep(0.01)
 
     async def _fill_details(self: Manager, vol: Volume) -> None:
         pool, name = vol.pool, vol.name
