@@ -13,7 +13,7 @@ import time
 import trio
 
 from . import __version__
-from .mount import is_dead, lazy_unmount, mount_entry, pidfile_for, serve
+from .mount import abort_connection, is_dead, lazy_unmount, mount_entry, pidfile_for, serve
 
 DEFAULT_STATE_DIR = "/var/lib/storagefs"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -142,13 +142,17 @@ def cmd_unmount(args: argparse.Namespace) -> int:
     entry = mount_entry(mnt)
     if entry is None:
         return fail(f"{mnt} is not mounted")
-    if is_dead(mnt):
-        return 0 if lazy_unmount(mnt) else fail(f"cannot recover dead mount {mnt}")
     pid = None
     try:
         pid = int(pidfile_for(mnt).read_text().strip())
     except (OSError, ValueError):
         pass
+    if pid is not None and not process_alive(pid):
+        # the server died but its mount was not torn down (killed while the kernel waited)
+        abort_connection(mnt)
+        return 0 if lazy_unmount(mnt) else fail(f"cannot recover dead mount {mnt}")
+    if is_dead(mnt):
+        return 0 if lazy_unmount(mnt) else fail(f"cannot recover dead mount {mnt}")
     res = subprocess.run(["fusermount3", "-u", mnt], capture_output=True, text=True)
     if res.returncode != 0:
         return fail(res.stderr.strip().splitlines()[-1] if res.stderr.strip()

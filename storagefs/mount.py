@@ -25,13 +25,20 @@ log = logging.getLogger(__name__)
 RUN_DIR = Path("/run/storagefs")
 
 
+def canonical(mountpoint: str) -> str:
+    """realpath of the mountpoint without stat'ing the mountpoint itself (a dead or wedged
+    FUSE mount would make that fail or hang): only its parent is resolved."""
+    path = os.path.abspath(mountpoint).rstrip("/") or "/"
+    return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+
+
 def pidfile_for(mountpoint: str) -> Path:
-    return RUN_DIR / f"{systemd_escape_path(os.path.realpath(mountpoint))}.pid"
+    return RUN_DIR / f"{systemd_escape_path(canonical(mountpoint))}.pid"
 
 
 def mount_entry(mountpoint: str) -> tuple[str, str] | None:
     """(source, fstype) of the mount at mountpoint, from /proc/self/mounts."""
-    target = os.path.realpath(mountpoint)
+    target = canonical(mountpoint)
     found = None
     with open("/proc/self/mounts") as f:
         for line in f:
@@ -48,6 +55,21 @@ def is_dead(mountpoint: str) -> bool:
         os.stat(mountpoint)
     except OSError as exc:
         return exc.errno == errno.ENOTCONN
+    return False
+
+
+def abort_connection(mountpoint: str) -> bool:
+    """Abort the FUSE connection of a mount whose server is gone but whose kernel side
+    still waits (a killed server stuck in the kernel): requests then fail at once."""
+    target = canonical(mountpoint)
+    with contextlib.suppress(OSError), open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 4 and fields[4].encode().decode("unicode_escape") == target:
+                minor = fields[2].split(":")[1]
+                with open(f"/sys/fs/fuse/connections/{minor}/abort", "w") as ab:
+                    ab.write("1")
+                return True
     return False
 
 

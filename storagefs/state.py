@@ -140,6 +140,16 @@ class StateDir:
         for d in (self.pools_dir, self.volumes_dir, self.secrets_dir):
             d.mkdir(mode=0o700, exist_ok=True)
         os.chmod(self.secrets_dir, 0o700)
+        self._remove_temp_files()
+
+    def _remove_temp_files(self) -> None:
+        """Temp files of writes a crash interrupted: the old file next to them is intact."""
+        for d in (self.pools_dir, self.secrets_dir, *self.volumes_dir.glob("*/"),
+                  self.volumes_dir):
+            for tmp in d.glob(".*.tmp"):
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                    log.warning("removed %s, left by an interrupted write", tmp)
 
     def close(self) -> None:
         if self._lock_fd is not None:
