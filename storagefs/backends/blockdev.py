@@ -13,7 +13,8 @@ import stat
 from dataclasses import dataclass
 
 from .. import hostcmd
-from ..errors import Busy, NotFound, StorageError, ToolError
+from ..errors import Busy, InvalidArgument, NotFound, StorageError, ToolError
+from .base import VolumeInfo
 
 BLKID = "blkid"
 WIPEFS = "wipefs"
@@ -240,3 +241,26 @@ def mounted_on(target: str) -> MountEntry | None:
 def mounts_of(device: str) -> list[MountEntry]:
     """Where ``device`` is mounted."""
     return [e for e in mounts() if e.source.startswith("/") and same_device(e.source, device)]
+
+
+def single_device(definition) -> str:
+    """The one <source><device path=/> of a pool that sits on a single device."""
+    devices = definition.source.devices
+    if not devices:
+        raise InvalidArgument("missing source device")
+    if len(devices) != 1:
+        raise InvalidArgument("expected exactly 1 device for the storage pool")
+    return devices[0].path
+
+
+def stat_node(info: VolumeInfo, node: str) -> VolumeInfo:
+    """Owner, mode and times of a volume's device node, when it exists."""
+    try:
+        st = os.stat(node)
+    except OSError:
+        return info
+    if stat.S_ISBLK(st.st_mode):
+        info.mode = stat.S_IMODE(st.st_mode)
+        info.uid, info.gid = st.st_uid, st.st_gid
+        info.atime_ns, info.mtime_ns, info.ctime_ns = st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns
+    return info

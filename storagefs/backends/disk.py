@@ -198,12 +198,7 @@ class DiskBackend(PoolBackend):
     # ---- names -------------------------------------------------------------------
     @property
     def device(self) -> str:
-        devices = self.definition.source.devices
-        if not devices:
-            raise InvalidArgument("missing source device")
-        if len(devices) != 1:
-            raise InvalidArgument("expected exactly 1 device for the storage pool")
-        return devices[0].path
+        return blockdev.single_device(self.definition)
 
     @property
     def disk_format(self) -> str:
@@ -303,7 +298,7 @@ class DiskBackend(PoolBackend):
         info = VolumeInfo(name=self.part_name(p.number), path=path, key=path,
                           format=volume_format(p), type="block", capacity=p.size,
                           allocation=0 if p.kind == "extended" else p.size, physical=p.size)
-        return _stat_node(info, node)
+        return blockdev.stat_node(info, node)
 
     # ---- keeping the kernel in line with the table ---------------------------------------
     async def _partx(self, *args: str) -> None:
@@ -427,7 +422,7 @@ class DiskBackend(PoolBackend):
         number = None
         with contextlib.suppress(StorageError):
             number = self._number(info.name)
-        return _stat_node(info, self._node(number)) if number is not None else info
+        return blockdev.stat_node(info, self._node(number)) if number is not None else info
 
     def _plan(self, layout: Layout, fmt: str) -> tuple[str, int]:
         """The kind of partition to make and the number parted will give it."""
@@ -620,19 +615,6 @@ class DiskBackend(PoolBackend):
         return info
 
 
-def _stat_node(info: VolumeInfo, node: str) -> VolumeInfo:
-    """Owner, mode and times of the device node, when it exists."""
-    try:
-        st = os.stat(node)
-    except OSError:
-        return info
-    if stat.S_ISBLK(st.st_mode):
-        info.mode = stat.S_IMODE(st.st_mode)
-        info.uid, info.gid = st.st_uid, st.st_gid
-        info.atime_ns, info.mtime_ns, info.ctime_ns = st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns
-    return info
-
-
 def _set_node_perms(info: VolumeInfo, node: str, spec: VolumeSpec) -> None:
     """Apply the spec's mode and owner to the device node (as libvirt does at creation)."""
     if spec.mode is None and spec.uid is None and spec.gid is None:
@@ -649,7 +631,7 @@ def _set_node_perms(info: VolumeInfo, node: str, spec: VolumeSpec) -> None:
     except OSError as exc:
         raise StorageError(f"cannot set permissions of '{node}': {exc.strerror}",
                            exc.errno or errno.EIO) from None
-    _stat_node(info, node)
+    blockdev.stat_node(info, node)
 
 
 __all__ = ["DiskBackend", "Extent", "Layout", "parse_parted"]

@@ -45,12 +45,7 @@ class FsBackend(DirBackend):
     # ---- the definition ------------------------------------------------------
     @property
     def device(self) -> str:
-        devices = self.definition.source.devices
-        if not devices:
-            raise InvalidArgument("missing source device")
-        if len(devices) != 1:
-            raise InvalidArgument("expected exactly 1 device for the storage pool")
-        return devices[0].path
+        return blockdev.single_device(self.definition)
 
     @property
     def fs_format(self) -> str:

@@ -171,7 +171,7 @@ class LogicalBackend(PoolBackend):
         origin = row.get("origin") or ""
         if origin and not origin.startswith("["):
             info.backing_path = f"{self.target}/{origin}"
-        return _stat_node(info)
+        return blockdev.stat_node(info, info.path)
 
     @staticmethod
     def _listed(row: dict) -> bool:
@@ -268,7 +268,7 @@ class LogicalBackend(PoolBackend):
 
     # ---- volumes ---------------------------------------------------------------------------
     def stat_volume(self, info: VolumeInfo) -> VolumeInfo | None:
-        return _stat_node(info)
+        return blockdev.stat_node(info, info.path)
 
     async def _probe(self, name: str) -> VolumeInfo | None:
         try:
@@ -368,18 +368,6 @@ class LogicalBackend(PoolBackend):
         return info
 
 
-def _stat_node(info: VolumeInfo) -> VolumeInfo:
-    try:
-        st = os.stat(info.path)
-    except OSError:
-        return info
-    if stat.S_ISBLK(st.st_mode):
-        info.mode = stat.S_IMODE(st.st_mode)
-        info.uid, info.gid = st.st_uid, st.st_gid
-        info.atime_ns, info.mtime_ns, info.ctime_ns = st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns
-    return info
-
-
 def _set_node_perms(info: VolumeInfo, spec: VolumeSpec) -> None:
     """Mode and owner of the LV's node, when it exists (it does not without device-mapper)."""
     if spec.mode is None and spec.uid is None and spec.gid is None:
@@ -399,4 +387,4 @@ def _set_node_perms(info: VolumeInfo, spec: VolumeSpec) -> None:
     except OSError as exc:
         raise StorageError(f"cannot set permissions of '{info.path}': {exc.strerror}",
                            exc.errno or errno.EIO) from None
-    _stat_node(info)
+    blockdev.stat_node(info, info.path)
