@@ -54,6 +54,29 @@ class Listener(Protocol):
     def removed(self, pool: str, volume: str | None = None) -> None: ...
 
 
+class _Counting:
+    """Forwards to the real listener and counts the changes that can move a link under
+    by-uuid/, by-path/, by-key/ (objects added or removed, definitions changed)."""
+
+    def __init__(self, inner: Listener, manager: Manager) -> None:
+        self._inner, self._m = inner, manager
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+    def added(self, pool: str, volume: str | None = None) -> None:
+        self._m.links_version += 1
+        self._inner.added(pool, volume)
+
+    def removed(self, pool: str, volume: str | None = None) -> None:
+        self._m.links_version += 1
+        self._inner.removed(pool, volume)
+
+    def links_changed(self) -> None:
+        self._m.links_version += 1
+        self._inner.links_changed()
+
+
 class NullListener:
     def changed(self, pool: str, volume: str | None = None) -> None:
         pass
@@ -84,12 +107,22 @@ class Manager(PoolCommands, VolumeCommands, VolumeOps, SecretOps):
     def __init__(self, state: StateDir) -> None:
         self.state = state
         self.pools: dict[str, Pool] = {}
-        self.listener: Listener = NullListener()
+        #: bumped whenever a by-* link may have appeared, moved or gone (View caches on it)
+        self.links_version = 0
+        self.listener = NullListener()
         self.nursery: trio.Nursery | None = None
         self.started_ns = now_ns()
         #: the live device index (devices/), set by the mount when it is loaded
         self.devices = None
         super().__init__()
+
+    @property
+    def listener(self) -> Listener:
+        return self._listener
+
+    @listener.setter
+    def listener(self, inner: Listener) -> None:
+        self._listener = _Counting(inner, self)
 
     # ---- error recording -------------------------------------------------
     @contextlib.contextmanager

@@ -83,26 +83,41 @@ class View:
     def __init__(self, manager: Manager) -> None:
         self.m = manager
         self.devices = DeviceView(manager.devices)
+        self._links: dict[str, tuple[int, dict[str, str]]] = {}
+
+    def _cached(self, which: str, build) -> dict[str, str]:
+        """A by-* table, rebuilt only when links may have changed: a lookup in
+        by-path/ must not walk every volume (ls -l of 10k links would be quadratic)."""
+        hit = self._links.get(which)
+        if hit is not None and hit[0] == self.m.links_version:
+            return hit[1]
+        table = build()
+        self._links[which] = (self.m.links_version, table)
+        return table
 
     # ---- links -----------------------------------------------------------
     def pools_by_uuid(self) -> dict[str, str]:
-        return {p.uuid: f"../{p.name}" for p in self.m.pools.values() if p.defined and p.uuid}
+        return self._cached("by-uuid", lambda: {
+            p.uuid: f"../{p.name}" for p in self.m.pools.values() if p.defined and p.uuid})
 
     def pools_by_path(self) -> dict[str, str]:
-        return {systemd_escape_path(p.target): f"../{p.name}"
-                for p in self.m.pools.values() if p.defined and p.target}
+        return self._cached("by-path", lambda: {
+            systemd_escape_path(p.target): f"../{p.name}"
+            for p in self.m.pools.values() if p.defined and p.target})
 
     def _all_volumes(self):
         for pool in self.m.pools.values():
             yield from pool.volumes.values()
 
     def volumes_by_key(self) -> dict[str, str]:
-        return {systemd_escape_path(v.info.key) if "/" in v.info.key else v.info.key:
-                f"../../pools/{v.pool.name}/volumes/{v.name}" for v in self._all_volumes()}
+        return self._cached("by-key", lambda: {
+            systemd_escape_path(v.info.key) if "/" in v.info.key else v.info.key:
+            f"../../pools/{v.pool.name}/volumes/{v.name}" for v in self._all_volumes()})
 
     def volumes_by_path(self) -> dict[str, str]:
-        return {systemd_escape_path(v.info.path): f"../../pools/{v.pool.name}/volumes/{v.name}"
-                for v in self._all_volumes() if v.info.path}
+        return self._cached("vol-by-path", lambda: {
+            systemd_escape_path(v.info.path): f"../../pools/{v.pool.name}/volumes/{v.name}"
+            for v in self._all_volumes() if v.info.path})
 
     # ---- resolution --------------------------------------------------------
     def resolve(self, path: tuple[str, ...], scratch: set[str] | None = None,
