@@ -113,3 +113,24 @@ def assert_valid(schema_name: str, document: str | bytes) -> None:
     rng = schema(schema_name)
     if not rng.validate(etree.fromstring(data)):
         pytest.fail(f"not valid against {schema_name}: {rng.error_log}\n{data.decode()}")
+
+
+def mutated(paths: list[str]):
+    """Hypothesis strategy: corpus documents with a few bytes overwritten by junk
+    (plain random bytes when the corpus is not there)."""
+    from hypothesis import strategies as st
+
+    if not available():
+        return st.binary(max_size=200)
+    docs = [read(p) for p in paths]
+
+    def mutate(args):
+        doc, cuts, junk = args
+        for pos in cuts:
+            pos %= len(doc) + 1
+            doc = doc[:pos] + junk + doc[pos + 1 :]
+        return doc
+
+    return st.tuples(
+        st.sampled_from(docs), st.lists(st.integers(min_value=0), max_size=3), st.binary(max_size=4)
+    ).map(mutate)

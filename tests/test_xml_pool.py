@@ -261,22 +261,7 @@ def test_every_pool_type_formats_and_validates():
 
 
 def _mutations() -> st.SearchStrategy[bytes]:
-    if not corpus.available():
-        return st.binary(max_size=200)
-    docs = [corpus.read(f"tests/storagepoolxml2xmlin/{n}") for n in POOL_INPUTS]
-
-    def mutate(args):
-        doc, cuts, junk = args
-        for pos in cuts:
-            pos %= len(doc) + 1
-            doc = doc[:pos] + junk + doc[pos + 1 :]
-        return doc
-
-    return st.tuples(
-        st.sampled_from(docs),
-        st.lists(st.integers(min_value=0), max_size=3),
-        st.binary(max_size=4),
-    ).map(mutate)
+    return corpus.mutated([f"tests/storagepoolxml2xmlin/{n}" for n in POOL_INPUTS])
 
 
 @given(st.one_of(st.binary(max_size=300), _mutations()))

@@ -288,20 +288,7 @@ def test_arbitrary_bytes_only_raise_xml_error(data, kind, no_capacity):
 
 
 def _mutated_volumes() -> st.SearchStrategy[bytes]:
-    if not corpus.available():
-        return st.binary(max_size=200)
-    docs = [corpus.read(f"tests/storagevolxml2xmlin/{n}") for n in VOLUME_INPUTS]
-
-    def mutate(args):
-        doc, cuts, junk = args
-        for pos in cuts:
-            pos %= len(doc) + 1
-            doc = doc[:pos] + junk + doc[pos + 1 :]
-        return doc
-
-    return st.tuples(
-        st.sampled_from(docs), st.lists(st.integers(min_value=0), max_size=3), st.binary(max_size=4)
-    ).map(mutate)
+    return corpus.mutated([f"tests/storagevolxml2xmlin/{n}" for n in VOLUME_INPUTS])
 
 
 @given(_mutated_volumes(), st.sampled_from(POOL_TYPES))
