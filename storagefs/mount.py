@@ -15,9 +15,10 @@ import pyfuse3
 import trio
 
 from .devices import DeviceIndex
-from .fs import StorageFS
+from .fuse.operations import Operations
 from .manager import Manager
 from .names import systemd_escape_path
+from .render import README
 from .state import StateDir
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ async def serve(mountpoint: str, state_dir: str, *, allow_other: bool,
         state.close()
         return
     manager.devices = load_devices()
-    ops = StorageFS(manager)
+    ops = Operations(manager, README)
     pidfile = pidfile_for(mountpoint)  # before mounting: realpath stats the mountpoint
     options = set(pyfuse3.default_options) | {"fsname=storagefs", "subtype=storagefs"}
     if allow_other:

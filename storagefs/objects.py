@@ -38,9 +38,12 @@ class Volume:
     progress_version: int = 0
     lock: trio.Lock = field(default_factory=trio.Lock)
     changed_ns: int = field(default_factory=now_ns)
+    #: bumped by every change: generated files are rendered again only when it moves
+    version: int = 0
 
     def touch(self) -> None:
         self.changed_ns = now_ns()
+        self.version += 1
 
 
 @dataclass(eq=False)
@@ -63,6 +66,8 @@ class Pool:
     #: volume operations under way; stop/delete wait for none
     busy_volumes: int = 0
     changed_ns: int = field(default_factory=now_ns)
+    #: bumped by every change: generated files are rendered again only when it moves
+    version: int = 0
 
     @property
     def defined(self) -> bool:
@@ -79,3 +84,4 @@ class Pool:
 
     def touch(self) -> None:
         self.changed_ns = now_ns()
+        self.version += 1

@@ -40,6 +40,8 @@ class Secret:
     value: bytes | None = None
     error: str = ""
     changed_ns: int = field(default_factory=now_ns)
+    #: bumped by every change: generated files are rendered again only when it moves
+    version: int = 0
 
     @property
     def private(self) -> bool:
@@ -51,6 +53,7 @@ class Secret:
 
     def touch(self) -> None:
         self.changed_ns = now_ns()
+        self.version += 1
 
 
 def canonical_uuid(text: str) -> str:

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 from pyfuse3 import FUSEError
 
-from .errors import InvalidArgument, StorageError
-from .objects import now_ns
-from .state import FileMeta
-from .xml.safe import MAX_DOCUMENT_BYTES, IncrementalDocument
+from ..errors import InvalidArgument, StorageError
+from ..objects import now_ns
+from ..state import FileMeta
+from ..xml.safe import MAX_DOCUMENT_BYTES, IncrementalDocument
 
 MAX_SCRATCH_BYTES = 4 * MAX_DOCUMENT_BYTES
 
@@ -63,6 +63,10 @@ class Handle:
 
     def truncate(self, size: int) -> None:
         raise FUSEError(errno.EINVAL)
+
+
+class ReadHandle(Handle):
+    """A generated file opened for reading: the bytes of the moment it was opened."""
 
 
 class LiveHandle(Handle):

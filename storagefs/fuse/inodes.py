@@ -1,0 +1,116 @@
+"""The inode table: paths of the virtual tree <-> inode numbers, with lookup counts.
+
+An inode stands for one path of names from the root and holds the node object that
+answers for it (see nodes.py). Inodes are made when the kernel first learns of a path
+(lookup, readdir, mkdir, create) and dropped when it forgets them. When an object
+disappears, its inodes are marked stale, so the next request on a cached inode gets
+ENOENT, and a later object of the same name gets a new inode (the kernel never mixes
+the two up).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING
+
+import pyfuse3
+
+if TYPE_CHECKING:
+    from .node import Node
+
+Path = tuple[str, ...]
+
+
+class Inode:
+    __slots__ = ("ino", "path", "parent", "children", "lookups", "stale", "node")
+
+    def __init__(self, ino: int, path: Path, parent: Inode | None, node: Node | None) -> None:
+        self.ino = ino
+        self.path = path
+        self.parent = parent
+        self.children: dict[str, Inode] = {}
+        self.lookups = 0
+        self.stale = False
+        self.node = node
+
+    @property
+    def name(self) -> str:
+        return self.path[-1] if self.path else ""
+
+
+class InodeTable:
+    def __init__(self, root: Node) -> None:
+        self.root = Inode(pyfuse3.ROOT_INODE, (), None, root)
+        self.root.lookups = 1
+        self.inodes: dict[int, Inode] = {self.root.ino: self.root}
+        self._next = itertools.count(pyfuse3.ROOT_INODE + 1)
+
+    def __len__(self) -> int:
+        return len(self.inodes)
+
+    def get(self, ino: int) -> Inode | None:
+        return self.inodes.get(ino)
+
+    def child(self, parent: Inode, name: str, node: Node) -> Inode:
+        """The inode of parent/name, answering with ``node``: the existing inode when
+        it still stands for the same object, else a new one (the old one goes stale)."""
+        inode = parent.children.get(name)
+        if inode is not None:
+            if inode.node is node or (inode.node is not None and inode.node.same(node)):
+                return inode
+            self.detach(inode)
+        inode = Inode(next(self._next), (*parent.path, name), parent, node)
+        parent.children[name] = inode
+        self.inodes[inode.ino] = inode
+        return inode
+
+    def find(self, path: Path) -> Inode | None:
+        inode = self.root
+        for name in path:
+            inode = inode.children.get(name)
+            if inode is None:
+                return None
+        return inode
+
+    def detach(self, inode: Inode) -> list[Inode]:
+        """Forget a subtree's names (the object is gone); returns the inodes marked stale."""
+        parent = inode.parent
+        if parent is not None and parent.children.get(inode.name) is inode:
+            del parent.children[inode.name]
+        stale = []
+        stack = [inode]
+        while stack:
+            n = stack.pop()
+            n.stale = True
+            stale.append(n)
+            stack.extend(n.children.values())
+            n.children = {}
+            if n.lookups <= 0:
+                self.inodes.pop(n.ino, None)
+        return stale
+
+    def rename(self, inode: Inode, new_name: str) -> None:
+        """Move an inode under the same parent (scratch files only)."""
+        parent = inode.parent
+        assert parent is not None
+        if parent.children.get(inode.name) is inode:
+            del parent.children[inode.name]
+        old = parent.children.get(new_name)
+        if old is not None:
+            self.detach(old)
+        inode.path = (*parent.path, new_name)
+        parent.children[new_name] = inode
+
+    def forget(self, ino: int, count: int) -> None:
+        inode = self.inodes.get(ino)
+        if inode is None or inode is self.root:
+            return
+        inode.lookups -= count
+        if inode.lookups > 0 or inode.children:
+            return
+        del self.inodes[ino]
+        parent = inode.parent
+        if not inode.stale and parent is not None and parent.children.get(inode.name) is inode:
+            del parent.children[inode.name]
+            if parent.lookups <= 0 and not parent.children and parent is not self.root:
+                self.forget(parent.ino, 0)

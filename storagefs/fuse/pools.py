@@ -1,0 +1,192 @@
+"""pools/, pools/P/ and the files of a pool (SPEC "The tree")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import render
+from ..commands import parse_yes_no
+from ..errors import NotFound
+from ..objects import Pool
+from ..pool_cmds import check_pool_command, check_state_word
+from ..state import FileMeta
+from .files import CommandFile, DocumentFile
+from .links import pools_by_path, pools_by_uuid
+from .node import Caller, Dir, Generated, LinkTable, Node
+from .objdir import ObjectDir
+
+POOL_FILES = ("config.xml", "status.xml", "state", "autostart", "control", "uuid", "type",
+              "capacity", "allocation", "available", "error")
+LINK_DIRS = ("by-uuid", "by-path")
+#: files whose bytes follow the pool's figures (rendered at every read until the core
+#: keeps them cached)
+FIGURES = ("status.xml", "capacity", "allocation", "available")
+
+
+class PoolsDir(Dir):
+    __slots__ = ()
+
+    def names(self, caller: Caller) -> list[str]:
+        return [*LINK_DIRS, *sorted(self.t.core.pools)]
+
+    def child(self, name: str, caller: Caller) -> Node:
+        if name == "by-uuid":
+            return LinkTable(self.t, (*self.path, name), lambda: pools_by_uuid(self.t))
+        if name == "by-path":
+            return LinkTable(self.t, (*self.path, name), lambda: pools_by_path(self.t))
+        pool = self.t.core.pools.get(name)
+        if pool is None:
+            raise NotFound(name)
+        return PoolDir(self.t, (*self.path, name), pool)
+
+    async def mkdir(self, name: str, mode: int, caller: Caller) -> Node:
+        self.t.core.mkdir_pool(name)
+        return self.child(name, caller)
+
+    async def rmdir(self, name: str, caller: Caller) -> None:
+        node = self.child(name, caller)
+        if not isinstance(node, PoolDir):
+            await super().rmdir(name, caller)
+        await self.t.core.undefine_pool(name)
+
+
+class _OfPool:
+    """Mixin state: the pool a node belongs to."""
+
+    __slots__ = ()
+    pool: Pool
+
+    def key(self) -> tuple[Any, ...]:
+        return (self.pool,)
+
+    def owner(self) -> Any:
+        return self.pool
+
+    def pool_alive(self) -> bool:
+        return self.t.core.pools.get(self.pool.name) is self.pool  # type: ignore[attr-defined]
+
+
+class PoolDir(_OfPool, ObjectDir):
+    __slots__ = ("pool",)
+
+    def __init__(self, t, path, pool: Pool) -> None:
+        super().__init__(t, path)
+        self.pool = pool
+
+    def alive(self) -> bool:
+        return self.pool_alive()
+
+    def object_names(self) -> list[str]:
+        pool = self.pool
+        if not pool.defined:  # a pending pool: its config.xml (and why it was refused)
+            return ["config.xml", "error"] if pool.error else ["config.xml"]
+        return [*POOL_FILES, "volumes"]
+
+    def object_child(self, name: str) -> Node:
+        pool, path = self.pool, (*self.path, name)
+        if name == "config.xml":
+            return PoolConfig(self.t, path, pool)
+        if name == "error" and (pool.defined or pool.error):
+            return PoolFile(self.t, path, pool)
+        if not pool.defined:
+            raise NotFound(name)
+        if name == "volumes":
+            from .volumes import VolumesDir
+
+            return VolumesDir(self.t, path, pool)
+        if name == "state":
+            return PoolState(self.t, path, pool)
+        if name == "autostart":
+            return PoolAutostart(self.t, path, pool)
+        if name == "control":
+            return PoolControl(self.t, path, pool)
+        if name in POOL_FILES:
+            return PoolFile(self.t, path, pool)
+        raise NotFound(name)
+
+
+class PoolFile(_OfPool, Generated):
+    """A generated file of a pool: status.xml, uuid, type, the figures, error."""
+
+    __slots__ = ("pool",)
+
+    def __init__(self, t, path, pool: Pool) -> None:
+        super().__init__(t, path)
+        self.pool = pool
+
+    def alive(self) -> bool:
+        return self.pool_alive() and (self.pool.defined or self.name in ("config.xml",
+                                                                        "error"))
+
+    def version(self) -> object:
+        return None if self.name in FIGURES else self.pool.version
+
+    def render(self) -> bytes:
+        return render.pool_file(self.t.core, self.pool, self.name)
+
+
+class PoolConfig(_OfPool, DocumentFile):
+    __slots__ = ("pool",)
+
+    def __init__(self, t, path, pool: Pool) -> None:
+        super().__init__(t, path)
+        self.pool = pool
+
+    def alive(self) -> bool:
+        return self.pool_alive()
+
+    def render(self) -> bytes:
+        return self.pool.config
+
+    async def apply(self, data: bytes, meta: FileMeta | None) -> None:
+        await self.t.core.define_pool(self.pool.name, data, meta)
+
+
+class _PoolCommandFile(_OfPool, CommandFile):
+    __slots__ = ("pool",)
+
+    def __init__(self, t, path, pool: Pool) -> None:
+        super().__init__(t, path)
+        self.pool = pool
+
+    def alive(self) -> bool:
+        return self.pool_alive() and self.pool.defined
+
+    def render(self) -> bytes:
+        return render.pool_file(self.t.core, self.pool, self.name)
+
+
+class PoolState(_PoolCommandFile):
+    __slots__ = ()
+
+    def check(self, line: bytes) -> Any:
+        return check_state_word(line)
+
+    def check_all(self, lines: list[bytes]) -> None:
+        self.t.core.check_pool_lines(self.pool, lines, True)
+
+    async def run(self, line: bytes) -> None:
+        await self.t.core.set_pool_state(self.pool.name, line)
+
+
+class PoolAutostart(_PoolCommandFile):
+    __slots__ = ()
+
+    def check(self, line: bytes) -> Any:
+        return parse_yes_no(line)
+
+    async def run(self, line: bytes) -> None:
+        await self.t.core.set_autostart(self.pool.name, line)
+
+
+class PoolControl(_PoolCommandFile):
+    __slots__ = ()
+
+    def check(self, line: bytes) -> Any:
+        return check_pool_command(line)
+
+    def check_all(self, lines: list[bytes]) -> None:
+        self.t.core.check_pool_lines(self.pool, lines, False)
+
+    async def run(self, line: bytes) -> None:
+        await self.t.core.pool_command(self.pool.name, line)
