@@ -100,19 +100,30 @@ def load_devices() -> DeviceIndex | None:
         return None
 
 
-async def serve(mountpoint: str, state_dir: str, *, allow_other: bool,
-                ready: Callable[[str | None], None]) -> None:
-    """Mount and serve until unmounted; ``ready(None)`` once the tree is usable,
-    ``ready(reason)`` if it cannot start."""
+async def make_core(state_dir: str, *, devices: bool = False) -> Manager:
+    """The core over a state directory, loaded (pools defined and started again);
+    raises StorageError when the state directory cannot be used."""
     state = StateDir(state_dir)
     manager = Manager(state)
     try:
         await manager.load()
+    except BaseException:
+        state.close()
+        raise
+    manager.devices = load_devices() if devices else None
+    return manager
+
+
+async def serve(mountpoint: str, state_dir: str, *, allow_other: bool,
+                ready: Callable[[str | None], None]) -> None:
+    """Mount and serve until unmounted; ``ready(None)`` once the tree is usable,
+    ``ready(reason)`` if it cannot start."""
+    try:
+        manager = await make_core(state_dir, devices=True)
     except Exception as exc:
         ready(str(exc))
-        state.close()
         return
-    manager.devices = load_devices()
+    state = manager.state
     ops = Operations(manager, README)
     pidfile = pidfile_for(mountpoint)  # before mounting: realpath stats the mountpoint
     options = set(pyfuse3.default_options) | {"fsname=storagefs", "subtype=storagefs"}
