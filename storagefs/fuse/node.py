@@ -10,11 +10,12 @@ The handlers in operations.py only dispatch to these methods.
 
 from __future__ import annotations
 
+import errno
 import stat
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..errors import NotFound, NotPermitted
+from ..errors import NotFound, NotPermitted, StorageError
 from ..state import FileMeta
 from .handles import Handle, ReadHandle
 
@@ -99,8 +100,11 @@ class Dir(Node):
         return cls(self.t, (*self.path, name), *args)
 
 
-class NotADirectory(Exception):
-    """rmdir of something that is not a directory (ENOTDIR at the boundary)."""
+class NotADirectory(StorageError):
+    """rmdir of something that is not a directory."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"{name} is not a directory", errno.ENOTDIR)
 
 
 class File(Node):

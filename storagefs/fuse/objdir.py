@@ -32,8 +32,13 @@ class DirectoryNotEmpty(StorageError):
         super().__init__(f"scratch directory {name} is not empty", errno.ENOTEMPTY)
 
 
-class IsADirectory(Exception):
-    """unlink of a directory (EISDIR at the boundary)."""
+class IsADirectory(StorageError):
+    """unlink of a directory."""
+
+    def __init__(self, name: str) -> None:
+        import errno
+
+        super().__init__(f"{name} is a directory: rmdir removes it", errno.EISDIR)
 
 
 class ScratchFile(File):

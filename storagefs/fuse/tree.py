@@ -32,6 +32,18 @@ class ScratchDir:
         self.meta.atime_ns = self.meta.mtime_ns = self.meta.ctime_ns = t
 
 
+def tgid(pid: int) -> int:
+    """The process of a FUSE request's thread id (what a whole tool does counts)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Tgid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return pid
+
+
 class Tree:
     """Shared state of the node tree; ``core`` is the registry the nodes answer from."""
 
@@ -52,12 +64,18 @@ class Tree:
 
     # ---- names hidden from the process that unlinked them ---------------------------
     def hide(self, path: Path, pid: int) -> None:
-        self._hidden.setdefault(path, {})[pid] = time.monotonic() + HIDE_SECONDS
+        self._hidden.setdefault(path, {})[tgid(pid)] = time.monotonic() + HIDE_SECONDS
+
+    def hidden_from_anyone(self, path: Path) -> bool:
+        """While a name is hidden from a process, the kernel must ask again at every
+        lookup: a dentry cached for another process would fail its O_EXCL create."""
+        return path in self._hidden
 
     def hidden(self, path: Path, pid: int) -> bool:
         who = self._hidden.get(path)
         if not who:
             return False
+        pid = tgid(pid)
         deadline = who.get(pid)
         if deadline is None:
             return False
@@ -75,7 +93,7 @@ class Tree:
         if pid is None:
             who.clear()
         else:
-            who.pop(pid, None)
+            who.pop(tgid(pid), None)
         if not who:
             del self._hidden[path]
 

@@ -1,0 +1,249 @@
+"""Pure parsers for what users write to command files: one line becomes one typed
+command, parsed once where the bytes arrive and carried as a value to the core.
+
+Nothing here knows pools or state: a line that can never be valid is refused with
+EINVAL (and a reason in virsh's words); whether a valid command fits the object's state
+or its pool type is the core's question.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+from .errors import InvalidArgument
+from .names import check_name
+from .units import parse_size
+
+MAX_COMMAND_BYTES = 4096
+#: libvirt's wipe algorithms (virStorageVolWipeAlgorithm); which a pool type can do is
+#: its backend's policy
+WIPE_ALGORITHMS = ("zero", "nnsa", "dod", "bsi", "gutmann", "schneier", "pfitzner7",
+                   "pfitzner33", "random", "trim")
+POOL_VERBS = ("start", "stop", "refresh", "build", "delete", "create")
+VOLUME_VERBS = ("resize", "clone", "wipe", "snapshot", "revert", "delete-snapshot")
+YES = {"yes", "y", "true", "on", "1"}
+NO = {"no", "n", "false", "off", "0"}
+
+
+# ---- the commands ------------------------------------------------------------------
+@dataclass(frozen=True)
+class PoolCommand:
+    """start, stop, refresh, build [overwrite], delete."""
+
+    verb: str
+    overwrite: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.verb} overwrite" if self.overwrite else self.verb
+
+
+@dataclass(frozen=True)
+class CreateVolume:
+    """``create NAME CAPACITY [--format F] [--allocation A]`` (virsh vol-create-as)."""
+
+    name: str
+    capacity: int
+    format: str | None = None
+    allocation: int | None = None
+
+    def __str__(self) -> str:
+        return f"create {self.name} {self.capacity}"
+
+
+@dataclass(frozen=True)
+class Resize:
+    size: int
+    delta: bool = False
+    allocate: bool = False
+    shrink: bool = False
+
+    def __str__(self) -> str:
+        return "resize"
+
+
+@dataclass(frozen=True)
+class Clone:
+    new: str
+    format: str | None = None
+    pool: str | None = None
+
+    def __str__(self) -> str:
+        return f"clone {self.new}"
+
+
+@dataclass(frozen=True)
+class Wipe:
+    algorithm: str = "zero"
+
+    def __str__(self) -> str:
+        return f"wipe {self.algorithm}"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """snapshot NAME (op create), revert NAME, delete-snapshot NAME."""
+
+    op: str
+    name: str
+
+    def __str__(self) -> str:
+        verb = {"create": "snapshot", "revert": "revert", "delete": "delete-snapshot"}[self.op]
+        return f"{verb} {self.name}"
+
+
+VolumeCommand = Resize | Clone | Wipe | Snapshot
+
+
+# ---- lines -------------------------------------------------------------------------
+def split_line(line: str | bytes) -> tuple[str, tuple[str, ...]] | None:
+    """(verb, args) of one line; None for a blank line or a comment (ignored, as in a
+    shell)."""
+    if isinstance(line, bytes):
+        if len(line) > MAX_COMMAND_BYTES:
+            raise InvalidArgument(f"command longer than {MAX_COMMAND_BYTES} bytes")
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidArgument("command is not valid UTF-8") from None
+    if "\0" in line:
+        raise InvalidArgument("command contains NUL")
+    try:
+        words = shlex.split(line, comments=True)
+    except ValueError as exc:
+        raise InvalidArgument(f"cannot parse command {line.strip()!r}: {exc}") from None
+    if not words:
+        return None
+    return words[0].lower(), tuple(words[1:])
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise InvalidArgument(str(exc)) from None
+
+
+def _options(args: tuple[str, ...], known: tuple[str, ...], usage: str
+             ) -> tuple[list[str], dict[str, str]]:
+    rest, opts, words = list(args), {}, []
+    while rest:
+        a = rest.pop(0)
+        if a in known:
+            if not rest:
+                raise InvalidArgument(f"{a} needs a value; usage: {usage}")
+            if a in opts:
+                raise InvalidArgument(f"{a} given twice; usage: {usage}")
+            opts[a] = rest.pop(0)
+        elif a.startswith("--"):
+            raise InvalidArgument(f"unknown option {a}; usage: {usage}")
+        else:
+            words.append(a)
+    return words, opts
+
+
+def parse_pool_command(line: str | bytes, valid_now: list[str] | None = None
+                       ) -> PoolCommand | CreateVolume | None:
+    """A pool command line, or EINVAL for one that can never be valid."""
+    split = split_line(line)
+    if split is None:
+        return None
+    verb, args = split
+    if verb not in POOL_VERBS:
+        hint = f"valid now: {', '.join(valid_now) or 'none'}" if valid_now is not None else \
+            "commands: start, stop, refresh, build [overwrite], delete, create NAME CAPACITY"
+        raise InvalidArgument(f"unknown command '{' '.join((verb, *args))}'; {hint}")
+    if verb == "create":
+        return _parse_create(args)
+    if verb == "build":
+        if args not in ((), ("overwrite",), ("--overwrite",)):
+            raise InvalidArgument(f"build takes only 'overwrite', not '{' '.join(args)}'")
+        return PoolCommand("build", overwrite=bool(args))
+    if args:
+        raise InvalidArgument(f"{verb} takes no arguments")
+    return PoolCommand(verb)
+
+
+CREATE_USAGE = "create NAME CAPACITY [--format FMT] [--allocation SIZE]"
+
+
+def _parse_create(args: tuple[str, ...]) -> CreateVolume:
+    words, opts = _options(args, ("--format", "--allocation"), CREATE_USAGE)
+    if len(words) != 2:
+        raise InvalidArgument(f"usage: {CREATE_USAGE}")
+    name = check_name(words[0], "volume name")
+    capacity = _size(words[1])
+    allocation = _size(opts["--allocation"]) if "--allocation" in opts else None
+    if allocation is not None and allocation > capacity:
+        raise InvalidArgument(f"allocation {allocation} is above the capacity {capacity}")
+    fmt = opts.get("--format")
+    if fmt is not None and (not fmt or not fmt.replace("-", "").isalnum()):
+        raise InvalidArgument(f"unknown volume format type {fmt!r}")
+    return CreateVolume(name, capacity, fmt, allocation)
+
+
+CLONE_USAGE = "clone NEWNAME [--format FMT] [--pool POOL]"
+
+
+def parse_volume_command(line: str | bytes, valid: list[str] | None = None
+                         ) -> VolumeCommand | None:
+    """A volume command line, or EINVAL for one that can never be valid."""
+    split = split_line(line)
+    if split is None:
+        return None
+    verb, args = split
+    if verb not in VOLUME_VERBS:
+        hint = "; ".join(valid) if valid else ", ".join(VOLUME_VERBS)
+        raise InvalidArgument(f"unknown command '{' '.join((verb, *args))}'; valid: {hint}")
+    if verb == "resize":
+        flags = {a for a in args if a.startswith("--")}
+        sizes = [a for a in args if not a.startswith("--")]
+        if flags - {"--shrink", "--delta", "--allocate"} or len(sizes) != 1:
+            raise InvalidArgument("usage: resize [--delta] [--allocate] [--shrink] SIZE")
+        return Resize(_size(sizes[0]), "--delta" in flags, "--allocate" in flags,
+                      "--shrink" in flags)
+    if verb == "clone":
+        words, opts = _options(args, ("--format", "--pool"), CLONE_USAGE)
+        if len(words) != 1:
+            raise InvalidArgument(f"usage: {CLONE_USAGE}")
+        return Clone(check_name(words[0], "volume name"), opts.get("--format"),
+                     opts.get("--pool"))
+    if verb == "wipe":
+        if len(args) > 1:
+            raise InvalidArgument(f"usage: wipe [{'|'.join(WIPE_ALGORITHMS)}]")
+        if args and args[0] not in WIPE_ALGORITHMS:
+            raise InvalidArgument(f"unknown wipe algorithm '{args[0]}'; known: "
+                                  f"{', '.join(WIPE_ALGORITHMS)}")
+        return Wipe(args[0] if args else "zero")
+    if len(args) != 1:
+        raise InvalidArgument(f"usage: {verb} NAME")
+    op = {"snapshot": "create", "revert": "revert", "delete-snapshot": "delete"}[verb]
+    return Snapshot(op, check_snapshot_name(args[0]))
+
+
+def check_snapshot_name(name: str) -> str:
+    check_name(name, "snapshot name")
+    if name.isdigit():
+        raise InvalidArgument("a snapshot name cannot be all digits (qemu-img takes it for an id)")
+    return name
+
+
+def _word(text: str | bytes) -> str:
+    return (text.decode("utf-8", "replace") if isinstance(text, bytes) else text).strip()
+
+
+def parse_state(text: str | bytes) -> str:
+    """What the state file takes: 'running' or 'inactive'."""
+    word = _word(text)
+    if word not in ("running", "inactive"):
+        raise InvalidArgument(f"write 'running' or 'inactive' to state, not {word[:80]!r}")
+    return word
+
+
+def parse_yes_no(text: str | bytes) -> bool:
+    word = _word(text)
+    if word.lower() in YES:
+        return True
+    if word.lower() in NO:
+        return False
+    raise InvalidArgument(f"expected yes or no, not {word!r}")
