@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 from mount_helpers import (
     GiB,
-    MiB,
     assert_one_error_line,
     command,
     define_pool,
