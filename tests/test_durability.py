@@ -27,6 +27,7 @@ from mount_helpers import (
     pool_xml,
     read,
     run,
+    sh,
     volume_defaults_el,
     volume_xml,
     write,
@@ -436,6 +437,8 @@ def test_unreadable_pool_records_are_kept_aside_and_shown(mounted, tmp_path):
         assert read(m.pool(name) / "state") == "inaccessible\n", name
 
     write(m.pool("trunc") / "config.xml", pool_xml("trunc", tmp_path / "trunc"))
+    sh(f"sed -i 's/dir/dir/' {m.pool('other')}/config.xml")  # the salvaged document, as is
+    assert read(m.pool("other") / "state") == "inactive\n"
     write(m.pool("badxml") / "config.xml", pool_xml("badxml", tmp_path / "badxml"))
     os.rmdir(m.pool("types"))
     assert read(m.pool("trunc") / "state") == "inactive\n"
@@ -447,6 +450,8 @@ def test_unreadable_pool_records_are_kept_aside_and_shown(mounted, tmp_path):
     assert read(m.pool("badxml") / "state") == "inactive\n"
     assert "types" not in ls_names(m.pools)
     assert read(m.pool("link") / "state") == "inaccessible\n"
+    assert read(m.pool("other") / "state") == "inactive\n"
+    assert not (st / "pools" / "other.json.broken").exists()
 
 
 def test_unreadable_volume_and_secret_records_are_kept_aside(mounted, tmp_path):
