@@ -9,6 +9,8 @@ kernel's caches are invalidated at once.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import errno
 import logging
 import time
 import uuid as uuidlib
@@ -174,20 +176,36 @@ class Manager(PoolCommands, VolumeCommands, VolumeOps, SecretOps):
             await self._embed_default_pool()
         for stored in self.state.load_pools():
             pool = Pool(stored.name, config=stored.config, uuid=stored.uuid,
-                        autostart=stored.autostart, meta=stored.meta)
-            try:
-                pool.definition = parse_pool(stored.config)
-                pool.backend = backend_for(pool.definition)
-            except (ValueError, StorageError) as exc:
-                log.error("pool %s: stored definition unusable: %s", stored.name, exc)
-                continue
+                        autostart=stored.autostart, meta=stored.meta,
+                        stored_active=stored.active)
             self.pools[pool.name] = pool
+            if stored.broken:
+                self._mark_broken(pool, stored.broken)
+                continue
+            try:
+                definition = parse_pool(stored.config)
+                pool.backend = backend_for(definition)
+                pool.definition = definition
+            except (ValueError, StorageError) as exc:
+                reason = f"stored definition unusable: {exc}"
+                log.error("pool %s: %s", stored.name, reason)
+                self._mark_broken(pool, reason)
+                continue
             if stored.autostart or stored.active:
                 try:
                     with self.recording(pool, "autostart"):
-                        await self._start(pool)
+                        # the record already says it runs at start: nothing to save
+                        await self._start(pool, record=False)
                 except StorageError:
                     pass
+
+    @staticmethod
+    def _mark_broken(pool: Pool, reason: str) -> None:
+        """A pool whose record cannot be used: shown, state 'inaccessible', the reason in
+        its error file, until a new config.xml is accepted or it is rmdir'ed."""
+        pool.broken = reason
+        pool.backend = None
+        pool.error = error_line("load", reason)
 
     async def _embed_default_pool(self) -> None:
         images = self.state.images_dir
@@ -207,9 +225,18 @@ class Manager(PoolCommands, VolumeCommands, VolumeOps, SecretOps):
 
     def defined_pool(self, name: str) -> Pool:
         pool = self.pool(name)
-        if not pool.defined:
-            raise NotFound(f"storage pool '{name}' has no definition yet: write config.xml")
+        self.need_definition(pool)
         return pool
+
+    @staticmethod
+    def need_definition(pool: Pool) -> None:
+        if pool.defined:
+            return
+        if pool.broken:
+            raise StorageError(f"the stored definition of storage pool '{pool.name}' could "
+                               "not be read: write config.xml to define it again, or rmdir "
+                               "it", errno.EIO)
+        raise NotFound(f"storage pool '{pool.name}' has no definition yet: write config.xml")
 
     def pool_by_target(self, path: str) -> Pool | None:
         for pool in self.pools.values():
@@ -248,13 +275,16 @@ class Manager(PoolCommands, VolumeCommands, VolumeOps, SecretOps):
                 if pool.active:
                     self._check_running_change(pool, defn)
                     backend = pool.backend
-                    backend.definition = defn
                 new_uuid = defn.uuid or pool.uuid or str(uuidlib.uuid4())
-                stored = StoredPool(name, data, new_uuid, pool.autostart, pool.active,
-                                    merge_meta(pool.meta, meta, content_changed=True))
-                self.state.save_pool(stored)
+                stored = self._record(pool, config=data, uuid=new_uuid,
+                                      meta=merge_meta(pool.meta, meta, content_changed=True))
+                self.state.save_pool(stored)  # first: a refused save changes nothing
+                backend.definition = defn
                 pool.definition, pool.backend, pool.config = defn, backend, data
                 pool.uuid, pool.meta = new_uuid, stored.meta
+                if pool.broken:
+                    self.state.drop_broken_pool(name)
+                    pool.broken = ""
                 pool.touch()
         self.listener.changed(name)
         self.listener.links_changed()
@@ -287,15 +317,17 @@ class Manager(PoolCommands, VolumeCommands, VolumeOps, SecretOps):
     def _apply_meta(self, pool: Pool, meta: FileMeta | None, content_changed: bool) -> None:
         if meta is None:
             return
-        pool.meta = merge_meta(pool.meta, meta, content_changed)
-        self._save(pool)
+        new = merge_meta(pool.meta, meta, content_changed)
+        self._save(pool, meta=new)
+        pool.meta = new
 
     def set_config_meta(self, owner: Pool | Volume | Secret, meta: FileMeta) -> None:
         """chmod/chown/touch of an object's config.xml: kept and persisted."""
         if isinstance(owner, Secret):
-            owner.meta = meta
-            if owner.definition is not None:
-                self._save_secret(owner)
+            with self.recording(owner, "setattr config.xml"):
+                if owner.definition is not None and not owner.ephemeral:
+                    self.state.save_secret(owner.uuid, owner.config, meta)
+                owner.meta = meta
             self._notify_changed(owner)
         elif isinstance(owner, Volume):
             self.set_volume_meta(owner.pool.name, owner.name, meta)
@@ -305,14 +337,25 @@ class Manager(PoolCommands, VolumeCommands, VolumeOps, SecretOps):
     def set_pool_meta(self, name: str, meta: FileMeta) -> None:
         """chmod/chown/touch of config.xml: kept, and persisted once defined."""
         pool = self.pool(name)
-        pool.meta = meta
-        if pool.defined:
-            self._save(pool)
+        with self.recording(pool, "setattr config.xml"):
+            if pool.defined:
+                self._save(pool, meta=meta)
+            pool.meta = meta
         self.listener.changed(name)
 
-    def _save(self, pool: Pool) -> None:
-        self.state.save_pool(StoredPool(pool.name, pool.config, pool.uuid, pool.autostart,
-                                        pool.active, pool.meta))
+    @staticmethod
+    def _record(pool: Pool, **changes) -> StoredPool:
+        """The pool's record as it is on disk, with ``changes`` (not yet in memory)."""
+        return dataclasses.replace(
+            StoredPool(pool.name, pool.config, pool.uuid, pool.autostart, pool.stored_active,
+                       pool.meta), **changes)
+
+    def _save(self, pool: Pool, **changes) -> None:
+        """Save the record with ``changes``; callers apply them in memory only after this
+        returned (check, save, then apply)."""
+        stored = self._record(pool, **changes)
+        self.state.save_pool(stored)
+        pool.stored_active = stored.active
 
     async def undefine_pool(self, name: str) -> None:
         pool = self.pool(name)
@@ -320,7 +363,7 @@ class Manager(PoolCommands, VolumeCommands, VolumeOps, SecretOps):
             async with pool.lock:
                 if pool.active:
                     raise Busy(f"storage pool '{name}' is still active")
-                if pool.defined:
+                if pool.defined or pool.broken:
                     self.state.delete_pool(name)
                 del self.pools[name]
         self.listener.removed(name)

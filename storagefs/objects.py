@@ -62,6 +62,11 @@ class Pool:
     lock: trio.Lock = field(default_factory=trio.Lock)
     #: volume operations under way; stop/delete wait for none
     busy_volumes: int = 0
+    #: whether the record in the state directory says the pool runs (start/stop save it)
+    stored_active: bool = False
+    #: why the stored definition could not be used at start ("" when it could); such a
+    #: pool shows state 'inaccessible' until a new config.xml is accepted or it is rmdir'ed
+    broken: str = ""
     changed_ns: int = field(default_factory=now_ns)
 
     @property

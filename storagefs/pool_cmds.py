@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from .commands import Command, parse_command, parse_yes_no
-from .errors import Busy, InvalidArgument, NotFound, StorageError
+from .errors import Busy, InvalidArgument, StorageError
 from .objects import DEGRADED, INACCESSIBLE, INACTIVE, RUNNING, Pool
 
 if TYPE_CHECKING:
@@ -92,8 +92,7 @@ class PoolCommands:
             cmd = check_pool_command(line, self.valid_pool_commands(pool))
             if cmd is None:
                 return
-            if not pool.defined:
-                raise NotFound(f"storage pool '{name}' has no definition yet: write config.xml")
+            self.need_definition(pool)
             await self._run_pool_command(pool, cmd)
 
     async def _run_pool_command(self: Manager, pool: Pool, cmd: Command) -> None:
@@ -104,20 +103,27 @@ class PoolCommands:
         else:
             await verbs[cmd.verb](pool)
 
-    async def _start(self: Manager, pool: Pool) -> None:
+    async def _start(self: Manager, pool: Pool, record: bool = True) -> None:
+        """Start, and record that the pool runs (unless ``record`` is False: at start-up
+        the record already says so); a refused save stops it again."""
         async with pool.lock:
             if pool.active:
                 raise Busy(f"storage pool '{pool.name}' is already active")
+            save = record and not pool.stored_active
+            if save:
+                self.state.check_writable()
             await pool.backend.start()
             try:
                 await self._load_volumes(pool)
+                if save:
+                    self._save(pool, active=True)
             except BaseException:
+                pool.volumes.clear()  # never listed: the pool was not active yet
                 with trio.CancelScope(shield=True), contextlib.suppress(StorageError):
                     await pool.backend.stop()
                 raise
             self._apply_health(pool, "start")
             pool.touch()
-            self._save(pool)
             self.watch(pool)
         self.listener.changed(pool.name)
 
@@ -128,14 +134,25 @@ class PoolCommands:
             if pool.busy_volumes:
                 raise Busy(f"storage pool '{pool.name}' has {pool.busy_volumes} volume "
                            "operation(s) under way")
-            await self.cancel_details(pool)
-            await pool.backend.stop()
+            was_recorded = pool.stored_active
+            if was_recorded:
+                self._save(pool, active=False)  # first: a refused save changes nothing
+            try:
+                await self.cancel_details(pool)
+                await pool.backend.stop()
+            except BaseException:
+                if was_recorded:  # still running: the record says so again
+                    try:
+                        self._save(pool, active=True)
+                    except StorageError as exc:
+                        log.error("pool %s still runs but its record says inactive: %s",
+                                  pool.name, exc.reason)
+                raise
             self.unwatch(pool)
             pool.state = INACTIVE
             names = list(pool.volumes)
             pool.volumes.clear()
             pool.touch()
-            self._save(pool)
         for vol in names:
             self.listener.removed(pool.name, vol)
         self.listener.changed(pool.name)
@@ -200,8 +217,7 @@ class PoolCommands:
         pool = self.pool(name)
         with self.recording(pool, "state"):
             word = check_state_word(text)
-            if not pool.defined:
-                raise NotFound(f"storage pool '{name}' has no definition yet: write config.xml")
+            self.need_definition(pool)
             if word == "running" and not pool.active:
                 await self._start(pool)
             elif word == "inactive" and pool.active:
@@ -211,11 +227,10 @@ class PoolCommands:
         pool = self.pool(name)
         with self.recording(pool, "autostart"):
             value = parse_yes_no(text)
-            if not pool.defined:
-                raise NotFound(f"storage pool '{name}' has no definition yet: write config.xml")
+            self.need_definition(pool)
             if value != pool.autostart:
+                self._save(pool, autostart=value)
                 pool.autostart = value
-                self._save(pool)
                 pool.touch()
         self.listener.changed(name)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .docs import pool_status, volume_doc
 from .manager import Manager
-from .objects import Pool, Volume
+from .objects import INACCESSIBLE, Pool, Volume
 
 README = b"""storagefs: the host's storage as files (libvirt's storage model)
 
@@ -67,7 +67,7 @@ def pool_file(m: Manager, pool: Pool, name: str) -> bytes:
     if name == "error":
         return pool.error.encode()
     if not pool.defined:
-        return b""
+        return line(INACCESSIBLE) if name == "state" and pool.broken else b""
     if name == "status.xml":
         return pool_status_xml(m, pool)
     if name == "state":

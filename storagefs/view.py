@@ -219,7 +219,8 @@ class View:
             raise NotFound(name)
         if vol is None:
             if not pool.defined:
-                if name == "config.xml" or (name == "error" and pool.error):
+                if name == "config.xml" or (name == "error" and pool.error) or \
+                        (name == "state" and pool.broken):
                     return Entry(Kind.POOL_FILE, pool, None, name)
                 raise NotFound(name)
             if name == "volumes":
@@ -251,6 +252,8 @@ class View:
             return ["config.xml", "error"] if entry.secret.error else ["config.xml"]
         if k is Kind.POOL:
             if not entry.pool.defined:  # a pending pool: its config.xml (and why it was refused)
+                if entry.pool.broken:  # its record is unreadable: inaccessible, and why
+                    return ["config.xml", "state", "error"]
                 return ["config.xml", "error"] if entry.pool.error else ["config.xml"]
             return [*POOL_FILES, "volumes"]
         if k is Kind.POOL_VOLUMES:

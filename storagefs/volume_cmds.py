@@ -153,10 +153,22 @@ class VolumeCommands:
         secret = self.volume_secret(vol)
         async with self._volume_op(vol), self.optional_secret_file(secret) as secret_file:
             cap = vol.info.capacity + size if "--delta" in flags else size
-            vol.info = await vol.pool.backend.resize_volume(
-                vol.info, cap, shrink="--shrink" in flags, allocate="--allocate" in flags,
-                secret_file=secret_file)
-            self._forget_config(vol)
+            # the stored document will no longer describe the volume: moved aside first
+            # (a state directory that cannot change refuses before the storage changes)
+            forget = vol.config is not None and not vol.info.encrypted
+            record = self.state.stage_delete_volume(vol.pool.name, vol.name) if forget \
+                else None
+            try:
+                vol.info = await vol.pool.backend.resize_volume(
+                    vol.info, cap, shrink="--shrink" in flags, allocate="--allocate" in flags,
+                    secret_file=secret_file)
+            except BaseException:
+                if record is not None:
+                    record.abort()
+                raise
+            if record is not None:
+                record.commit()
+                vol.config = None
 
     def renamed_config(self: Manager, vol: Volume, new: str, pool) -> bytes:
         from .xml.volume import format_volume, parse_volume
@@ -172,13 +184,6 @@ class VolumeCommands:
             return None
         return self.encryption_secret(vol.config, vol.pool.definition)
 
-    def _forget_config(self: Manager, vol: Volume) -> None:
-        """The stored document no longer describes the volume: generate it again
-        (except for an encrypted volume, whose document names its secret)."""
-        if vol.config is not None and not vol.info.encrypted:
-            vol.config = None
-            self.state.delete_volume(vol.pool.name, vol.name)
-
     async def _clone(self: Manager, vol: Volume, cmd: Command) -> None:
         new, opts = _clone_args(cmd.args)
         target = self.running_pool(opts.get("--pool", vol.pool.name))
@@ -189,18 +194,27 @@ class VolumeCommands:
             raise NotSupported("an encrypted volume is cloned in its own format (a byte copy "
                                "that keeps its encryption); converting it is not supported")
         spec = VolumeSpec(name=new, format=fmt, capacity=vol.info.capacity)
+        clone = Volume(target, new, vol.info)
+        record = None
+        if vol.info.encrypted and vol.config is not None:
+            # the copy is encrypted with the same secret: keep the <encryption> on record
+            # (written before the copy is made, put in place once it is)
+            clone.config = self.renamed_config(vol, new, target)
+            record = self.state.prepare_volume(StoredVolume(target.name, new, clone.config,
+                                                            clone.meta))
         target.reserved.add(new)
         target.busy_volumes += 1
         try:
             async with self._volume_op(vol):
                 report = self._progress(vol, "clone")
-                info = await target.backend.clone_volume(vol.info, spec, report)
-            clone = Volume(target, new, info)
-            if info.encrypted and vol.config is not None:
-                # the copy is encrypted with the same secret: keep the <encryption> on record
-                clone.config = self.renamed_config(vol, new, target)
-                self.state.save_volume(StoredVolume(target.name, new, clone.config, clone.meta))
+                clone.info = await target.backend.clone_volume(vol.info, spec, report)
+            if record is not None:
+                record.commit()
             target.volumes[new] = clone
+        except BaseException:
+            if record is not None:
+                record.abort()
+            raise
         finally:
             target.reserved.discard(new)
             target.busy_volumes -= 1

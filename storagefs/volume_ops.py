@@ -185,7 +185,11 @@ class VolumeOps:
             if vol is None:
                 vol = Volume(pool, vinfo.name, vinfo)
                 sv = stored.get(vinfo.name)
-                if sv is not None:
+                if sv is not None and sv.broken:
+                    from .manager import error_line
+
+                    vol.error = error_line("load", sv.broken)
+                elif sv is not None:
                     vol.config, vol.meta = sv.config, sv.meta
                 pool.volumes[vinfo.name] = vol
                 if pool.active:
@@ -196,9 +200,12 @@ class VolumeOps:
         for name in [n for n in pool.volumes if n not in seen and n not in pool.reserved]:
             del pool.volumes[name]
             self.listener.removed(pool.name, name)
-        for name in stored:
-            if name not in seen:
-                self.state.delete_volume(pool.name, name)
+        for name, sv in stored.items():
+            if name not in seen and not sv.broken:
+                try:  # the record of a volume that is gone: tidied, not required
+                    self.state.delete_volume(pool.name, name)
+                except StorageError as exc:
+                    log.warning("pool %s: %s", pool.name, exc.reason)
         slow = [v.name for v in found if v.format != "raw"]
         if not deep:
             self._want_details(pool, slow)
@@ -267,13 +274,19 @@ class VolumeOps:
             async with vol.lock:
                 if pool.volumes.get(name) is not vol:
                     raise NotFound(f"no storage vol with matching name '{name}'")
+                # the record is moved aside first: a state directory that cannot change
+                # refuses the rmdir before the storage is touched
+                record = self.state.stage_delete_volume(pool.name, name)
                 pool.busy_volumes += 1
                 try:
                     await pool.backend.delete_volume(vol.info)
+                except BaseException:
+                    record.abort()
+                    raise
                 finally:
                     pool.busy_volumes -= 1
+                record.commit()
                 del pool.volumes[name]
-                self.state.delete_volume(pool.name, name)
                 pool.touch()
         self.listener.removed(pool_name, name)
         self.listener.changed(pool_name)
@@ -340,31 +353,40 @@ class VolumeOps:
                 vol.pool.definition, vol.info, live=False)
             if data == current:
                 if meta is not None:
-                    vol.meta = merge_meta(vol.meta, meta, content_changed=False)
+                    new_meta = merge_meta(vol.meta, meta, content_changed=False)
                     if vol.config is not None:
-                        self.state.save_volume(StoredVolume(pool_name, name, data, vol.meta))
+                        self.state.save_volume(StoredVolume(pool_name, name, data, new_meta))
+                    vol.meta = new_meta
                 return False
             spec = self.spec_from_xml(vol, data)
             secret = self.encryption_secret(data, vol.pool.definition) if spec.encryption \
                 else None
-            async with vol.lock:
-                vol.pool.busy_volumes += 1
-                try:
-                    async with self.optional_secret_file(secret) as path:
-                        spec.secret_file = path
-                        vol.info = await vol.pool.backend.update_volume(vol.info, spec)
-                finally:
-                    vol.pool.busy_volumes -= 1
-                new_meta = merge_meta(vol.meta, meta, content_changed=True)
-                self.state.save_volume(StoredVolume(pool_name, name, data, new_meta))
-                vol.config, vol.meta = data, new_meta
-                vol.touch()
+            new_meta = merge_meta(vol.meta, meta, content_changed=True)
+            # written (space taken, state directory proven writable) before the storage
+            # changes; renamed into place after it did
+            record = self.state.prepare_volume(StoredVolume(pool_name, name, data, new_meta))
+            try:
+                async with vol.lock:
+                    vol.pool.busy_volumes += 1
+                    try:
+                        async with self.optional_secret_file(secret) as path:
+                            spec.secret_file = path
+                            vol.info = await vol.pool.backend.update_volume(vol.info, spec)
+                    finally:
+                        vol.pool.busy_volumes -= 1
+            except BaseException:
+                record.abort()
+                raise
+            vol.touch()
+            record.commit()
+            vol.config, vol.meta = data, new_meta
         self.listener.changed(pool_name, name)
         return True
 
     def set_volume_meta(self: Manager, pool_name: str, name: str, meta: FileMeta) -> None:
         vol = self.volume(pool_name, name)
-        vol.meta = meta
-        if vol.config is not None:
-            self.state.save_volume(StoredVolume(pool_name, name, vol.config, meta))
+        with self.recording(vol, "setattr config.xml"):
+            if vol.config is not None:
+                self.state.save_volume(StoredVolume(pool_name, name, vol.config, meta))
+            vol.meta = meta
         self.listener.changed(pool_name, name)

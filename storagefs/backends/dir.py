@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 
-from ..errors import Busy, InvalidArgument, NoSpace, NotFound, from_oserror
+from ..errors import Busy, InvalidArgument, NotFound, from_oserror
 from .base import PoolBackend, PoolInfo, VolumeInfo, VolumeSpec
 from .filevol import FileVolumes
 
@@ -102,11 +101,7 @@ class DirBackend(PoolBackend):
         return self.files.unchanged(info)
 
     async def create_volume(self, spec: VolumeSpec) -> VolumeInfo:
-        free = shutil.disk_usage(self.target).free if spec.allocation else 0
-        if spec.allocation and spec.allocation > free:
-            raise NoSpace(f"not enough space for {spec.allocation} bytes "
-                          f"({free} available)")
-        return await self.files.create(spec)
+        return await self.files.create(spec)  # checks the free space of an allocation
 
     async def delete_volume(self, info: VolumeInfo) -> None:
         await self.files.delete(info)

@@ -28,7 +28,7 @@ from ..errors import (
     from_oserror,
 )
 from ..names import check_name
-from . import fileops
+from . import allocation, fileops
 from .base import VolumeInfo, VolumeSpec
 
 log = logging.getLogger(__name__)
@@ -237,8 +237,11 @@ class FileVolumes:
         final = self.path_of(spec.name)
         path = path or final
         mode = spec.mode if spec.mode is not None else 0o600
+        if spec.allocation:
+            allocation.check_free(self.dir, min(spec.allocation, spec.capacity),
+                                  f"allocating volume '{spec.name}'")
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
         except FileExistsError:
             raise Exists(f"volume target path '{path}' already exists") from None
         except OSError as exc:
@@ -273,12 +276,12 @@ class FileVolumes:
                     pass
             raise
 
-    async def _make_raw(self, fd: int, capacity: int, allocation: int | None) -> None:
+    async def _make_raw(self, fd: int, capacity: int, allocate: int | None) -> None:
         try:
             os.ftruncate(fd, capacity)
-            if allocation and capacity:
+            if allocate and capacity:
                 await trio.to_thread.run_sync(os.posix_fallocate, fd, 0, capacity)
-        except OSError as exc:
+        except OSError as exc:  # the caller removes the new file
             raise from_oserror(exc, "cannot allocate the volume") from None
 
     async def _qemu_create(self, path: str, spec: VolumeSpec) -> None:
@@ -339,16 +342,21 @@ class FileVolumes:
         if info.encrypted and not secret_file:
             raise NotSupported(f"'{info.name}' is encrypted: resizing needs its secret, named "
                                "by <encryption> in the volume's config.xml")
+        if allocate and capacity > info.capacity:
+            allocation.check_free(self.dir, capacity - info.capacity,
+                                  f"allocating {capacity - info.capacity} more bytes for "
+                                  f"'{info.name}'")
         if info.format == "raw":
             try:
-                fd = os.open(info.path, os.O_WRONLY | os.O_NOFOLLOW)
+                fd = os.open(info.path, os.O_RDWR | os.O_NOFOLLOW)
             except OSError as exc:
                 raise from_oserror(exc, f"cannot open '{info.path}'") from None
             try:
                 old = os.fstat(fd).st_size
                 os.ftruncate(fd, capacity)
                 if allocate and capacity > old:
-                    await trio.to_thread.run_sync(os.posix_fallocate, fd, old, capacity - old)
+                    # a failure truncates back to the old size: capacity and space as before
+                    await allocation.allocate(fd, old, capacity - old, size_before=old)
             except OSError as exc:
                 raise from_oserror(exc, "cannot resize") from None
             finally:
@@ -407,15 +415,20 @@ class FileVolumes:
             tmp = os.path.join(self.dir, f".storagefs-new-{info.name}")
             self._discard(tmp)
             return await self.create(spec, tmp)
-        if spec.capacity > info.capacity:
-            info = await self.resize(info, spec.capacity, shrink=False, allocate=False)
-        elif spec.capacity < info.capacity:
+        if spec.capacity < info.capacity:
             raise InvalidArgument(
                 f"capacity {spec.capacity} is below the current {info.capacity}; "
                 "shrinking needs 'resize --shrink'")
-        if spec.allocation is not None and spec.allocation >= info.capacity > 0 \
-                and info.allocation < info.capacity and info.format == "raw":
-            await self._preallocate(info)
+        size_before = info.physical
+        prealloc = info.format == "raw" and spec.allocation is not None and \
+            spec.allocation >= spec.capacity > 0 and info.allocation < spec.capacity
+        if prealloc:  # refused before the size changes when the space is not there
+            allocation.check_free(self.dir, spec.capacity - info.allocation,
+                                  f"preallocating '{info.name}'")
+        if spec.capacity > info.capacity:
+            info = await self.resize(info, spec.capacity, shrink=False, allocate=False)
+        if prealloc:
+            await self._preallocate(info, size_before)
         try:
             fd = os.open(info.path, os.O_RDONLY | os.O_NOFOLLOW)
             try:
@@ -431,13 +444,15 @@ class FileVolumes:
             raise from_oserror(exc, f"cannot set permissions of '{info.path}'") from None
         return self.stat(info) or info
 
-    async def _preallocate(self, info: VolumeInfo) -> None:
+    async def _preallocate(self, info: VolumeInfo, size_before: int) -> None:
+        """Allocate the whole file; a failure gives back what it took and the size the
+        file had before the document (``size_before``)."""
         try:
-            fd = os.open(info.path, os.O_WRONLY | os.O_NOFOLLOW)
+            fd = os.open(info.path, os.O_RDWR | os.O_NOFOLLOW)
         except OSError as exc:
             raise from_oserror(exc, f"cannot open '{info.path}'") from None
         try:
-            await trio.to_thread.run_sync(os.posix_fallocate, fd, 0, info.capacity)
+            await allocation.allocate(fd, 0, info.capacity, size_before=size_before)
         except OSError as exc:
             raise from_oserror(exc, "cannot preallocate") from None
         finally:
