@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 import uuid as uuidlib
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from typing import Protocol
 
 import trio
 
+from . import pathrules
 from .backends import backend_for
 from .errors import Busy, Exists, InvalidArgument, NotFound, StorageError
 from .names import check_name
@@ -104,8 +106,10 @@ def error_line(op: str, reason: str) -> str:
 
 
 class Manager(PoolCommands, VolumeCommands, VolumeOps, SecretOps):
-    def __init__(self, state: StateDir) -> None:
+    def __init__(self, state: StateDir, mountpoint: str | None = None) -> None:
         self.state = state
+        #: where the tree is mounted (canonical): no pool's storage may be inside it
+        self.mountpoint = mountpoint
         self.pools: dict[str, Pool] = {}
         #: bumped whenever a by-* link may have appeared, moved or gone (View caches on it)
         self.links_version = 0
@@ -182,6 +186,11 @@ class Manager(PoolCommands, VolumeCommands, VolumeOps, SecretOps):
                 log.error("pool %s: stored definition unusable: %s", stored.name, exc)
                 continue
             self.pools[pool.name] = pool
+            try:
+                with self.recording(pool, "load"):
+                    await self.check_pool_paths(pool, pool.definition)
+            except StorageError:
+                continue  # defined (so it can be fixed or undefined), never started
             if stored.autostart or stored.active:
                 try:
                     with self.recording(pool, "autostart"):
@@ -210,6 +219,17 @@ class Manager(PoolCommands, VolumeCommands, VolumeOps, SecretOps):
         if not pool.defined:
             raise NotFound(f"storage pool '{name}' has no definition yet: write config.xml")
         return pool
+
+    async def check_pool_paths(self, pool: Pool, defn) -> tuple[str | None, tuple[str, ...]]:
+        """Refuse a target or source where no pool may be (SPEC "Names are safe");
+        record the resolved paths on ``pool`` and return them."""
+        real_state = os.path.realpath(self.state.path)
+        found = await pathrules.check_pool_paths(
+            defn, mountpoint=self.mountpoint, state_dir=real_state,
+            images_dir=os.path.join(real_state, "images"))
+        if pool.definition is defn:
+            pool.real_target, pool.real_sources = found
+        return found
 
     def pool_by_target(self, path: str) -> Pool | None:
         for pool in self.pools.values():
@@ -243,7 +263,8 @@ class Manager(PoolCommands, VolumeCommands, VolumeOps, SecretOps):
                 raise InvalidArgument(f"storage pool target path '{defn.target_path}' must be "
                                       "absolute")
             backend = backend_for(defn)
-            self._check_conflicts(pool, defn)
+            real = await self.check_pool_paths(pool, defn)
+            self._check_conflicts(pool, defn, *real)
             async with pool.lock:
                 if pool.active:
                     self._check_running_change(pool, defn)
@@ -254,27 +275,39 @@ class Manager(PoolCommands, VolumeCommands, VolumeOps, SecretOps):
                                     merge_meta(pool.meta, meta, content_changed=True))
                 self.state.save_pool(stored)
                 pool.definition, pool.backend, pool.config = defn, backend, data
+                pool.real_target, pool.real_sources = real
                 pool.uuid, pool.meta = new_uuid, stored.meta
                 pool.touch()
         self.listener.changed(name)
         self.listener.links_changed()
         return True
 
-    def _check_conflicts(self, pool: Pool, defn) -> None:
+    def _check_conflicts(self, pool: Pool, defn, real_target: str | None = None,
+                         real_sources: tuple[str, ...] = ()) -> None:
+        """Another pool with this uuid, target or source device; paths are compared
+        resolved (``//tmp/p1`` and ``/tmp/./p1`` are p1's directory)."""
         if pool.uuid and defn.uuid and defn.uuid != pool.uuid:
             raise InvalidArgument(f"pool '{pool.name}' is already defined with uuid {pool.uuid}")
+        target = real_target or (pathrules.normal(defn.target_path) if defn.target_path
+                                 else None)
         for other in self.pools.values():
             if other is pool or not other.defined:
                 continue
             if defn.uuid and other.uuid == defn.uuid:
                 raise Exists(f"pool '{other.name}' already exists with uuid {defn.uuid}")
-            if defn.target_path and other.target == defn.target_path and defn.type != "disk":
-                raise Exists(f"Storage source conflict with pool: '{other.name}'")
+            theirs_target = other.real_target or (pathrules.normal(other.target)
+                                                  if other.target else None)
+            if target and theirs_target == target and defn.type != "disk":
+                raise Exists(f"Storage source conflict with pool: '{other.name}' (target "
+                             f"'{other.target}')")
             if defn.type in BLOCK_TYPES and other.definition.type in BLOCK_TYPES:
-                mine = {d.path for d in defn.source.devices}
-                theirs = {d.path for d in other.definition.source.devices}
+                mine = set(real_sources) | {pathrules.normal(d.path)
+                                            for d in defn.source.devices if d.path}
+                theirs = set(other.real_sources) | {
+                    pathrules.normal(d.path) for d in other.definition.source.devices if d.path}
                 if mine & theirs:
-                    raise Exists(f"Storage source conflict with pool: '{other.name}'")
+                    raise Exists(f"Storage source conflict with pool: '{other.name}' (source "
+                                 f"'{sorted(mine & theirs)[0]}')")
 
     @staticmethod
     def _check_running_change(pool: Pool, defn) -> None:

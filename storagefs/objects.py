@@ -31,6 +31,9 @@ class Volume:
     info: VolumeInfo
     #: the last accepted config.xml, when one was written; else it is generated
     config: bytes | None = None
+    #: the format storagefs made it with or was told (persisted): it wins over the
+    #: file's header, which a guest can write (None: a volume found in the pool)
+    recorded_format: str | None = None
     meta: FileMeta = field(default_factory=new_meta)
     error: str = ""
     #: what long operation runs now ("" when idle), and a counter of its changes
@@ -62,6 +65,10 @@ class Pool:
     lock: trio.Lock = field(default_factory=trio.Lock)
     #: volume operations under way; stop/delete wait for none
     busy_volumes: int = 0
+    #: the target and local source devices with symlinks resolved (set at define and
+    #: load): what conflicts and by-path/ compare
+    real_target: str | None = None
+    real_sources: tuple[str, ...] = ()
     changed_ns: int = field(default_factory=now_ns)
 
     @property

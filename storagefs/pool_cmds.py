@@ -108,6 +108,8 @@ class PoolCommands:
         async with pool.lock:
             if pool.active:
                 raise Busy(f"storage pool '{pool.name}' is already active")
+            # again: a directory on the way may have become a symlink since the define
+            await self.check_pool_paths(pool, pool.definition)
             await pool.backend.start()
             try:
                 await self._load_volumes(pool)
@@ -184,6 +186,7 @@ class PoolCommands:
         async with pool.lock:
             if pool.active:
                 raise Busy(f"storage pool '{pool.name}' is already active")
+            await self.check_pool_paths(pool, pool.definition)
             await pool.backend.build(overwrite=overwrite)
             pool.touch()
         self.listener.changed(pool.name)

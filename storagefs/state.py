@@ -5,7 +5,9 @@ Layout of the state directory::
     lock                  flock'ed by the serving process; holds its PID
     pools/NAME.json       one pool: accepted config.xml bytes, uuid, autostart,
                           whether it was running, config.xml's mode/owner/times
-    volumes/POOL/VOL.json a volume's accepted config.xml (only when one was written)
+    volumes/POOL/VOL.json a volume's recorded format (of every volume storagefs made or was
+                          told about: the bytes inside never choose it again) and its
+                          accepted config.xml (only when one was written)
     secrets/UUID.json     a secret's accepted config.xml (not for ephemeral secrets)
     secrets/UUID.value    its value, mode 0600, in a directory only root can enter
     images/               the default pool's target
@@ -72,8 +74,11 @@ class StoredPool:
 class StoredVolume:
     pool: str
     name: str
-    config: bytes
+    #: the accepted config.xml; None when only the format is on record
+    config: bytes | None
     meta: FileMeta = field(default_factory=FileMeta)
+    #: the format storagefs made the volume with or was told (None in older records)
+    format: str | None = None
 
 
 def _enc(data: bytes) -> str:
@@ -187,15 +192,20 @@ class StateDir:
                 vdir.rmdir()
         fsync_dir(self.pools_dir)
 
-    # volume definitions (only those a user wrote)
+    # volume records: the recorded format, and the document if a user wrote one
     def load_volumes(self, pool: str) -> dict[str, StoredVolume]:
         out: dict[str, StoredVolume] = {}
         vdir = self.volumes_dir / pool
         for entry in sorted(vdir.glob("*.json")) if vdir.is_dir() else []:
             try:
                 raw = json.loads(entry.read_text())
-                out[raw["name"]] = StoredVolume(pool, raw["name"], _dec(raw["config"]),
-                                                FileMeta(**raw.get("meta", {})))
+                config = raw.get("config")
+                fmt = raw.get("format")
+                if not isinstance(fmt, (str, type(None))):
+                    raise TypeError(f"format {fmt!r} is not a string")
+                out[raw["name"]] = StoredVolume(pool, raw["name"],
+                                                None if config is None else _dec(config),
+                                                FileMeta(**raw.get("meta", {})), fmt)
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.error("skipping unreadable volume definition %s: %s", entry, exc)
         return out
@@ -203,7 +213,8 @@ class StateDir:
     def save_volume(self, vol: StoredVolume) -> None:
         vdir = self.volumes_dir / vol.pool
         vdir.mkdir(mode=0o700, exist_ok=True)
-        doc = {"name": vol.name, "config": _enc(vol.config), "meta": asdict(vol.meta)}
+        doc = {"name": vol.name, "config": None if vol.config is None else _enc(vol.config),
+               "meta": asdict(vol.meta), "format": vol.format}
         self._write(vdir / f"{vol.name}.json", doc)
 
     def delete_volume(self, pool: str, name: str) -> None:

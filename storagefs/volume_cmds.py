@@ -12,13 +12,14 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
+import trio
+
 from .backends.base import VolumeSpec
 from .backends.fileops import WIPE_ALGORITHMS, check_snapshot_name
 from .commands import Command, parse_command
-from .errors import Exists, InvalidArgument, NotFound, NotSupported
+from .errors import Exists, InvalidArgument, NotFound, NotSupported, StorageError
 from .names import check_name
 from .objects import Volume
-from .state import StoredVolume
 from .units import parse_size
 
 if TYPE_CHECKING:
@@ -151,6 +152,7 @@ class VolumeCommands:
         flags = {a for a in cmd.args if a.startswith("--")}
         size = parse_size(next(a for a in cmd.args if not a.startswith("--")))
         secret = self.volume_secret(vol)
+        await self.check_chain(vol)  # qemu-img resize opens the backing chain
         async with self._volume_op(vol), self.optional_secret_file(secret) as secret_file:
             cap = vol.info.capacity + size if "--delta" in flags else size
             vol.info = await vol.pool.backend.resize_volume(
@@ -174,10 +176,11 @@ class VolumeCommands:
 
     def _forget_config(self: Manager, vol: Volume) -> None:
         """The stored document no longer describes the volume: generate it again
-        (except for an encrypted volume, whose document names its secret)."""
+        (except for an encrypted volume, whose document names its secret). Its
+        recorded format stays on record."""
         if vol.config is not None and not vol.info.encrypted:
             vol.config = None
-            self.state.delete_volume(vol.pool.name, vol.name)
+            self.save_volume_record(vol)
 
     async def _clone(self: Manager, vol: Volume, cmd: Command) -> None:
         new, opts = _clone_args(cmd.args)
@@ -189,17 +192,23 @@ class VolumeCommands:
             raise NotSupported("an encrypted volume is cloned in its own format (a byte copy "
                                "that keeps its encryption); converting it is not supported")
         spec = VolumeSpec(name=new, format=fmt, capacity=vol.info.capacity)
+        await self.check_chain(vol)  # a copy or a convert reads the whole chain
         target.reserved.add(new)
         target.busy_volumes += 1
         try:
             async with self._volume_op(vol):
                 report = self._progress(vol, "clone")
                 info = await target.backend.clone_volume(vol.info, spec, report)
-            clone = Volume(target, new, info)
+            clone = Volume(target, new, info, recorded_format=fmt)
             if info.encrypted and vol.config is not None:
                 # the copy is encrypted with the same secret: keep the <encryption> on record
                 clone.config = self.renamed_config(vol, new, target)
-                self.state.save_volume(StoredVolume(target.name, new, clone.config, clone.meta))
+            try:
+                self.save_volume_record(clone)
+            except StorageError:
+                with trio.CancelScope(shield=True), contextlib.suppress(StorageError):
+                    await target.backend.delete_volume(info)
+                raise
             target.volumes[new] = clone
         finally:
             target.reserved.discard(new)
@@ -210,6 +219,7 @@ class VolumeCommands:
 
     async def _wipe(self: Manager, vol: Volume, cmd: Command) -> None:
         algorithm = cmd.args[0] if cmd.args else "zero"
+        await self.check_chain(vol)  # re-making a qcow2 opens its backing file
         async with self._volume_op(vol):
             report = self._progress(vol, "wipe")
             vol.info = await vol.pool.backend.wipe_volume(vol.info, algorithm, report)
@@ -224,6 +234,7 @@ class VolumeCommands:
                                f"{vol.info.format}")
         check_snapshot_name(name)
         vol.info = await vol.pool.backend.volume_details(vol.info)  # the current snapshots
+        await self.check_chain(vol)  # qemu-img snapshot opens the backing chain
         taken = {s.name for s in vol.info.snapshots}
         if op == "create" and name in taken:
             raise Exists(f"snapshot '{name}' already exists")
