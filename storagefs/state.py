@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import Busy, StorageError
+from .names import MAX_NAME_BYTES, fit_name
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,13 @@ class StoredVolume:
     meta: FileMeta = field(default_factory=FileMeta)
     #: the format storagefs made the volume with or was told (None in older records)
     format: str | None = None
+
+
+def record_name(name: str) -> str:
+    """The file name of an object's record: NAME.json, its temp file .NAME.json.tmp;
+    a name too long for that is shortened (names.fit_name: the record itself holds
+    the name)."""
+    return fit_name(name, MAX_NAME_BYTES - len(".json") - len("..tmp")) + ".json"
 
 
 def _enc(data: bytes) -> str:
@@ -179,11 +187,11 @@ class StateDir:
     def save_pool(self, pool: StoredPool) -> None:
         doc = {"name": pool.name, "config": _enc(pool.config), "uuid": pool.uuid,
                "autostart": pool.autostart, "active": pool.active, "meta": asdict(pool.meta)}
-        self._write(self.pools_dir / f"{pool.name}.json", doc)
+        self._write(self.pools_dir / record_name(pool.name), doc)
 
     def delete_pool(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.pools_dir / f"{name}.json")
+            os.unlink(self.pools_dir / record_name(name))
         vdir = self.volumes_dir / name
         if vdir.is_dir():
             for f in vdir.glob("*.json"):
@@ -215,10 +223,10 @@ class StateDir:
         vdir.mkdir(mode=0o700, exist_ok=True)
         doc = {"name": vol.name, "config": None if vol.config is None else _enc(vol.config),
                "meta": asdict(vol.meta), "format": vol.format}
-        self._write(vdir / f"{vol.name}.json", doc)
+        self._write(vdir / record_name(vol.name), doc)
 
     def delete_volume(self, pool: str, name: str) -> None:
-        path = self.volumes_dir / pool / f"{name}.json"
+        path = self.volumes_dir / pool / record_name(name)
         try:
             os.unlink(path)
         except FileNotFoundError:

@@ -20,6 +20,7 @@ import trio
 
 from .. import hostcmd
 from ..errors import InvalidArgument, NotSupported, StorageError, from_oserror
+from ..names import fit_name
 from .base import VolumeInfo
 
 Progress = Callable[[float], None]
@@ -223,7 +224,8 @@ def fallocate_punch(fd: int, size: int) -> None:
 
 async def _recreate_empty(info: VolumeInfo) -> None:
     """Zero a qcow2-like image: a fresh image of the same size and format."""
-    tmp = os.path.join(os.path.dirname(info.path), f".storagefs-wipe-{os.path.basename(info.path)}")
+    tmp = os.path.join(os.path.dirname(info.path),
+                       fit_name(f".storagefs-wipe-{os.path.basename(info.path)}"))
     argv = [QEMU_IMG, "create", "-q", "-f", info.format]
     if info.backing_path:
         argv += ["-b", info.backing_path, "-F", info.backing_format or "raw"]

@@ -29,7 +29,7 @@ from ..errors import (
     StorageError,
     from_oserror,
 )
-from ..names import check_name
+from ..names import check_name, fit_name
 from . import fileops
 from .base import VolumeInfo, VolumeSpec
 
@@ -503,7 +503,7 @@ class FileVolumes:
                            f"from {info.format} to {spec.format}")
             # made beside the old one, then renamed over it: a failure keeps the old;
             # the new file is as readable as the document says, else as the old one
-            tmp = os.path.join(self.dir, f".storagefs-new-{info.name}")
+            tmp = os.path.join(self.dir, fit_name(f"{TEMP_PREFIX}new-{info.name}"))
             self._discard(tmp)
             keep = {"mode": info.mode, "uid": info.uid, "gid": info.gid}
             spec = dataclasses.replace(spec, **{k: v for k, v in keep.items()
@@ -550,7 +550,7 @@ class FileVolumes:
         path = self.path_of(spec.name)
         if os.path.lexists(path):
             raise Exists(f"volume target path '{path}' already exists")
-        tmp = os.path.join(self.dir, f".storagefs-clone-{spec.name}")
+        tmp = os.path.join(self.dir, fit_name(f"{TEMP_PREFIX}clone-{spec.name}"))
         self._discard(tmp)  # left by an interrupted clone (the name is reserved now)
         try:
             if spec.format == src.format:
