@@ -266,6 +266,12 @@ class Manager(PoolCommands, VolumeCommands, VolumeOps, SecretOps):
             real = await self.check_pool_paths(pool, defn)
             self._check_conflicts(pool, defn, *real)
             async with pool.lock:
+                # the paths were resolved in a thread: meanwhile the pool may have been
+                # undefined, or another pool may have taken the target. Checked again
+                # here, with no wait between the check and the change.
+                if self.pools.get(name) is not pool:
+                    raise NotFound(f"no storage pool with matching name '{name}'")
+                self._check_conflicts(pool, defn, *real)
                 if pool.active:
                     self._check_running_change(pool, defn)
                     backend = pool.backend

@@ -237,9 +237,13 @@ class VolumeOps:
         from .xml.volume import parse_volume
 
         try:
-            return getattr(parse_volume(sv.config, pool.definition).target, "format", None)
+            target = parse_volume(sv.config, pool.definition).target
         except ValueError:
             return None
+        fmt = getattr(target, "format", None)
+        if getattr(target, "encryption", None) is not None and fmt in (None, "raw"):
+            return "luks"  # as FileVolumes.create makes an encrypted raw volume
+        return fmt
 
     def save_volume_record(self: Manager, vol: Volume) -> None:
         """Persist what is on record for ``vol`` (its format, its document)."""
@@ -371,7 +375,7 @@ class VolumeOps:
             with contextlib.suppress(StorageError):
                 d = pool.backend.watch_dir()
                 if d:
-                    places.dirs.add(os.path.normpath(d))
+                    places.dirs.add(pathrules.normal(d))
                     if pool.real_target:
                         places.dirs.add(pool.real_target)
             places.volumes.update(v.info.path for v in pool.volumes.values()
