@@ -18,6 +18,7 @@ import stat
 from pathlib import Path
 
 from .errors import StorageError
+from .names import fit_name
 from .xml.safe import MAX_DOCUMENT_BYTES
 
 log = logging.getLogger(__name__)
@@ -33,9 +34,16 @@ def failed(what: str, exc: OSError) -> StorageError:
     return StorageError(f"{what}: {exc.strerror or exc}", exc.errno or errno.EIO)
 
 
+def _beside(path: Path, suffix: str) -> Path:
+    """``.NAME.<rand>SUFFIX`` beside ``path``, within NAME_MAX bytes whatever NAME is."""
+    tail = f".{secrets.token_hex(4)}{suffix}"
+    room = NAME_MAX - 1 - len(tail)
+    return path.with_name(f".{fit_name(path.name, room)}{tail}")
+
+
 def _temp_name(path: Path) -> Path:
     """A unique temp name beside ``path`` (removed at the next start if left behind)."""
-    return path.with_name(f".{path.name[:200]}.{secrets.token_hex(4)}.tmp")
+    return _beside(path, ".tmp")
 
 
 def _unlink_quietly(path: Path) -> None:
@@ -160,7 +168,7 @@ class PendingDelete:
             return
         except OSError as exc:
             raise failed(f"cannot remove {path}", exc) from None
-        aside = path.with_name(f".{path.name}.{secrets.token_hex(4)}.del")
+        aside = _beside(path, ".del")
         if len(os.fsencode(aside.name)) > NAME_MAX:
             self.late = True
             return

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import errno
 import logging
+import os
 import time
 import uuid as uuidlib
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from typing import Protocol
 
 import trio
 
+from . import pathrules
 from .backends import backend_for
 from .errors import Busy, Exists, InvalidArgument, NotFound, StorageError
 from .names import check_name
@@ -106,8 +108,10 @@ def error_line(op: str, reason: str) -> str:
 
 
 class Manager(PoolCommands, VolumeCommands, VolumeOps, SecretOps):
-    def __init__(self, state: StateDir) -> None:
+    def __init__(self, state: StateDir, mountpoint: str | None = None) -> None:
         self.state = state
+        #: where the tree is mounted (canonical): no pool's storage may be inside it
+        self.mountpoint = mountpoint
         self.pools: dict[str, Pool] = {}
         #: bumped whenever a by-* link may have appeared, moved or gone (View caches on it)
         self.links_version = 0
@@ -191,6 +195,11 @@ class Manager(PoolCommands, VolumeCommands, VolumeOps, SecretOps):
                 log.error("pool %s: %s", stored.name, reason)
                 self._mark_broken(pool, reason)
                 continue
+            try:
+                with self.recording(pool, "load"):
+                    await self.check_pool_paths(pool, pool.definition)
+            except StorageError:
+                continue  # defined (so it can be fixed or undefined), never started
             if stored.autostart or stored.active:
                 try:
                     with self.recording(pool, "autostart"):
@@ -237,6 +246,16 @@ class Manager(PoolCommands, VolumeCommands, VolumeOps, SecretOps):
                                "not be read: write config.xml to define it again, or rmdir "
                                "it", errno.EIO)
         raise NotFound(f"storage pool '{pool.name}' has no definition yet: write config.xml")
+    async def check_pool_paths(self, pool: Pool, defn) -> tuple[str | None, tuple[str, ...]]:
+        """Refuse a target or source where no pool may be (SPEC "Names are safe");
+        record the resolved paths on ``pool`` and return them."""
+        real_state = os.path.realpath(self.state.path)
+        found = await pathrules.check_pool_paths(
+            defn, mountpoint=self.mountpoint, state_dir=real_state,
+            images_dir=os.path.join(real_state, "images"))
+        if pool.definition is defn:
+            pool.real_target, pool.real_sources = found
+        return found
 
     def pool_by_target(self, path: str) -> Pool | None:
         for pool in self.pools.values():
@@ -270,8 +289,15 @@ class Manager(PoolCommands, VolumeCommands, VolumeOps, SecretOps):
                 raise InvalidArgument(f"storage pool target path '{defn.target_path}' must be "
                                       "absolute")
             backend = backend_for(defn)
-            self._check_conflicts(pool, defn)
+            real = await self.check_pool_paths(pool, defn)
+            self._check_conflicts(pool, defn, *real)
             async with pool.lock:
+                # the paths were resolved in a thread: meanwhile the pool may have been
+                # undefined, or another pool may have taken the target. Checked again
+                # here, with no wait between the check and the change.
+                if self.pools.get(name) is not pool:
+                    raise NotFound(f"no storage pool with matching name '{name}'")
+                self._check_conflicts(pool, defn, *real)
                 if pool.active:
                     self._check_running_change(pool, defn)
                     backend = pool.backend
@@ -281,6 +307,7 @@ class Manager(PoolCommands, VolumeCommands, VolumeOps, SecretOps):
                 self.state.save_pool(stored)  # first: a refused save changes nothing
                 backend.definition = defn
                 pool.definition, pool.backend, pool.config = defn, backend, data
+                pool.real_target, pool.real_sources = real
                 pool.uuid, pool.meta = new_uuid, stored.meta
                 if pool.broken:
                     self.state.drop_broken_pool(name)
@@ -290,21 +317,32 @@ class Manager(PoolCommands, VolumeCommands, VolumeOps, SecretOps):
         self.listener.links_changed()
         return True
 
-    def _check_conflicts(self, pool: Pool, defn) -> None:
+    def _check_conflicts(self, pool: Pool, defn, real_target: str | None = None,
+                         real_sources: tuple[str, ...] = ()) -> None:
+        """Another pool with this uuid, target or source device; paths are compared
+        resolved (``//tmp/p1`` and ``/tmp/./p1`` are p1's directory)."""
         if pool.uuid and defn.uuid and defn.uuid != pool.uuid:
             raise InvalidArgument(f"pool '{pool.name}' is already defined with uuid {pool.uuid}")
+        target = real_target or (pathrules.normal(defn.target_path) if defn.target_path
+                                 else None)
         for other in self.pools.values():
             if other is pool or not other.defined:
                 continue
             if defn.uuid and other.uuid == defn.uuid:
                 raise Exists(f"pool '{other.name}' already exists with uuid {defn.uuid}")
-            if defn.target_path and other.target == defn.target_path and defn.type != "disk":
-                raise Exists(f"Storage source conflict with pool: '{other.name}'")
+            theirs_target = other.real_target or (pathrules.normal(other.target)
+                                                  if other.target else None)
+            if target and theirs_target == target and defn.type != "disk":
+                raise Exists(f"Storage source conflict with pool: '{other.name}' (target "
+                             f"'{other.target}')")
             if defn.type in BLOCK_TYPES and other.definition.type in BLOCK_TYPES:
-                mine = {d.path for d in defn.source.devices}
-                theirs = {d.path for d in other.definition.source.devices}
+                mine = set(real_sources) | {pathrules.normal(d.path)
+                                            for d in defn.source.devices if d.path}
+                theirs = set(other.real_sources) | {
+                    pathrules.normal(d.path) for d in other.definition.source.devices if d.path}
                 if mine & theirs:
-                    raise Exists(f"Storage source conflict with pool: '{other.name}'")
+                    raise Exists(f"Storage source conflict with pool: '{other.name}' (source "
+                                 f"'{sorted(mine & theirs)[0]}')")
 
     @staticmethod
     def _check_running_change(pool: Pool, defn) -> None:

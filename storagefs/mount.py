@@ -23,6 +23,9 @@ from .state import StateDir
 log = logging.getLogger(__name__)
 
 RUN_DIR = Path("/run/storagefs")
+#: the umask storagefs and the tools it runs work with: a file it makes is never
+#: readable by others unless given a mode explicitly (SPEC "Never trust guest bytes")
+UMASK = 0o077
 
 
 def canonical(mountpoint: str) -> str:
@@ -103,8 +106,9 @@ async def serve(mountpoint: str, state_dir: str, *, allow_other: bool,
                 ready: Callable[[str | None], None]) -> None:
     """Mount and serve until unmounted; ``ready(None)`` once the tree is usable,
     ``ready(reason)`` if it cannot start."""
+    os.umask(UMASK)
     state = StateDir(state_dir)
-    manager = Manager(state)
+    manager = Manager(state, mountpoint=canonical(mountpoint))
     try:
         await manager.load()
     except Exception as exc:

@@ -31,6 +31,9 @@ class Volume:
     info: VolumeInfo
     #: the last accepted config.xml, when one was written; else it is generated
     config: bytes | None = None
+    #: the format storagefs made it with or was told (persisted): it wins over the
+    #: file's header, which a guest can write (None: a volume found in the pool)
+    recorded_format: str | None = None
     meta: FileMeta = field(default_factory=new_meta)
     error: str = ""
     #: what long operation runs now ("" when idle), and a counter of its changes
@@ -67,6 +70,10 @@ class Pool:
     #: why the stored definition could not be used at start ("" when it could); such a
     #: pool shows state 'inaccessible' until a new config.xml is accepted or it is rmdir'ed
     broken: str = ""
+    #: the target and local source devices with symlinks resolved (set at define and
+    #: load): what conflicts and by-path/ compare
+    real_target: str | None = None
+    real_sources: tuple[str, ...] = ()
     changed_ns: int = field(default_factory=now_ns)
 
     @property

@@ -109,6 +109,8 @@ class PoolCommands:
         async with pool.lock:
             if pool.active:
                 raise Busy(f"storage pool '{pool.name}' is already active")
+            # again: a directory on the way may have become a symlink since the define
+            await self.check_pool_paths(pool, pool.definition)
             save = record and not pool.stored_active
             if save:
                 self.state.check_writable()
@@ -201,6 +203,7 @@ class PoolCommands:
         async with pool.lock:
             if pool.active:
                 raise Busy(f"storage pool '{pool.name}' is already active")
+            await self.check_pool_paths(pool, pool.definition)
             await pool.backend.build(overwrite=overwrite)
             pool.touch()
         self.listener.changed(pool.name)

@@ -37,7 +37,8 @@ README = b"""storagefs: the host's storage as files (libvirt's storage model)
       snapshots/S/      qcow2 internal snapshots: mkdir creates, rmdir deletes
   pools/by-uuid/  pools/by-path/        links to pools
   volumes/by-key/ volumes/by-path/      links to volumes (paths escaped as
-                                        systemd-escape --path does)
+                                        systemd-escape --path does; a name over
+                                        255 bytes ends in _ and 16 hex of its sha256)
   secrets/UUID/         config.xml (libvirt secret XML) and value (0600; write-only
                         for private='yes'); referenced by <encryption> and <auth>
 

@@ -6,7 +6,9 @@ Layout of the state directory::
     pools/NAME.json       one pool: accepted config.xml bytes, uuid, autostart,
                           whether it was running, config.xml's mode/owner/times
     pools/NAME.json.broken  a record that could not be read at a start, kept aside
-    volumes/POOL/VOL.json a volume's accepted config.xml (only when one was written)
+    volumes/POOL/VOL.json a volume's recorded format (of every volume storagefs made or was
+                          told about: the bytes inside never choose it again) and its
+                          accepted config.xml (only when one was written)
     secrets/UUID.json     a secret's accepted config.xml (not for ephemeral secrets)
     secrets/UUID.value    its value, mode 0600, in a directory only root can enter
     images/               the default pool's target
@@ -42,7 +44,7 @@ from .durable import (
     remove_file,
 )
 from .errors import Busy, StorageError
-from .names import check_name
+from .names import MAX_NAME_BYTES, check_name, fit_name
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +95,11 @@ class StoredPool:
 class StoredVolume:
     pool: str
     name: str
-    config: bytes
+    #: the accepted config.xml; None when only the format is on record
+    config: bytes | None
     meta: FileMeta = field(default_factory=FileMeta)
+    #: the format storagefs made the volume with or was told (None in older records)
+    format: str | None = None
     broken: str = ""
 
 
@@ -105,6 +110,13 @@ class StoredSecret:
     meta: FileMeta = field(default_factory=FileMeta)
     value: bytes | None = None
     broken: str = ""
+
+
+def record_name(name: str) -> str:
+    """The file name of an object's record: NAME.json, its temp file .NAME.json.tmp;
+    a name too long for that is shortened (names.fit_name: the record itself holds
+    the name)."""
+    return fit_name(name, MAX_NAME_BYTES - len(".json") - len("..tmp") - len(BROKEN)) + ".json"
 
 
 def _enc(data: bytes) -> str:
@@ -177,10 +189,13 @@ def _uuid(raw: dict) -> str:
     return value
 
 
-def _named(raw: dict, expected: str) -> None:
+def _named(raw: dict, stem: str) -> str:
+    """The object's name in a record found as STEM.json (long names are shortened in
+    file names: see record_name)."""
     name = _field(raw, "name", str)
-    if name != expected:
-        raise BadRecord(f"it names '{name[:300]}', not '{expected}'", _salvage(raw))
+    if record_name(name) != f"{stem}.json":
+        raise BadRecord(f"it names '{name[:300]}', not '{stem}'", _salvage(raw))
+    return name
 
 
 def _stem(entry: Path, suffix: str) -> str | None:
@@ -308,7 +323,7 @@ class StateDir:
                 continue
             try:
                 raw = _load_json(entry)
-                _named(raw, name)
+                name = _named(raw, name)
                 stored = StoredPool(
                     name=name, config=_dec(_field(raw, "config", str)), uuid=_uuid(raw),
                     autostart=_field(raw, "autostart", bool, False, required=False),
@@ -344,11 +359,11 @@ class StateDir:
     def save_pool(self, pool: StoredPool) -> None:
         doc = {"name": pool.name, "config": _enc(pool.config), "uuid": pool.uuid,
                "autostart": pool.autostart, "active": pool.active, "meta": asdict(pool.meta)}
-        self._write(self.pools_dir / f"{pool.name}.json", doc)
+        self._write(self.pools_dir / record_name(pool.name), doc)
 
     def drop_broken_pool(self, name: str) -> None:
         """After a new definition was saved: the kept-aside record is obsolete."""
-        aside = self.pools_dir / f"{name}.json{BROKEN}"
+        aside = self.pools_dir / (record_name(name) + BROKEN)
         try:
             remove_file(aside)
         except StorageError as exc:
@@ -357,8 +372,8 @@ class StateDir:
     def delete_pool(self, name: str) -> None:
         """Remove the pool's record (and a kept-aside one); StorageError when the record
         cannot be removed. Its volumes' records go next (a failure there is logged)."""
-        remove_file(self.pools_dir / f"{name}.json")
-        remove_file(self.pools_dir / f"{name}.json{BROKEN}")
+        remove_file(self.pools_dir / record_name(name))
+        remove_file(self.pools_dir / (record_name(name) + BROKEN))
         vdir = self.volumes_dir / name
         try:
             if vdir.is_dir():
@@ -370,7 +385,7 @@ class StateDir:
             log.warning("pool %s: cannot remove the volume records in %s: %s", name, vdir,
                         exc.strerror)
 
-    # volume definitions (only those a user wrote)
+    # volume records: the recorded format, and the document if a user wrote one
     def load_volumes(self, pool: str) -> dict[str, StoredVolume]:
         """The volume records of a pool; an unreadable one is kept aside as
         VOL.json.broken and returned with ``broken`` set (the volume itself is found
@@ -383,16 +398,21 @@ class StateDir:
                 continue
             try:
                 raw = _load_json(entry)
-                _named(raw, name)
-                out[name] = StoredVolume(pool, name, _dec(_field(raw, "config", str)),
-                                         _meta(raw))
+                name = _named(raw, name)
+                config = _field(raw, "config", str, None, required=False) \
+                    if raw.get("config") is not None else None
+                fmt = raw.get("format")
+                if not isinstance(fmt, (str, type(None))):
+                    raise BadRecord(f"format {fmt!r} is not a string", _salvage(raw))
+                out[name] = StoredVolume(pool, name, None if config is None else _dec(config),
+                                         _meta(raw), format=fmt)
             except BadRecord as exc:
                 out[name] = StoredVolume(pool, name, b"", broken=self._keep_aside(entry,
                                                                                   str(exc)))
         return out
 
     def volume_path(self, pool: str, name: str) -> Path:
-        return self.volumes_dir / pool / f"{name}.json"
+        return self.volumes_dir / pool / record_name(name)
 
     def prepare_volume(self, vol: StoredVolume) -> PendingWrite:
         vdir = self.volumes_dir / vol.pool
@@ -400,8 +420,9 @@ class StateDir:
             vdir.mkdir(mode=0o700, exist_ok=True)
         except OSError as exc:
             raise failed(f"cannot save {vdir}", exc) from None
-        doc = {"name": vol.name, "config": _enc(vol.config), "meta": asdict(vol.meta)}
-        return prepare_write(vdir / f"{vol.name}.json", json.dumps(doc, indent=1).encode())
+        doc = {"name": vol.name, "config": None if vol.config is None else _enc(vol.config),
+               "meta": asdict(vol.meta), "format": vol.format}
+        return prepare_write(vdir / record_name(vol.name), json.dumps(doc, indent=1).encode())
 
     def save_volume(self, vol: StoredVolume) -> None:
         self.prepare_volume(vol).commit()

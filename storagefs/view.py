@@ -12,8 +12,9 @@ from . import render
 from .devview import DeviceView
 from .errors import NotFound
 from .manager import Manager
-from .names import systemd_escape_path
+from .names import fit_name, systemd_escape_path
 from .objects import Pool, Volume
+from .pathrules import normal
 from .secrets import Secret
 
 POOL_FILES = ("config.xml", "status.xml", "state", "autostart", "control", "uuid", "type",
@@ -100,9 +101,12 @@ class View:
         return self._cached("by-uuid", lambda: {
             p.uuid: f"../{p.name}" for p in self.m.pools.values() if p.defined and p.uuid})
 
+    # Link names: escaped paths (systemd-escape --path) of the resolved target, or of the
+    # normal volume path (so two spellings of one place never make two links), cut to
+    # NAME_MAX with a hash of the whole (names.fit_name).
     def pools_by_path(self) -> dict[str, str]:
         return self._cached("by-path", lambda: {
-            systemd_escape_path(p.target): f"../{p.name}"
+            fit_name(systemd_escape_path(p.real_target or normal(p.target))): f"../{p.name}"
             for p in self.m.pools.values() if p.defined and p.target})
 
     def _all_volumes(self):
@@ -111,12 +115,14 @@ class View:
 
     def volumes_by_key(self) -> dict[str, str]:
         return self._cached("by-key", lambda: {
-            systemd_escape_path(v.info.key) if "/" in v.info.key else v.info.key:
+            fit_name(systemd_escape_path(normal(v.info.key)) if "/" in v.info.key
+                     else v.info.key):
             f"../../pools/{v.pool.name}/volumes/{v.name}" for v in self._all_volumes()})
 
     def volumes_by_path(self) -> dict[str, str]:
         return self._cached("vol-by-path", lambda: {
-            systemd_escape_path(v.info.path): f"../../pools/{v.pool.name}/volumes/{v.name}"
+            fit_name(systemd_escape_path(normal(v.info.path))):
+            f"../../pools/{v.pool.name}/volumes/{v.name}"
             for v in self._all_volumes() if v.info.path})
 
     # ---- resolution --------------------------------------------------------

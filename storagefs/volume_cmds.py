@@ -151,13 +151,19 @@ class VolumeCommands:
         flags = {a for a in cmd.args if a.startswith("--")}
         size = parse_size(next(a for a in cmd.args if not a.startswith("--")))
         secret = self.volume_secret(vol)
+        await self.check_chain(vol)  # qemu-img resize opens the backing chain
         async with self._volume_op(vol), self.optional_secret_file(secret) as secret_file:
             cap = vol.info.capacity + size if "--delta" in flags else size
             # the stored document will no longer describe the volume: moved aside first
             # (a state directory that cannot change refuses before the storage changes)
+            # (its recorded format stays on record)
             forget = vol.config is not None and not vol.info.encrypted
-            record = self.state.stage_delete_volume(vol.pool.name, vol.name) if forget \
-                else None
+            record = None
+            if forget and vol.recorded_format:
+                record = self.state.prepare_volume(StoredVolume(
+                    vol.pool.name, vol.name, None, vol.meta, vol.recorded_format))
+            elif forget:
+                record = self.state.stage_delete_volume(vol.pool.name, vol.name)
             try:
                 vol.info = await vol.pool.backend.resize_volume(
                     vol.info, cap, shrink="--shrink" in flags, allocate="--allocate" in flags,
@@ -194,26 +200,25 @@ class VolumeCommands:
             raise NotSupported("an encrypted volume is cloned in its own format (a byte copy "
                                "that keeps its encryption); converting it is not supported")
         spec = VolumeSpec(name=new, format=fmt, capacity=vol.info.capacity)
-        clone = Volume(target, new, vol.info)
-        record = None
+        await self.check_chain(vol)  # a copy or a convert reads the whole chain
+        clone = Volume(target, new, vol.info, recorded_format=fmt)
         if vol.info.encrypted and vol.config is not None:
             # the copy is encrypted with the same secret: keep the <encryption> on record
-            # (written before the copy is made, put in place once it is)
             clone.config = self.renamed_config(vol, new, target)
-            record = self.state.prepare_volume(StoredVolume(target.name, new, clone.config,
-                                                            clone.meta))
+        # its record (the format, the document of an encrypted copy) is written before the
+        # copy is made, and put in place once it is
+        record = self.state.prepare_volume(StoredVolume(target.name, new, clone.config,
+                                                        clone.meta, fmt))
         target.reserved.add(new)
         target.busy_volumes += 1
         try:
             async with self._volume_op(vol):
                 report = self._progress(vol, "clone")
                 clone.info = await target.backend.clone_volume(vol.info, spec, report)
-            if record is not None:
-                record.commit()
+            record.commit()
             target.volumes[new] = clone
         except BaseException:
-            if record is not None:
-                record.abort()
+            record.abort()
             raise
         finally:
             target.reserved.discard(new)
@@ -224,6 +229,7 @@ class VolumeCommands:
 
     async def _wipe(self: Manager, vol: Volume, cmd: Command) -> None:
         algorithm = cmd.args[0] if cmd.args else "zero"
+        await self.check_chain(vol)  # re-making a qcow2 opens its backing file
         async with self._volume_op(vol):
             report = self._progress(vol, "wipe")
             vol.info = await vol.pool.backend.wipe_volume(vol.info, algorithm, report)
@@ -238,6 +244,7 @@ class VolumeCommands:
                                f"{vol.info.format}")
         check_snapshot_name(name)
         vol.info = await vol.pool.backend.volume_details(vol.info)  # the current snapshots
+        await self.check_chain(vol)  # qemu-img snapshot opens the backing chain
         taken = {s.name for s in vol.info.snapshots}
         if op == "create" and name in taken:
             raise Exists(f"snapshot '{name}' already exists")

@@ -11,14 +11,26 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
+import stat
 from typing import TYPE_CHECKING
 
 import trio
 
+from . import chain, pathrules
 from .backends.base import VolumeInfo, VolumeSpec
 from .backends.filevol import format_from_name
+from .chain import Places
 from .docs import volume_doc
-from .errors import Busy, Exists, InvalidArgument, NotFound, NotSupported, StorageError
+from .errors import (
+    Busy,
+    Exists,
+    InvalidArgument,
+    NotFound,
+    NotPermitted,
+    NotSupported,
+    StorageError,
+)
 from .names import check_name
 from .objects import Pool, Volume
 from .state import FileMeta, StoredVolume, merge_meta
@@ -149,13 +161,16 @@ class VolumeOps:
             return  # our own operation updates it
         if vol is not None and pool.backend.unchanged(vol.info):
             return  # the event was our own write, or a touch: nothing to probe
-        info = await pool.backend.probe_volume(name)
+        fmt = vol.recorded_format if vol is not None else None
+        info = await pool.backend.probe_volume(name, fmt)
         if not pool.active or name in pool.reserved:
             return
         vol = pool.volumes.get(name)
         if info is None:
             if vol is not None and not vol.lock.locked():
                 del pool.volumes[name]
+                # its record goes with it: a file of that name found later is probed
+                self.state.delete_volume(pool.name, name)
                 self.listener.removed(pool.name, name)
             return
         if vol is None:
@@ -175,9 +190,13 @@ class VolumeOps:
 
         Volumes come from cheap probes (headers); qemu-img's details follow in the
         background, or at once when ``deep`` (a refresh the user asked for)."""
-        info, found = await pool.backend.refresh()
-        pool.info = info
         stored = self.state.load_volumes(pool.name)
+        formats = {n: f for n, f in ((n, self._stored_format(pool, sv))
+                                     for n, sv in stored.items()) if f}
+        formats.update({n: v.recorded_format for n, v in pool.volumes.items()
+                        if v.recorded_format})
+        info, found = await pool.backend.refresh(formats)
+        pool.info = info
         seen = set()
         for vinfo in found:
             seen.add(vinfo.name)
@@ -191,6 +210,7 @@ class VolumeOps:
                     vol.error = error_line("load", sv.broken)
                 elif sv is not None:
                     vol.config, vol.meta = sv.config, sv.meta
+                    vol.recorded_format = formats.get(vinfo.name)
                 pool.volumes[vinfo.name] = vol
                 if pool.active:
                     self.listener.added(pool.name, vinfo.name)
@@ -214,6 +234,31 @@ class VolumeOps:
             vol = pool.volumes.get(name)
             if vol is not None and not vol.lock.locked():
                 await self._fill_details(vol)
+
+    @staticmethod
+    def _stored_format(pool: Pool, sv: StoredVolume) -> str | None:
+        """The recorded format; for a record of an older storagefs (a document and no
+        format), the format its document names."""
+        if sv.format or sv.config is None:
+            return sv.format
+        from .xml.volume import parse_volume
+
+        try:
+            target = parse_volume(sv.config, pool.definition).target
+        except ValueError:
+            return None
+        fmt = getattr(target, "format", None)
+        if getattr(target, "encryption", None) is not None and fmt in (None, "raw"):
+            return "luks"  # as FileVolumes.create makes an encrypted raw volume
+        return fmt
+
+    def save_volume_record(self: Manager, vol: Volume) -> None:
+        """Persist what is on record for ``vol`` (its format, its document)."""
+        if vol.config is None and vol.recorded_format is None:
+            self.state.delete_volume(vol.pool.name, vol.name)
+        else:
+            self.state.save_volume(StoredVolume(vol.pool.name, vol.name, vol.config, vol.meta,
+                                                vol.recorded_format))
 
     def volume_info(self: Manager, vol: Volume) -> VolumeInfo:
         """The volume's figures with a fresh stat (cheap syscalls only)."""
@@ -257,7 +302,13 @@ class VolumeOps:
             pool.busy_volumes += 1
             try:
                 info = await pool.backend.create_volume(spec)
-                vol = Volume(pool, name, info)
+                vol = Volume(pool, name, info, recorded_format=info.format)
+                try:
+                    self.save_volume_record(vol)
+                except StorageError:
+                    with trio.CancelScope(shield=True), contextlib.suppress(StorageError):
+                        await pool.backend.delete_volume(info)
+                    raise
                 pool.volumes[name] = vol
             finally:
                 pool.reserved.discard(name)
@@ -327,6 +378,84 @@ class VolumeOps:
             spec.encryption = "luks"
         return spec
 
+    # ---- the chain behind an image (SPEC "Never trust guest bytes") -----------------------
+    def trusted_places(self: Manager) -> Places:
+        """The directories of file pools and the paths of block pools' volumes."""
+        places = Places()
+        for pool in self.pools.values():
+            if not pool.defined or pool.backend is None:
+                continue
+            with contextlib.suppress(StorageError):
+                d = pool.backend.watch_dir()
+                if d:
+                    places.dirs.add(pathrules.normal(d))
+                    if pool.real_target:
+                        places.dirs.add(pool.real_target)
+            places.volumes.update(v.info.path for v in pool.volumes.values()
+                                  if v.info.type == "block" and v.info.path)
+        return places
+
+    def named_backing(self: Manager, vol: Volume) -> set[str]:
+        """The backing store that the volume's document (one a user wrote) names."""
+        if vol.config is None:
+            return set()
+        from .xml.volume import parse_volume
+
+        try:
+            backing = parse_volume(vol.config, vol.pool.definition).backing
+        except ValueError:
+            return set()
+        return {pathrules.normal(backing.path)} if backing is not None and backing.path \
+            else set()
+
+    async def check_chain(self: Manager, vol: Volume, named: set[str] | None = None,
+                          info: VolumeInfo | None = None) -> None:
+        """Refuse (EPERM) to hand ``vol`` (or ``info``) to an image tool when its chain
+        (backing files, data files, extents) leads out of the pools to a file that no
+        document names: qemu-img would read it. qemu-img info, which opens none of them,
+        refreshes what the image says first."""
+        if info is None:
+            if vol.info.type != "file" or (vol.info.format == "raw" and
+                                           not vol.info.data_files):
+                return
+            info = await vol.pool.backend.volume_details(dataclasses.replace(vol.info))
+            if not vol.lock.locked():
+                vol.info = info
+        where = await chain.escape(info, self.trusted_places(),
+                                   self.named_backing(vol) if named is None else named)
+        if where is not None:
+            what = f"'{vol.name}'" if info.path else "the backing store"
+            raise NotPermitted(
+                f"{what} refers to '{where}' (as backing file, data file or extent), which "
+                "is in no storage pool: storagefs does not follow it")
+
+    async def check_backing_store(self: Manager, vol: Volume, spec: VolumeSpec) -> None:
+        """A document's <backingStore> must be a volume in a pool or a block device."""
+        path = spec.backing_path
+        if not path:
+            return
+        if not path.startswith("/"):
+            raise InvalidArgument(f"backing store path '{path}' must be absolute")
+        norm = pathrules.normal(path)
+        if norm == vol.info.path:
+            raise InvalidArgument(f"volume '{vol.name}' cannot be its own backing store")
+        if self.mountpoint and pathrules.inside(norm, self.mountpoint):
+            raise NotPermitted(f"backing store '{path}' is inside the storagefs mount; name "
+                               "the volume's own path (readlink .../VOL/path)")
+        places = self.trusted_places()
+        if places.holds(path):
+            return
+        real = await pathrules.resolve(path)
+        try:
+            st = await trio.to_thread.run_sync(os.stat, real)
+        except OSError:
+            st = None
+        if st is not None and (stat.S_ISBLK(st.st_mode) or
+                               (stat.S_ISREG(st.st_mode) and places.holds(real))):
+            return
+        raise NotPermitted(f"backing store '{path}' is neither a volume in a storage pool "
+                           "nor a block device")
+
     def encryption_secret(self: Manager, data: bytes, pool) -> str | None:
         """The uuid of the secret a volume document's <encryption> names, if any."""
         from .xml.volume import parse_volume
@@ -355,16 +484,28 @@ class VolumeOps:
                 if meta is not None:
                     new_meta = merge_meta(vol.meta, meta, content_changed=False)
                     if vol.config is not None:
-                        self.state.save_volume(StoredVolume(pool_name, name, data, new_meta))
+                        self.state.save_volume(StoredVolume(pool_name, name, data, new_meta,
+                                                            vol.recorded_format))
                     vol.meta = new_meta
                 return False
             spec = self.spec_from_xml(vol, data)
+            await self.check_backing_store(vol, spec)
+            # what the new document names is vouched for; the rest of the chain (the
+            # volume's own, and that of a new backing store) must stay in the pools
+            named = {pathrules.normal(spec.backing_path)} if spec.backing_path else set()
+            await self.check_chain(vol, named)
+            if spec.backing_path:
+                await self.check_chain(vol, named, VolumeInfo(
+                    name=vol.name, path="", key="", backing_path=spec.backing_path,
+                    backing_format=spec.backing_format))
             secret = self.encryption_secret(data, vol.pool.definition) if spec.encryption \
                 else None
             new_meta = merge_meta(vol.meta, meta, content_changed=True)
             # written (space taken, state directory proven writable) before the storage
-            # changes; renamed into place after it did
-            record = self.state.prepare_volume(StoredVolume(pool_name, name, data, new_meta))
+            # changes; renamed into place after it did. The document's format goes on
+            # record: the bytes inside never choose it again.
+            record = self.state.prepare_volume(StoredVolume(pool_name, name, data, new_meta,
+                                                            spec.format))
             try:
                 async with vol.lock:
                     vol.pool.busy_volumes += 1
@@ -380,6 +521,7 @@ class VolumeOps:
             vol.touch()
             record.commit()
             vol.config, vol.meta = data, new_meta
+            vol.recorded_format = spec.format
         self.listener.changed(pool_name, name)
         return True
 
@@ -387,6 +529,7 @@ class VolumeOps:
         vol = self.volume(pool_name, name)
         with self.recording(vol, "setattr config.xml"):
             if vol.config is not None:
-                self.state.save_volume(StoredVolume(pool_name, name, vol.config, meta))
+                self.state.save_volume(StoredVolume(pool_name, name, vol.config, meta,
+                                                    vol.recorded_format))
             vol.meta = meta
         self.listener.changed(pool_name, name)

@@ -233,9 +233,10 @@ def test_refused_save_changes_nothing(state_fs, mount_factory, tmp_path, mode):
 def test_new_objects_and_deletions_with_unwritable_state_dir(state_fs, mount_factory,
                                                              tmp_path, mode):
     """Item 6: mkdir/rmdir of pools, volumes and secrets. What needs no record (a
-    pending pool or secret, a volume made from the pool's defaults) is made; what
-    needs one fails; deletions fail on a read-only state directory (nothing destroyed)
-    and work on a full one (removing a record takes no space)."""
+    pending pool or secret) is made; what needs one fails (a volume made from the
+    pool's defaults has its format on record); deletions fail on a read-only state
+    directory (nothing destroyed) and work on a full one (removing a record takes no
+    space)."""
     m = mount_factory()
     setup_objects(m, tmp_path)
     want = errno_of(mode)
@@ -251,12 +252,24 @@ def test_new_objects_and_deletions_with_unwritable_state_dir(state_fs, mount_fac
     assert write_errno(m.mnt / "secrets" / UUID2 / "config.xml",
                        secret_xml(UUID2)) == (want, "write")
     assert_one_error_line(m.mnt / "secrets" / UUID2)
-    os.mkdir(m.vol("v2", "ext"))  # storage only: nothing to record
-    assert read(m.vol("v2", "ext") / "capacity") == f"{1 << 30}\n"
+    # a volume made by mkdir has its format on record (issue 10 item 1): refused, and
+    # nothing is left on the storage
+    with pytest.raises(OSError) as exc:
+        os.mkdir(m.vol("v2", "ext"))
+    assert exc.value.errno == want
+    assert "v2" not in os.listdir(m.pool("ext") / "volumes")
+    assert not (tmp_path / "ext" / "v2").exists()
+
+    # a resize forgets the document but keeps the format on record: a rewrite, refused
+    # on a full state directory as on a read-only one, and nothing changes
+    cap = read(m.vol("v1", "ext") / "capacity")
+    state_fs.block(mode)
+    assert write_errno(m.vol("v1", "ext") / "control", "resize 4G\n") == (want, "write")
+    assert_one_error_line(m.vol("v1", "ext"))
+    assert read(m.vol("v1", "ext") / "capacity") == cap
+    state_fs.unblock()
 
     deletions = [
-        ("resize v1 (forgets its document)", m.vol("v1", "ext"),
-         lambda: write_errno(m.vol("v1", "ext") / "control", "resize 4G\n")),
         ("rmdir volume v1", m.vol("v1", "ext"), lambda: rmdir_errno(m.vol("v1", "ext"))),
         ("rmdir pool off", m.pool("off"), lambda: rmdir_errno(m.pool("off"))),
         ("rmdir secret", m.mnt / "secrets" / UUID,
@@ -281,7 +294,7 @@ def test_new_objects_and_deletions_with_unwritable_state_dir(state_fs, mount_fac
     assert not diff(kept, after), diff(kept, after)
     assert "newpool" not in ls_names(m.pools)  # pending: never recorded
     assert UUID2 not in ls_names(m.mnt / "secrets")
-    assert "v2" in ls_names(m.pool("ext") / "volumes")
+    assert "v2" not in ls_names(m.pool("ext") / "volumes")
     if mode == "readonly":
         assert read(m.vol("v1", "ext") / "capacity") == f"{2 * GiB}\n"
         assert read(m.vol("v1", "ext") / "config.xml") == before[

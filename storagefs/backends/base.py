@@ -9,7 +9,7 @@ creates something removes its own partial result when it fails.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
@@ -46,6 +46,9 @@ class VolumeInfo:
     ctime_ns: int = 0
     backing_path: str | None = None
     backing_format: str | None = None
+    #: other files qemu opens with the image: a qcow2 external data file, the extents
+    #: of a vmdk descriptor (part of the chain that SPEC's "Never trust guest bytes" checks)
+    data_files: list[str] = field(default_factory=list)
     encrypted: bool = False
     #: qcow2 internal snapshots (fileops.Snapshot), from qemu-img info
     snapshots: list = field(default_factory=list)
@@ -107,7 +110,10 @@ class PoolBackend:
     async def delete(self) -> None:
         raise self._unsupported("delete")
 
-    async def refresh(self) -> tuple[PoolInfo, list[VolumeInfo]]:
+    async def refresh(self, formats: Mapping[str, str] | None = None,
+                      ) -> tuple[PoolInfo, list[VolumeInfo]]:
+        """The pool's sizes and volumes. ``formats``: the recorded format of the volumes
+        storagefs made or was told about, used instead of what their bytes say."""
         raise NotImplementedError
 
     def pool_info(self) -> PoolInfo | None:
@@ -119,8 +125,9 @@ class PoolBackend:
         return None
 
     # volume operations
-    async def probe_volume(self, name: str) -> VolumeInfo | None:
-        """Look at one volume after an event; None when it is not (or no longer) there."""
+    async def probe_volume(self, name: str, fmt: str | None = None) -> VolumeInfo | None:
+        """Look at one volume after an event; None when it is not (or no longer) there.
+        ``fmt``: its recorded format (else the backend probes it)."""
         return None
 
     async def volume_details(self, info: VolumeInfo) -> VolumeInfo:

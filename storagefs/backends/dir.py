@@ -12,6 +12,21 @@ from .filevol import FileVolumes
 DEFAULT_DIR_MODE = 0o711
 
 
+def make_parents(path: str, mode: int = 0o755) -> None:
+    """``mkdir -p`` with an explicit mode for each directory made (storagefs runs with
+    umask 077; the directories above a pool stay traversable, as libvirt makes them)."""
+    missing = []
+    while not os.path.lexists(path) and path not in ("/", ""):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, mode)
+        except FileExistsError:
+            continue
+        os.chmod(d, mode)
+
+
 class DirBackend(PoolBackend):
     type = "dir"
 
@@ -39,7 +54,7 @@ class DirBackend(PoolBackend):
         perms = self.definition.target_permissions
         mode = perms.mode if perms and perms.mode is not None else DEFAULT_DIR_MODE
         try:
-            os.makedirs(self.target, mode=0o755, exist_ok=True)
+            make_parents(self.target)
             if not self._is_dir():
                 raise InvalidArgument(f"target '{self.target}' exists and is not a directory")
             os.chmod(self.target, mode)
@@ -74,13 +89,15 @@ class DirBackend(PoolBackend):
         available = vfs.f_frsize * vfs.f_bavail
         return PoolInfo(capacity, capacity - vfs.f_frsize * vfs.f_bfree, available)
 
-    async def refresh(self) -> tuple[PoolInfo, list[VolumeInfo]]:
+    async def refresh(self, formats=None) -> tuple[PoolInfo, list[VolumeInfo]]:
         if not self._is_dir():
             raise NotFound(f"cannot open directory '{self.target}': No such file or directory")
         files = self.files
+        formats = formats or {}
         vols = []
         for name in files.scan_names():
-            info = await files.probe(name, deep=False)  # details later, in the background
+            # details later, in the background
+            info = await files.probe(name, deep=False, fmt=formats.get(name))
             if info is not None:
                 vols.append(info)
         return self.pool_info() or PoolInfo(), vols
@@ -88,8 +105,8 @@ class DirBackend(PoolBackend):
     def watch_dir(self) -> str | None:
         return self.target
 
-    async def probe_volume(self, name: str) -> VolumeInfo | None:
-        return await self.files.probe(name)
+    async def probe_volume(self, name: str, fmt: str | None = None) -> VolumeInfo | None:
+        return await self.files.probe(name, fmt=fmt)
 
     async def volume_details(self, info: VolumeInfo) -> VolumeInfo:
         return await self.files.details(info)

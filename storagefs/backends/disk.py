@@ -412,7 +412,8 @@ class DiskBackend(PoolBackend):
     def pool_info(self) -> PoolInfo | None:
         return self._info
 
-    async def refresh(self) -> tuple[PoolInfo, list[VolumeInfo]]:
+    async def refresh(self, formats=None) -> tuple[PoolInfo, list[VolumeInfo]]:
+        # a partition's format is its type in the table, which the guest cannot write
         async with self._lock:
             layout = await self._layout()
         return self._info or PoolInfo(), [self._volume(p) for p in layout.parts]

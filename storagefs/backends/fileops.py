@@ -5,10 +5,12 @@ with a fraction in [0, 1]; a failure or cancellation leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
 import re
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +20,7 @@ import trio
 
 from .. import hostcmd
 from ..errors import InvalidArgument, NotSupported, StorageError, from_oserror
+from ..names import fit_name
 from .base import VolumeInfo
 
 Progress = Callable[[float], None]
@@ -97,18 +100,34 @@ async def in_thread(fn: Callable[[_Cancel], None]) -> None:
         raise
 
 
+def create_private(path: str) -> int:
+    """A new file only root can read (O_EXCL, no symlink followed), whatever the umask:
+    what is being copied into it is not readable before it is complete."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
+
+
+def same_access(fd: int, st: os.stat_result) -> None:
+    """Give the file at fd the owner, group and mode of ``st`` (the source's): a copy is
+    never more readable than what it copies. Owner first: chown clears setuid bits."""
+    os.fchown(fd, st.st_uid, st.st_gid)
+    os.fchmod(fd, stat.S_IMODE(st.st_mode))
+
+
 async def copy_file(src: str, dst: str, size: int, report: Progress) -> None:
-    """Reflink when possible, else a sparse copy; dst is created (O_EXCL)."""
+    """Reflink when possible, else a sparse copy; dst is created (O_EXCL, 0600 while the
+    copy runs) and then gets the source's owner and mode."""
     def work(cancel: _Cancel) -> None:
         sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
         try:
-            dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            dfd = create_private(dst)
             try:
                 if not try_reflink(sfd, dfd):
                     sparse_copy(sfd, dfd, size, report, cancel)
                 else:
                     report(1.0)
-                os.fchmod(dfd, os.fstat(sfd).st_mode & 0o7777)
+                same_access(dfd, os.fstat(sfd))
             finally:
                 os.close(dfd)
         finally:
@@ -121,9 +140,23 @@ async def copy_file(src: str, dst: str, size: int, report: Progress) -> None:
 
 
 async def qemu_convert(src: VolumeInfo, dst: str, fmt: str, report: Progress) -> None:
-    """qemu-img convert -p, progress parsed from its '(12.34/100%)' output."""
+    """qemu-img convert -p, progress parsed from its '(12.34/100%)' output. dst is made
+    by us first (0600; qemu-img keeps the mode of a file it writes into) and gets the
+    source's owner and mode once complete. The caller removes dst on failure."""
+    try:
+        os.close(create_private(dst))
+    except OSError as exc:
+        raise from_oserror(exc, f"cannot create '{dst}'") from None
     argv = [QEMU_IMG, "convert", "-p", "-f", src.format, "-O", fmt, src.path, dst]
     await hostcmd.run_progress(argv, _PERCENT, report, timeout=24 * 3600)
+    try:
+        fd = os.open(dst, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            same_access(fd, os.stat(src.path, follow_symlinks=False))
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise from_oserror(exc, f"cannot set the permissions of '{dst}'") from None
 
 
 async def wipe_file(info: VolumeInfo, algorithm: str, report: Progress) -> None:
@@ -191,15 +224,22 @@ def fallocate_punch(fd: int, size: int) -> None:
 
 async def _recreate_empty(info: VolumeInfo) -> None:
     """Zero a qcow2-like image: a fresh image of the same size and format."""
-    tmp = os.path.join(os.path.dirname(info.path), f".storagefs-wipe-{os.path.basename(info.path)}")
+    tmp = os.path.join(os.path.dirname(info.path),
+                       fit_name(f".storagefs-wipe-{os.path.basename(info.path)}"))
     argv = [QEMU_IMG, "create", "-q", "-f", info.format]
     if info.backing_path:
         argv += ["-b", info.backing_path, "-F", info.backing_format or "raw"]
     try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)  # left by an interrupted wipe
+        os.close(create_private(tmp))  # 0600 until it is the volume
         await hostcmd.run([*argv, tmp, str(info.capacity)], timeout=600)
         st = os.lstat(info.path)
-        os.chown(tmp, st.st_uid, st.st_gid)
-        os.chmod(tmp, st.st_mode & 0o7777)
+        fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            same_access(fd, st)
+        finally:
+            os.close(fd)
         os.replace(tmp, info.path)
     except BaseException:
         with trio.CancelScope(shield=True):
@@ -208,6 +248,14 @@ async def _recreate_empty(info: VolumeInfo) -> None:
             except OSError:
                 pass
         raise
+
+
+def image_opts(fmt: str, path: str, **extra: str) -> str:
+    """An --image-opts string that names the format and the file (commas in the path
+    doubled, as qemu's option syntax wants, so a name cannot add options)."""
+    opts = [f"driver={fmt}", "file.driver=file", f"file.filename={path.replace(',', ',,')}"]
+    opts += [f"{k}={v}" for k, v in extra.items()]
+    return ",".join(opts)
 
 
 @dataclass
@@ -220,9 +268,17 @@ class Snapshot:
 
 
 def snapshots_from_info(data: dict) -> list[Snapshot]:
-    """Internal snapshots from ``qemu-img info --output=json``."""
+    """Internal snapshots from ``qemu-img info --output=json``. A snapshot whose name
+    cannot be a directory name (a file made elsewhere can hold any: '/', '..', over
+    255 bytes) is left out of the tree."""
+    from ..names import check_name
+
     out = []
     for s in data.get("snapshots", []) or []:
+        try:
+            check_name(str(s.get("name", "")), "snapshot name")
+        except InvalidArgument:
+            continue
         secs = int(s.get("date-sec", 0))
         out.append(Snapshot(name=str(s.get("name", "")), id=str(s.get("id", "")),
                             date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(secs)),
@@ -234,7 +290,9 @@ def snapshots_from_info(data: dict) -> list[Snapshot]:
 async def snapshot_op(info: VolumeInfo, flag: str, name: str) -> None:
     if info.format != "qcow2":
         raise NotSupported(f"internal snapshots need qcow2; '{info.name}' is {info.format}")
-    await hostcmd.run([QEMU_IMG, "snapshot", flag, name, info.path],
+    # qemu-img snapshot has no -f: the format is named through --image-opts
+    await hostcmd.run([QEMU_IMG, "snapshot", "--image-opts", flag, name,
+                       image_opts("qcow2", info.path)],
                       timeout=600, errno_map={"already exists": errno.EEXIST,
                                               "not found": errno.ENOENT,
                                               "Can't find": errno.ENOENT,

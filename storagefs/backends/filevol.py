@@ -8,9 +8,11 @@ other non-regular entries in the directory are never listed nor touched.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
+import re
 import stat
 import struct
 
@@ -27,7 +29,7 @@ from ..errors import (
     StorageError,
     from_oserror,
 )
-from ..names import check_name
+from ..names import check_name, fit_name
 from . import allocation, fileops
 from .base import VolumeInfo, VolumeSpec
 
@@ -93,6 +95,48 @@ def probe_header(path: str) -> tuple[str, int | None]:
     return "raw", None
 
 
+#: an extent line of a vmdk descriptor: access, size, type, "file name" [offset]
+_VMDK_EXTENT = re.compile(rb'^\s*(?:RW|RDONLY|NOACCESS)\s+\d+\s+\w+\s+"([^"]*)"', re.M)
+#: a descriptor bigger than this is not parsed (qemu refuses them too); the whole file
+#: is then treated as one that names files outside the pool
+VMDK_DESC_MAX = 1 << 20
+
+
+def vmdk_extents(path: str) -> list[str] | None:
+    """The files a vmdk's descriptor names as extents, read without qemu-img (qemu-img
+    info opens every extent, and a crafted descriptor can name any host file).
+
+    A text descriptor file, or a sparse file whose header says capacity 0 and points to
+    an embedded descriptor (qemu reads that like a descriptor file). [] for a plain
+    sparse vmdk (its data is in the file itself); None when the descriptor cannot be
+    read or is too big to check."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        head = os.pread(fd, 512, 0)
+        offset, size = 0, 0
+        if head.startswith(b"# Disk DescriptorFile"):
+            size = os.fstat(fd).st_size
+        elif head[:4] == b"KDMV" and len(head) >= 44:
+            capacity, desc_sector, desc_sectors = struct.unpack_from("<Q8xQQ", head, 12)
+            if capacity or not desc_sector:
+                return []
+            offset, size = desc_sector * 512, desc_sectors * 512
+        else:
+            return []
+        if size > VMDK_DESC_MAX:
+            return None
+        desc = os.pread(fd, size, offset)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    base = os.path.dirname(path)
+    return [os.path.join(base, os.fsdecode(m.group(1))) for m in _VMDK_EXTENT.finditer(desc)]
+
+
 def stat_info(info: VolumeInfo, st: os.stat_result) -> VolumeInfo:
     """Update the figures that a stat gives (allocation, times, owner; raw capacity)."""
     info.allocation = st.st_blocks * 512
@@ -103,6 +147,26 @@ def stat_info(info: VolumeInfo, st: os.stat_result) -> VolumeInfo:
     info.uid, info.gid = st.st_uid, st.st_gid
     info.atime_ns, info.mtime_ns, info.ctime_ns = st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns
     return info
+
+
+def made_format(spec: VolumeSpec) -> str:
+    """The format of the file that :meth:`FileVolumes.create` makes for ``spec``."""
+    return "luks" if spec.encryption and spec.format == "raw" else spec.format
+
+
+def external_files(path: str, specific: dict) -> list[str]:
+    """Files other than ``path`` that qemu opens with it, from ``qemu-img info``'s
+    format-specific data (a qcow2 data-file, vmdk extents); relative names are taken
+    relative to the image's directory, as qemu takes them."""
+    names = []
+    if isinstance(specific.get("data-file"), str):
+        names.append(specific["data-file"])
+    for extent in specific.get("extents") or []:
+        if isinstance(extent, dict) and isinstance(extent.get("filename"), str):
+            names.append(extent["filename"])
+    base = os.path.dirname(path)
+    full = [n if ":" in n.split("/", 1)[0] else os.path.join(base, n) for n in names]
+    return [f for f in full if f != path]
 
 
 class FileVolumes:
@@ -148,8 +212,13 @@ class FileVolumes:
             raise from_oserror(exc, f"cannot open directory '{self.dir}'") from None
         return names
 
-    async def probe(self, name: str, deep: bool = True) -> VolumeInfo | None:
-        """The volume as the storage has it; ``deep`` adds qemu-img's details."""
+    async def probe(self, name: str, deep: bool = True,
+                    fmt: str | None = None) -> VolumeInfo | None:
+        """The volume as the storage has it; ``deep`` adds qemu-img's details.
+
+        ``fmt`` is the volume's recorded format (storagefs made it or was told): it
+        wins over the header, which whoever writes to the volume controls. Without it
+        (a file found in the pool) the header decides."""
         path = self.path_of(name)
         try:
             st = os.lstat(path)
@@ -159,7 +228,14 @@ class FileVolumes:
             raise from_oserror(exc, f"cannot stat '{path}'") from None
         if not stat.S_ISREG(st.st_mode):
             return None
-        fmt, capacity = probe_header(path)
+        if fmt == "raw":
+            capacity = None  # the file size; the header is guest data
+        else:
+            found, capacity = probe_header(path)
+            if fmt is None:
+                fmt = found
+            elif found != fmt:
+                capacity = None  # the header is not the recorded format's: qemu-img says
         info = VolumeInfo(name=name, path=path, key=path, format=fmt)
         stat_info(info, st)
         if capacity is not None:
@@ -172,9 +248,28 @@ class FileVolumes:
 
     async def details(self, info: VolumeInfo) -> VolumeInfo:
         """What only qemu-img tells: backing store, snapshots, encryption, options.
-        Raises when qemu-img fails (the caller records why)."""
+        Raises when qemu-img fails (the caller records why).
+
+        ``qemu-img info`` opens neither the backing file nor a qcow2 data file, but it
+        does open a vmdk's extents: a vmdk whose descriptor names files outside this
+        directory is not given to it (its extents are shown as data files)."""
+        if info.format == "vmdk":
+            extents = vmdk_extents(info.path)
+            if extents is None or not all(self.holds(e) or e == info.path for e in extents):
+                info.data_files = extents if extents is not None else [info.path]
+                return info
         await self._qemu_info(info, strict=True)
         return info
+
+    def holds(self, path: str) -> bool:
+        """True when ``path`` is a regular file directly in this directory, named so
+        that opening it cannot lead elsewhere (no symlink, no '..')."""
+        if path != os.path.normpath(path) or os.path.dirname(path) != os.path.normpath(self.dir):
+            return False
+        try:
+            return stat.S_ISREG(os.lstat(path).st_mode)
+        except OSError:
+            return False
 
     async def _qemu_info(self, info: VolumeInfo, strict: bool = False) -> None:
         async with _probe_limit:
@@ -193,6 +288,7 @@ class FileVolumes:
             info.encrypted = bool(data.get("encrypted"))
             info.snapshots = fileops.snapshots_from_info(data)
             specific = (data.get("format-specific") or {}).get("data") or {}
+            info.data_files = external_files(info.path, specific)
             if "compat" in specific:
                 info.options["compat"] = str(specific["compat"])
             if specific.get("lazy-refcounts"):
@@ -231,7 +327,9 @@ class FileVolumes:
         return stat_info(info, st)
 
     async def create(self, spec: VolumeSpec, path: str | None = None) -> VolumeInfo:
-        """Make the volume at its path (or at ``path``, a temporary name in the pool)."""
+        """Make the volume at its path (or at ``path``, a temporary name in the pool),
+        with the document's mode or 0600 from the start (qemu-img keeps the mode of the
+        file it writes into)."""
         if spec.format not in CREATABLE:
             raise NotSupported(f"cannot create volumes of format '{spec.format}' here")
         final = self.path_of(spec.name)
@@ -264,7 +362,7 @@ class FileVolumes:
             if path != final:
                 os.replace(path, final)
             if info is None:
-                info = await self.probe(spec.name)
+                info = await self.probe(spec.name, fmt=made_format(spec))
             if info is None:
                 raise StorageError(f"volume '{path}' vanished while being created")
             return info
@@ -285,7 +383,7 @@ class FileVolumes:
             raise from_oserror(exc, "cannot allocate the volume") from None
 
     async def _qemu_create(self, path: str, spec: VolumeSpec) -> None:
-        fmt = "luks" if spec.encryption and spec.format == "raw" else spec.format
+        fmt = made_format(spec)
         argv = [QEMU_IMG, "create", "-q", "-f", fmt]
         opts = dict(spec.options)
         if spec.encryption:
@@ -370,11 +468,11 @@ class FileVolumes:
             if info.encrypted:
                 key = "encrypt.key-secret" if info.format == "qcow2" else "key-secret"
                 argv += ["--object", f"secret,id=sec0,file={secret_file}", "--image-opts",
-                         f"driver={info.format},file.filename={info.path},{key}=sec0"]
+                         fileops.image_opts(info.format, info.path, **{key: "sec0"})]
             else:
                 argv += ["-f", info.format, info.path]
             await hostcmd.run([*argv, str(capacity)], timeout=600, errno_map=QEMU_ERRNOS)
-        new = await self.probe(info.name)
+        new = await self.probe(info.name, fmt=info.format)
         if new is None:
             raise StorageError(f"volume '{info.path}' vanished")
         return new
@@ -411,9 +509,13 @@ class FileVolumes:
             if await self.image_holds_data(info):
                 raise Busy(f"volume '{info.name}' holds data; its format cannot change "
                            f"from {info.format} to {spec.format}")
-            # made beside the old one, then renamed over it: a failure keeps the old
-            tmp = os.path.join(self.dir, f".storagefs-new-{info.name}")
+            # made beside the old one, then renamed over it: a failure keeps the old;
+            # the new file is as readable as the document says, else as the old one
+            tmp = os.path.join(self.dir, fit_name(f"{TEMP_PREFIX}new-{info.name}"))
             self._discard(tmp)
+            keep = {"mode": info.mode, "uid": info.uid, "gid": info.gid}
+            spec = dataclasses.replace(spec, **{k: v for k, v in keep.items()
+                                                if getattr(spec, k) is None})
             return await self.create(spec, tmp)
         if spec.capacity < info.capacity:
             raise InvalidArgument(
@@ -463,7 +565,8 @@ class FileVolumes:
         path = self.path_of(spec.name)
         if os.path.lexists(path):
             raise Exists(f"volume target path '{path}' already exists")
-        tmp = os.path.join(self.dir, f".storagefs-clone-{spec.name}")
+        tmp = os.path.join(self.dir, fit_name(f"{TEMP_PREFIX}clone-{spec.name}"))
+        self._discard(tmp)  # left by an interrupted clone (the name is reserved now)
         try:
             if spec.format == src.format:
                 await fileops.copy_file(src.path, tmp, src.physical, report)
@@ -480,7 +583,7 @@ class FileVolumes:
         except BaseException:
             self._discard(tmp)
             raise
-        info = await self.probe(spec.name)
+        info = await self.probe(spec.name, fmt=spec.format)
         if info is None:
             raise StorageError(f"clone '{path}' vanished")
         return info
@@ -496,10 +599,10 @@ class FileVolumes:
     async def wipe(self, info: VolumeInfo, algorithm: str, report) -> VolumeInfo:
         self.ensure_regular(info)
         await fileops.wipe_file(info, algorithm, report)
-        return await self.probe(info.name) or info
+        return await self.probe(info.name, fmt=info.format) or info
 
     async def snapshot(self, info: VolumeInfo, op: str, name: str) -> VolumeInfo:
         self.ensure_regular(info)
         flag = {"create": "-c", "revert": "-a", "delete": "-d"}[op]
         await fileops.snapshot_op(info, flag, name)
-        return await self.probe(info.name) or info
+        return await self.probe(info.name, fmt=info.format) or info

@@ -250,7 +250,8 @@ class LogicalBackend(PoolBackend):
     def pool_info(self) -> PoolInfo | None:
         return self._info
 
-    async def refresh(self) -> tuple[PoolInfo, list[VolumeInfo]]:
+    async def refresh(self, formats=None) -> tuple[PoolInfo, list[VolumeInfo]]:
+        # logical volumes are raw: nothing is probed from their bytes
         async with self._lock:
             row = await self._vg_row()
             if row is None:
