@@ -8,12 +8,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import pytest
 from mount_helpers import (
     MiB,
     assert_one_error_line,
@@ -74,3 +74,120 @@ def test_raw_clone_to_a_pool_on_another_filesystem_is_a_sparse_copy(mounted, tmp
         assert qemu_info(copy)["format"] == "raw"
         assert not [n for n in os.listdir(other / "pool") if n.startswith(".")]
         command(p2 / "control", "stop")
+
+
+# ------------------------------------------------------------------ item 18: error texts
+
+
+def test_tool_error_names_the_tool_once(mounted):
+    """qemu-img's own "qemu-img: " prefix is not doubled in error, nor in the log."""
+    m = mounted
+    os.mkdir(m.vol("bad.qcow2"))
+    with open(m.images / "bad.qcow2", "r+b") as f:
+        f.seek(20)
+        f.write((100).to_bytes(4, "big"))  # cluster_bits 100: qemu-img cannot open it
+    code, call = write_errno(m.vol("bad.qcow2") / "control", "resize 2G\n")
+    assert (code, call) == (errno.EIO, "write")
+    line = assert_one_error_line(m.vol("bad.qcow2"))
+    assert "qemu-img: " in line, line
+    assert "qemu-img: qemu-img:" not in line, line
+    assert "qemu-img: qemu-img:" not in m.log()
+
+
+def backing_volume_xml(name: str, capacity: int, backing: Path) -> str:
+    return (f"<volume type='file'>\n  <name>{name}</name>\n"
+            f"  <capacity unit='bytes'>{capacity}</capacity>\n"
+            f"  <target>\n    <format type='qcow2'/>\n  </target>\n"
+            f"  <backingStore>\n    <path>{backing}</path>\n"
+            f"    <format type='qcow2'/>\n  </backingStore>\n</volume>\n")
+
+
+def test_backing_store_change_of_a_volume_with_data_says_so(mounted):
+    m = mounted
+    os.mkdir(m.vol("base.qcow2"))
+    os.mkdir(m.vol("v.qcow2"))
+    run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5 0 1M", m.images / "v.qcow2"])
+    before = read(m.vol("v.qcow2") / "config.xml")
+    doc = backing_volume_xml("v.qcow2", 1 << 30, m.images / "base.qcow2")
+    assert write_errno(m.vol("v.qcow2") / "config.xml", doc) == (errno.EBUSY, "write")
+    line = assert_one_error_line(m.vol("v.qcow2"))
+    assert "cannot change the backing store of a volume that holds data" in line, line
+    assert "from qcow2 to qcow2" not in line, line
+    assert read(m.vol("v.qcow2") / "config.xml") == before
+    assert "backing-filename" not in qemu_info(m.images / "v.qcow2")
+
+
+# ------------------------------------------------------------------ item 18: orphans
+
+
+def children(pid: int, comm: str) -> list[int]:
+    """PIDs of the children of pid whose command is comm."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        if ppid == pid and name == comm:
+            found.append(int(entry))
+    return found
+
+
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def alive(pid: int) -> bool:
+    """True while pid exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def test_sigkilled_storagefs_leaves_no_qemu_img_writing(mount_factory):
+    m = mount_factory()
+    os.mkdir(m.vol("big.raw"))
+    run(["qemu-io", "-f", "raw", "-c", "write -P 0x1 0 512M", m.images / "big.raw"],
+        timeout=300)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", "import os,sys\nfd=os.open(sys.argv[1], os.O_WRONLY)\n"
+         "os.write(fd, b'clone copy.qcow2 --format qcow2\\n')",
+         str(m.vol("big.raw") / "control")], stderr=subprocess.PIPE)
+    tmp = m.images / ".storagefs-clone-copy.qcow2"
+    tool = None
+    try:
+        while tool is None and writer.poll() is None:
+            found = [pid for pid in children(m.proc.pid, "qemu-img")
+                     if b"convert" in cmdline(pid)]
+            if found and tmp.exists():
+                tool = found[0]
+                os.kill(tool, signal.SIGSTOP)  # surely still at work when storagefs dies
+            time.sleep(0.005)
+        assert tool is not None, "the clone ended before its qemu-img convert was seen"
+        m.kill()
+        deadline = time.monotonic() + 10
+        while alive(tool) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(tool), f"qemu-img {tool} outlived the SIGKILLed storagefs"
+    finally:
+        if tool is not None and alive(tool):
+            os.kill(tool, signal.SIGKILL)
+        writer.kill()
+        writer.wait()
+    m.recover()
+    m.start()
+    assert "copy.qcow2" not in ls_names(m.pool() / "volumes")
+    left = [n for n in os.listdir(m.images) if n.startswith(".")]
+    assert not left, f"temp files left after the restart: {left}"
+    assert "big.raw" in ls_names(m.pool() / "volumes")
