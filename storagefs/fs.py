@@ -23,7 +23,7 @@ class StorageFS(FileOps):
     async def lookup(self, parent_inode, name, ctx=None):
         parent = self.node(parent_inode)
         try:
-            node, e = self._child(parent, _name(name))
+            node, e = self._child(parent, _name(name), ctx.pid if ctx else 0)
         except NotFound:
             raise FUSEError(errno.ENOENT) from None
         attrs = self.attrs(node, e)
@@ -65,7 +65,6 @@ class StorageFS(FileOps):
             raise FUSEError(errno.ENOTDIR)
         names = self.view.children(node.path, e)
         names += sorted(self.scratch.get(node.path, {}))
-        self.hidden.pop(node.path, None)  # a listing shows unlinked files again
         fh = next(self._fh)
         self.dirs[fh] = (node, names)
         return fh

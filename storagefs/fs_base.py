@@ -12,6 +12,7 @@ import itertools
 import logging
 import os
 import stat
+import time
 from typing import Any
 
 import pyfuse3
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 
 ENTRY_TIMEOUT = 1.0
 ATTR_TIMEOUT = 1.0
+#: how long an unlinked config.xml stays hidden from the process that unlinked it
+HIDE_SECONDS = 5.0
 
 
 def fuse_op(fn):
@@ -66,9 +69,13 @@ class FsBase(pyfuse3.Operations):
         self.handles: dict[int, tuple[Node, Handle]] = {}
         self._fh = itertools.count(1)
         self.dirs: dict[int, tuple[Node, list[str]]] = {}
-        #: per object directory path: its scratch files and hidden (unlinked) files
+        #: per object directory path: its scratch files
         self.scratch: dict[tuple[str, ...], dict[str, Scratch]] = {}
-        self.hidden: dict[tuple[str, ...], set[str]] = {}
+        #: per object directory path: config.xml names unlinked or renamed away, hidden
+        #: from the process that did it only ({name: (tgid, until)}), until it creates
+        #: the name again (install, vim) or HIDE_SECONDS pass; everyone else still sees
+        #: the file (unlink never destroys), at once
+        self.hidden: dict[tuple[str, ...], dict[str, tuple[int, float]]] = {}
         self.file_meta: dict[tuple[str, ...], FileMeta] = {}
         #: times set on directories (rsync -a), kept while mounted
         self.dir_times: dict[tuple[str, ...], tuple[int, int]] = {}
@@ -82,9 +89,37 @@ class FsBase(pyfuse3.Operations):
             raise FUSEError(errno.ENOENT)
         return node
 
-    def resolve(self, path: tuple[str, ...]) -> Entry:
+    def resolve(self, path: tuple[str, ...], pid: int = 0) -> Entry:
+        """The entry at path, as the process ``pid`` sees it (0: as everyone does)."""
         d = path[:-1]
-        return self.view.resolve(path, self.scratch.get(d), self.hidden.get(d))
+        return self.view.resolve(path, self.scratch.get(d), self.hidden_from(d, pid))
+
+    # ---- names hidden from one process ------------------------------------------
+    def hide(self, d: tuple[str, ...], name: str, pid: int) -> None:
+        self.hidden.setdefault(d, {})[name] = (_tgid(pid), time.monotonic() + HIDE_SECONDS)
+
+    def unhide(self, d: tuple[str, ...], name: str) -> None:
+        names = self.hidden.get(d)
+        if names is not None:
+            names.pop(name, None)
+            if not names:
+                del self.hidden[d]
+
+    def hidden_from(self, d: tuple[str, ...], pid: int) -> set[str] | None:
+        """The names of directory d hidden from process pid (expired ones dropped)."""
+        names = self.hidden.get(d)
+        if not names:
+            return None
+        now = time.monotonic()
+        for name in [n for n, (_, until) in names.items() if until < now]:
+            del names[name]
+        if not names:
+            del self.hidden[d]
+            return None
+        if not pid:
+            return None
+        tgid = _tgid(pid)
+        return {n for n, (who, _) in names.items() if who == tgid}
 
     def entry(self, node: Node) -> Entry:
         try:
@@ -106,6 +141,10 @@ class FsBase(pyfuse3.Operations):
         a.st_ino = node.ino
         a.entry_timeout = ENTRY_TIMEOUT
         a.attr_timeout = ATTR_TIMEOUT
+        if node.path and node.name in self.hidden.get(node.path[:-1], ()):
+            # hidden from one process: the kernel must ask again on its next lookup
+            # (a dentry cached for another process would make its O_EXCL create fail)
+            a.entry_timeout = a.attr_timeout = 0
         a.st_uid = a.st_gid = 0
         a.st_blksize = 4096
         owner = e.owner
@@ -142,7 +181,19 @@ class FsBase(pyfuse3.Operations):
         a.st_blocks = (a.st_size + 511) // 512
         return a
 
-    def _child(self, parent: Node, name: str) -> tuple[Node, Entry]:
-        e = self.resolve((*parent.path, name))
+    def _child(self, parent: Node, name: str, pid: int = 0) -> tuple[Node, Entry]:
+        e = self.resolve((*parent.path, name), pid)
         return self.table.child(parent, name), e
+
+
+def _tgid(pid: int) -> int:
+    """The process of a FUSE request's thread id (what a whole tool does counts)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Tgid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return pid
 

@@ -168,9 +168,8 @@ class FileOps(FsBase):
         text = _name(name)
         if pe.kind not in OBJECT_DIRS:
             raise NotPermitted("files can be made only inside a pool's or a volume's directory")
-        hidden = self.hidden.get(parent.path, set())
-        if text in hidden:
-            hidden.discard(text)
+        if text in (self.hidden_from(parent.path, ctx.pid) or ()):
+            self.unhide(parent.path, text)  # install, vim: the file made anew
             node, e = self._child(parent, text)
             fi = self._new_handle(node, self._writer(e, self.view.content(e)), pid=ctx.pid)
         else:
@@ -194,7 +193,7 @@ class FileOps(FsBase):
     async def unlink(self, parent_inode, name, ctx):
         parent = self.node(parent_inode)
         text = _name(name)
-        e = self.resolve((*parent.path, text))
+        e = self.resolve((*parent.path, text), ctx.pid)
         if e.kind is Kind.SCRATCH:
             del self.scratch[parent.path][text]
             if not self.scratch[parent.path]:
@@ -202,7 +201,7 @@ class FileOps(FsBase):
             return
         if e.name == "config.xml" and e.kind is not Kind.SCRATCH:
             # never destroys: the object stays; the next document replaces the definition
-            self.hidden.setdefault(parent.path, set()).add(text)
+            self.hide(parent.path, text, ctx.pid)
             node = parent.children.get(text)
             if node is not None:
                 self.table.detach(node)
@@ -216,7 +215,7 @@ class FileOps(FsBase):
             raise FUSEError(errno.EINVAL)
         src_dir, dst_dir = self.node(parent_inode_old), self.node(parent_inode_new)
         old, new = _name(name_old), _name(name_new)
-        se = self.resolve((*src_dir.path, old))
+        se = self.resolve((*src_dir.path, old), ctx.pid)
         if se.is_dir:
             raise NotPermitted("pools and volumes cannot be renamed")
         if src_dir is not dst_dir:
@@ -232,7 +231,7 @@ class FileOps(FsBase):
                 de.kind is not Kind.SCRATCH:
             await self._apply_scratch(de, scratches[old])
             del scratches[old]
-            self.hidden.get(dst_dir.path, set()).discard(new)
+            self.unhide(dst_dir.path, new)
         elif se.kind is Kind.SCRATCH and (de is None or de.kind is Kind.SCRATCH):
             scratches[new] = scratches.pop(old)
         elif se.name == "config.xml" and se.kind is not Kind.SCRATCH and \
@@ -242,7 +241,7 @@ class FileOps(FsBase):
             if meta is not None and not isinstance(meta, Scratch):
                 copy.meta = FileMeta(**vars(meta))
             scratches[new] = copy
-            self.hidden.setdefault(src_dir.path, set()).add(old)
+            self.hide(src_dir.path, old, ctx.pid)
         else:
             raise NotPermitted(f"cannot rename {old} to {new}")
         if not scratches:
