@@ -65,7 +65,7 @@ class FsBase(pyfuse3.Operations):
         self.m = manager
         self.view = View(manager)
         self.table = InodeTable()
-        self.inval = Invalidator(self.table)
+        self.inval = Invalidator(self.table, self._link_state)
         self.handles: dict[int, tuple[Node, Handle]] = {}
         self._fh = itertools.count(1)
         self.dirs: dict[int, tuple[Node, list[str]]] = {}
@@ -121,6 +121,16 @@ class FsBase(pyfuse3.Operations):
         tgid = _tgid(pid)
         return {n for n, (who, _) in names.items() if who == tgid}
 
+    def _link_state(self, path: tuple[str, ...]) -> str | None:
+        """For the invalidator: a link's target now, "" for a directory, None if gone."""
+        try:
+            e = self.resolve(path)
+        except StorageError:
+            return None
+        if e.kind is Kind.LINK:
+            return e.target
+        return "" if e.is_dir else None
+
     def entry(self, node: Node) -> Entry:
         try:
             return self.resolve(node.path)
@@ -158,6 +168,7 @@ class FsBase(pyfuse3.Operations):
             if times is not None:
                 a.st_atime_ns, a.st_mtime_ns = times
         elif e.kind is Kind.LINK:
+            node.target = e.target
             a.st_mode = stat.S_IFLNK | 0o777
             a.st_nlink = 1
             a.st_size = len(os.fsencode(e.target))
