@@ -17,7 +17,7 @@ import pyfuse3
 from pyfuse3 import FUSEError
 
 from .commands import parse_yes_no
-from .errors import Exists, InvalidArgument, NotFound, NotPermitted, StorageError
+from .errors import Busy, Exists, InvalidArgument, NotFound, NotPermitted, StorageError
 from .fs_base import FsBase, _name, fuse_op
 from .handles import (
     Apply,
@@ -102,6 +102,13 @@ class FileOps(FsBase):
             return self._new_handle(node, handle)
         if writing and not e.writable:
             raise FUSEError(errno.EACCES)
+        if writing and e.name in ("control", "state") and \
+                e.kind in (Kind.POOL_FILE, Kind.VOL_FILE) and e.owner.busy:
+            # the kernel lets one write() of a file run at a time (the running operation's
+            # holds the inode): a second writer would wait there, so it is refused now
+            exc = Busy(e.owner.busy_reason())
+            self.m.note_refusal(e.owner, f"open {e.name}", exc)
+            raise exc
         if e.kind is Kind.SECRET_FILE and e.name == "value" and e.secret.private and \
                 (flags & os.O_ACCMODE) != os.O_WRONLY:
             raise FUSEError(errno.EACCES)  # a private secret's value is write-only, for all

@@ -20,7 +20,7 @@ import trio
 from .backends import backend_for
 from .errors import Busy, Exists, InvalidArgument, NotFound, StorageError
 from .names import check_name
-from .objects import Pool, Volume, new_meta, now_ns
+from .objects import Pool, Volume, claim, new_meta, now_ns
 from .pool_cmds import PoolCommands
 from .secrets import Secret, SecretOps
 from .state import FileMeta, StateDir, StoredPool, merge_meta
@@ -244,7 +244,7 @@ class Manager(PoolCommands, VolumeCommands, VolumeOps, SecretOps):
                                       "absolute")
             backend = backend_for(defn)
             self._check_conflicts(pool, defn)
-            async with pool.lock:
+            with claim(pool, "define"):
                 if pool.active:
                     self._check_running_change(pool, defn)
                     backend = pool.backend
@@ -317,7 +317,7 @@ class Manager(PoolCommands, VolumeCommands, VolumeOps, SecretOps):
     async def undefine_pool(self, name: str) -> None:
         pool = self.pool(name)
         with self.recording(pool, "undefine"):
-            async with pool.lock:
+            with claim(pool, "undefine"):
                 if pool.active:
                     raise Busy(f"storage pool '{name}' is still active")
                 if pool.defined:

@@ -14,7 +14,7 @@ import trio
 
 from .commands import Command, parse_command, parse_yes_no
 from .errors import Busy, InvalidArgument, NotFound, StorageError
-from .objects import DEGRADED, INACCESSIBLE, INACTIVE, RUNNING, Pool
+from .objects import DEGRADED, INACCESSIBLE, INACTIVE, RUNNING, Pool, claim
 
 if TYPE_CHECKING:
     from .manager import Manager
@@ -105,7 +105,7 @@ class PoolCommands:
             await verbs[cmd.verb](pool)
 
     async def _start(self: Manager, pool: Pool) -> None:
-        async with pool.lock:
+        with claim(pool, "start"):
             if pool.active:
                 raise Busy(f"storage pool '{pool.name}' is already active")
             await pool.backend.start()
@@ -122,12 +122,14 @@ class PoolCommands:
         self.listener.changed(pool.name)
 
     async def _stop(self: Manager, pool: Pool) -> None:
-        async with pool.lock:
+        with claim(pool, "stop"):
             if not pool.active:
                 raise Busy(f"storage pool '{pool.name}' is not active")
             if pool.busy_volumes:
+                running = [f"{v.busy} of '{v.name}'" for v in pool.volumes.values() if v.busy]
+                running += [f"'{n}' being made" for n in sorted(pool.reserved)]
                 raise Busy(f"storage pool '{pool.name}' has {pool.busy_volumes} volume "
-                           "operation(s) under way")
+                           f"operation(s) under way: {', '.join(running) or 'a clone'}")
             await self.cancel_details(pool)
             await pool.backend.stop()
             self.unwatch(pool)
@@ -141,7 +143,7 @@ class PoolCommands:
         self.listener.changed(pool.name)
 
     async def _refresh(self: Manager, pool: Pool) -> None:
-        async with pool.lock:
+        with claim(pool, "refresh"):
             if not pool.active:
                 raise Busy(f"storage pool '{pool.name}' is not active")
             try:
@@ -181,7 +183,7 @@ class PoolCommands:
             self.listener.removed(pool.name, vol)
 
     async def _build(self: Manager, pool: Pool, overwrite: bool = False) -> None:
-        async with pool.lock:
+        with claim(pool, "build"):
             if pool.active:
                 raise Busy(f"storage pool '{pool.name}' is already active")
             await pool.backend.build(overwrite=overwrite)
@@ -189,7 +191,7 @@ class PoolCommands:
         self.listener.changed(pool.name)
 
     async def _delete(self: Manager, pool: Pool) -> None:
-        async with pool.lock:
+        with claim(pool, "delete"):
             if pool.active:
                 raise Busy(f"storage pool '{pool.name}' is still active")
             await pool.backend.delete()
