@@ -69,8 +69,10 @@ class FsBase(pyfuse3.Operations):
         self.handles: dict[int, tuple[Node, Handle]] = {}
         self._fh = itertools.count(1)
         self.dirs: dict[int, tuple[Node, list[str]]] = {}
-        #: per object directory path: its scratch files
+        #: per object directory (or scratch directory) path: its scratch files
         self.scratch: dict[tuple[str, ...], dict[str, Scratch]] = {}
+        #: per object directory path: its scratch directories (mode, owner, times)
+        self.scratch_dirs: dict[tuple[str, ...], dict[str, FileMeta]] = {}
         #: per object directory path: config.xml names unlinked or renamed away, hidden
         #: from the process that did it only ({name: (tgid, until)}), until it creates
         #: the name again (install, vim) or HIDE_SECONDS pass; everyone else still sees
@@ -92,7 +94,24 @@ class FsBase(pyfuse3.Operations):
     def resolve(self, path: tuple[str, ...], pid: int = 0) -> Entry:
         """The entry at path, as the process ``pid`` sees it (0: as everyone does)."""
         d = path[:-1]
+        if d and d[-1] in self.scratch_dirs.get(d[:-1], ()):
+            # inside a scratch directory: its scratch files, nothing else
+            owner = self.view.resolve(d[:-1])
+            if path[-1] not in self.scratch.get(d, ()):
+                raise NotFound(path[-1])
+            return Entry(Kind.SCRATCH, owner.pool, owner.volume, path[-1], secret=owner.secret)
+        if path and path[-1] in self.scratch_dirs.get(d, ()):
+            owner = self.view.resolve(d)  # NotFound once the object is gone
+            return Entry(Kind.SCRATCH_DIR, owner.pool, owner.volume, path[-1],
+                         secret=owner.secret)
         return self.view.resolve(path, self.scratch.get(d), self.hidden_from(d, pid))
+
+    def forget_scratch(self, path: tuple[str, ...]) -> None:
+        """An object directory was removed: its scratch files and directories go too."""
+        n = len(path)
+        for table in (self.scratch, self.scratch_dirs, self.hidden, self.dir_times):
+            for key in [k for k in table if k[:n] == path]:
+                del table[key]
 
     # ---- names hidden from one process ------------------------------------------
     def hide(self, d: tuple[str, ...], name: str, pid: int) -> None:
@@ -167,6 +186,12 @@ class FsBase(pyfuse3.Operations):
             times = self.dir_times.get(node.path)
             if times is not None:
                 a.st_atime_ns, a.st_mtime_ns = times
+            if e.kind is Kind.SCRATCH_DIR:
+                meta = self.scratch_dirs[node.path[:-1]][e.name]
+                a.st_mode = stat.S_IFDIR | (meta.mode & 0o7777)
+                a.st_uid, a.st_gid = meta.uid, meta.gid
+                a.st_atime_ns, a.st_mtime_ns, a.st_ctime_ns = (
+                    meta.atime_ns, meta.mtime_ns, meta.ctime_ns)
         elif e.kind is Kind.LINK:
             node.target = e.target
             a.st_mode = stat.S_IFLNK | 0o777

@@ -173,7 +173,7 @@ class FileOps(FsBase):
         parent = self.node(parent_inode)
         pe = self.entry(parent)
         text = _name(name)
-        if pe.kind not in OBJECT_DIRS:
+        if pe.kind not in OBJECT_DIRS and pe.kind is not Kind.SCRATCH_DIR:
             raise NotPermitted("files can be made only inside a pool's or a volume's directory")
         if text in (self.hidden_from(parent.path, ctx.pid) or ()):
             self.unhide(parent.path, text)  # install, vim: the file made anew
@@ -223,6 +223,8 @@ class FileOps(FsBase):
         src_dir, dst_dir = self.node(parent_inode_old), self.node(parent_inode_new)
         old, new = _name(name_old), _name(name_new)
         se = self.resolve((*src_dir.path, old), ctx.pid)
+        if se.kind is Kind.SCRATCH_DIR:
+            raise NotPermitted("scratch directories cannot be renamed")
         if se.is_dir:
             raise NotPermitted("pools and volumes cannot be renamed")
         if src_dir is not dst_dir:
@@ -277,6 +279,17 @@ class FileOps(FsBase):
     async def setattr(self, inode, attr, fields, fh, ctx):
         node = self.node(inode)
         e = self.entry(node)
+        if e.kind is Kind.SCRATCH_DIR:
+            meta = self.scratch_dirs[node.path[:-1]][e.name]
+            for want, field, value in ((fields.update_mode, "mode", stat.S_IMODE(attr.st_mode)),
+                                       (fields.update_uid, "uid", attr.st_uid),
+                                       (fields.update_gid, "gid", attr.st_gid),
+                                       (fields.update_atime, "atime_ns", attr.st_atime_ns),
+                                       (fields.update_mtime, "mtime_ns", attr.st_mtime_ns)):
+                if want:
+                    setattr(meta, field, value)
+            meta.ctime_ns = now_ns()
+            return self.attrs(node, e)
         if e.is_dir or e.kind is Kind.LINK:
             # rsync -a sets times (kept, in memory) and re-sets equal modes on directories;
             # a real mode or owner change would be a lie, so it is refused
