@@ -10,7 +10,7 @@ import stat
 import pyfuse3
 from pyfuse3 import FUSEError
 
-from .errors import Exists, NotFound, NotPermitted
+from .errors import Exists, NotFound, NotPermitted, StorageError
 from .fs_base import _name, fuse_op
 from .fsfiles import OBJECT_DIRS, FileOps
 from .objects import now_ns
@@ -101,20 +101,21 @@ class StorageFS(FileOps):
         parent = self.node(parent_inode)
         e = self.entry(parent)
         text = _name(name)
-        if parent.path == ("pools",):
-            self.m.mkdir_pool(text)
-        elif parent.path == ("secrets",):
-            self.m.mkdir_secret(text)
-        elif e.kind is Kind.POOL_VOLUMES:
-            await self.m.create_volume(e.pool.name, text)
-        elif e.kind is Kind.SNAPSHOTS:
-            await self.m.mkdir_snapshot(e.pool.name, e.volume.name, text)
-        elif e.kind in OBJECT_DIRS:
-            self._mkdir_scratch(parent, text, mode, ctx)
-        else:
-            raise NotPermitted("directories are made only in pools/, pools/P/volumes/, "
-                               ".../VOL/snapshots/ and (scratch directories) in a pool's, "
-                               "a volume's or a secret's directory")
+        with self.refusals(parent, f"mkdir {text}"):
+            if parent.path == ("pools",):
+                self.m.mkdir_pool(text)
+            elif parent.path == ("secrets",):
+                self.m.mkdir_secret(text)
+            elif e.kind is Kind.POOL_VOLUMES:
+                await self.m.create_volume(e.pool.name, text)
+            elif e.kind is Kind.SNAPSHOTS:
+                await self.m.mkdir_snapshot(e.pool.name, e.volume.name, text)
+            elif e.kind in OBJECT_DIRS:
+                self._mkdir_scratch(parent, text, mode, ctx)
+            else:
+                raise NotPermitted("directories are made only in pools/, pools/P/volumes/, "
+                                   ".../VOL/snapshots/ and (scratch directories) in a pool's, "
+                                   "a volume's or a secret's directory")
         node, ce = self._child(parent, text)
         attrs = self.attrs(node, ce)
         node.lookups += 1
@@ -138,11 +139,15 @@ class StorageFS(FileOps):
     async def rmdir(self, parent_inode, name, ctx):
         parent = self.node(parent_inode)
         text = _name(name)
+        with self.refusals(parent, f"rmdir {text}"):
+            await self._rmdir(parent, text)
+
+    async def _rmdir(self, parent, text: str) -> None:
         path = (*parent.path, text)
         e = self.resolve(path)
         if e.kind is Kind.SCRATCH_DIR:
             if self.scratch.get(path):
-                raise FUSEError(errno.ENOTEMPTY)
+                raise StorageError(f"scratch directory {text} holds files", errno.ENOTEMPTY)
             del self.scratch_dirs[parent.path][text]
             if not self.scratch_dirs[parent.path]:
                 del self.scratch_dirs[parent.path]
@@ -165,4 +170,4 @@ class StorageFS(FileOps):
         elif e.is_dir:
             raise NotPermitted(f"{text} is part of the tree; it cannot be removed")
         else:
-            raise FUSEError(errno.ENOTDIR)
+            raise StorageError(f"{text} is not a directory", errno.ENOTDIR)

@@ -56,6 +56,24 @@ def _name(raw: bytes) -> str:
     return os.fsdecode(raw)
 
 
+class Refusals:
+    """``with Refusals(fs, owner, op):`` a refusal raised in the block that nothing has
+    recorded yet (the FUSE layer's own: EPERM for mv of a volume, rm status.xml, chmod
+    of a directory ...) gets its line in ``owner``'s error file and the log.
+    ``owner`` may be changed in the block once the object concerned is known."""
+
+    def __init__(self, fs: FsBase, owner, op: str) -> None:
+        self.fs, self.owner, self.op = fs, owner, op
+
+    def __enter__(self) -> Refusals:
+        return self
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if isinstance(exc, StorageError) and not exc.recorded:
+            self.fs.m.note_refusal(self.owner, self.op, exc)
+        return False
+
+
 class FsBase(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
@@ -139,6 +157,14 @@ class FsBase(pyfuse3.Operations):
             return None
         tgid = _tgid(pid)
         return {n for n, (who, _) in names.items() if who == tgid}
+
+    def refusals(self, parent: Node, op: str) -> Refusals:
+        """Record refusals of an operation in directory ``parent`` on its object."""
+        try:
+            owner = self.entry(parent).owner
+        except FUSEError:
+            owner = None
+        return Refusals(self, owner, op)
 
     def _link_state(self, path: tuple[str, ...]) -> str | None:
         """For the invalidator: a link's target now, "" for a directory, None if gone."""

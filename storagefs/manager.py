@@ -140,6 +140,7 @@ class Manager(PoolCommands, VolumeCommands, VolumeOps, SecretOps):
     def note_refusal(self, obj: Pool | Volume | Secret | None, op: str,
                      exc: StorageError) -> None:
         """One line in the object's error file, one in the log."""
+        exc.recorded = True
         log.warning("%s: refused %s", self.describe(obj), one_line(op, exc.reason))
         if obj is not None:
             obj.error = error_line(op, exc.reason)
