@@ -4,6 +4,12 @@ The only place that starts processes. Failures become :class:`StorageError`:
 a missing binary is ENOTSUP ("qemu-img not installed"), a time-out or a
 non-zero exit is EIO with the tool's first useful stderr line, unless the
 caller maps a message to a better errno. Secrets are never passed in argv.
+
+Each tool runs in a session of its own (a time-out or a cancellation kills its
+whole group) and gets PR_SET_PDEATHSIG(SIGKILL), so a storagefs killed by SIGKILL
+leaves no qemu-img writing on. The death signal follows the thread that forked,
+and trio's worker threads come and go, so tools are started from the trio thread
+itself and their exit is awaited on a pidfd.
 """
 
 from __future__ import annotations
