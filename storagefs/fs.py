@@ -5,13 +5,16 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 
 import pyfuse3
 from pyfuse3 import FUSEError
 
-from .errors import NotFound, NotPermitted
+from .errors import Exists, NotFound, NotPermitted, StorageError
 from .fs_base import _name, fuse_op
-from .fsfiles import FileOps
+from .fsfiles import OBJECT_DIRS, FileOps
+from .objects import now_ns
+from .state import FileMeta
 from .view import Kind
 
 log = logging.getLogger(__name__)
@@ -23,7 +26,7 @@ class StorageFS(FileOps):
     async def lookup(self, parent_inode, name, ctx=None):
         parent = self.node(parent_inode)
         try:
-            node, e = self._child(parent, _name(name))
+            node, e = self._child(parent, _name(name), ctx.pid if ctx else 0)
         except NotFound:
             raise FUSEError(errno.ENOENT) from None
         attrs = self.attrs(node, e)
@@ -63,9 +66,9 @@ class StorageFS(FileOps):
         e = self.entry(node)
         if not e.is_dir:
             raise FUSEError(errno.ENOTDIR)
-        names = self.view.children(node.path, e)
+        names = [] if e.kind is Kind.SCRATCH_DIR else self.view.children(node.path, e)
+        names += sorted(self.scratch_dirs.get(node.path, {}))
         names += sorted(self.scratch.get(node.path, {}))
-        self.hidden.pop(node.path, None)  # a listing shows unlinked files again
         fh = next(self._fh)
         self.dirs[fh] = (node, names)
         return fh
@@ -98,36 +101,73 @@ class StorageFS(FileOps):
         parent = self.node(parent_inode)
         e = self.entry(parent)
         text = _name(name)
-        if parent.path == ("pools",):
-            self.m.mkdir_pool(text)
-        elif parent.path == ("secrets",):
-            self.m.mkdir_secret(text)
-        elif e.kind is Kind.POOL_VOLUMES:
-            await self.m.create_volume(e.pool.name, text)
-        elif e.kind is Kind.SNAPSHOTS:
-            await self.m.mkdir_snapshot(e.pool.name, e.volume.name, text)
-        else:
-            raise NotPermitted("directories are made only in pools/, pools/P/volumes/ "
-                               "and .../VOL/snapshots/")
+        with self.refusals(parent, f"mkdir {text}"):
+            if parent.path == ("pools",):
+                self.m.mkdir_pool(text)
+            elif parent.path == ("secrets",):
+                self.m.mkdir_secret(text)
+            elif e.kind is Kind.POOL_VOLUMES:
+                await self.m.create_volume(e.pool.name, text)
+            elif e.kind is Kind.SNAPSHOTS:
+                await self.m.mkdir_snapshot(e.pool.name, e.volume.name, text)
+            elif e.kind in OBJECT_DIRS:
+                self._mkdir_scratch(parent, text, mode, ctx)
+            else:
+                raise NotPermitted("directories are made only in pools/, pools/P/volumes/, "
+                                   ".../VOL/snapshots/ and (scratch directories) in a pool's, "
+                                   "a volume's or a secret's directory")
         node, ce = self._child(parent, text)
         attrs = self.attrs(node, ce)
         node.lookups += 1
         return attrs
 
+    def _mkdir_scratch(self, parent, name: str, mode: int, ctx) -> None:
+        """A scratch directory (Puppet's `config.xml<date>-<pid>-<rand>.lock`): it holds
+        scratch files only and is not persisted. A name the tree has is EEXIST."""
+        try:
+            self.resolve((*parent.path, name))
+        except NotFound:
+            pass
+        else:
+            raise Exists(f"{name} exists")
+        t = now_ns()
+        self.scratch_dirs.setdefault(parent.path, {})[name] = FileMeta(
+            mode=stat.S_IMODE(mode), uid=ctx.uid, gid=ctx.gid, atime_ns=t, mtime_ns=t,
+            ctime_ns=t)
+
     @fuse_op
     async def rmdir(self, parent_inode, name, ctx):
         parent = self.node(parent_inode)
         text = _name(name)
-        e = self.resolve((*parent.path, text))
+        with self.refusals(parent, f"rmdir {text}"):
+            await self._rmdir(parent, text)
+
+    async def _rmdir(self, parent, text: str) -> None:
+        path = (*parent.path, text)
+        e = self.resolve(path)
+        if e.kind is Kind.SCRATCH_DIR:
+            if self.scratch.get(path):
+                raise StorageError(f"scratch directory {text} holds files", errno.ENOTEMPTY)
+            del self.scratch_dirs[parent.path][text]
+            if not self.scratch_dirs[parent.path]:
+                del self.scratch_dirs[parent.path]
+            self.dir_times.pop(path, None)
+            node = parent.children.get(text)
+            if node is not None:
+                self.table.detach(node)  # a new directory of that name is a new inode
+            return
         if e.kind is Kind.POOL:
             await self.m.undefine_pool(e.pool.name)
+            self.forget_scratch(path)
         elif e.kind is Kind.VOLUME:
             await self.m.delete_volume(e.pool.name, e.volume.name)
+            self.forget_scratch(path)
         elif e.kind is Kind.SECRET:
             await self.m.undefine_secret(e.secret.uuid)
+            self.forget_scratch(path)
         elif e.kind is Kind.SNAPSHOT:
             await self.m.rmdir_snapshot(e.pool.name, e.volume.name, text)
         elif e.is_dir:
             raise NotPermitted(f"{text} is part of the tree; it cannot be removed")
         else:
-            raise FUSEError(errno.ENOTDIR)
+            raise StorageError(f"{text} is not a directory", errno.ENOTDIR)

@@ -12,6 +12,7 @@ import itertools
 import logging
 import os
 import stat
+import time
 from typing import Any
 
 import pyfuse3
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 
 ENTRY_TIMEOUT = 1.0
 ATTR_TIMEOUT = 1.0
+#: how long an unlinked config.xml stays hidden from the process that unlinked it
+HIDE_SECONDS = 5.0
 
 
 def fuse_op(fn):
@@ -53,6 +56,24 @@ def _name(raw: bytes) -> str:
     return os.fsdecode(raw)
 
 
+class Refusals:
+    """``with Refusals(fs, owner, op):`` a refusal raised in the block that nothing has
+    recorded yet (the FUSE layer's own: EPERM for mv of a volume, rm status.xml, chmod
+    of a directory ...) gets its line in ``owner``'s error file and the log.
+    ``owner`` may be changed in the block once the object concerned is known."""
+
+    def __init__(self, fs: FsBase, owner, op: str) -> None:
+        self.fs, self.owner, self.op = fs, owner, op
+
+    def __enter__(self) -> Refusals:
+        return self
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if isinstance(exc, StorageError) and not exc.recorded:
+            self.fs.m.note_refusal(self.owner, self.op, exc)
+        return False
+
+
 class FsBase(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
@@ -62,13 +83,19 @@ class FsBase(pyfuse3.Operations):
         self.m = manager
         self.view = View(manager)
         self.table = InodeTable()
-        self.inval = Invalidator(self.table)
+        self.inval = Invalidator(self.table, self._link_state)
         self.handles: dict[int, tuple[Node, Handle]] = {}
         self._fh = itertools.count(1)
         self.dirs: dict[int, tuple[Node, list[str]]] = {}
-        #: per object directory path: its scratch files and hidden (unlinked) files
+        #: per object directory (or scratch directory) path: its scratch files
         self.scratch: dict[tuple[str, ...], dict[str, Scratch]] = {}
-        self.hidden: dict[tuple[str, ...], set[str]] = {}
+        #: per object directory path: its scratch directories (mode, owner, times)
+        self.scratch_dirs: dict[tuple[str, ...], dict[str, FileMeta]] = {}
+        #: per object directory path: config.xml names unlinked or renamed away, hidden
+        #: from the process that did it only ({name: (tgid, until)}), until it creates
+        #: the name again (install, vim) or HIDE_SECONDS pass; everyone else still sees
+        #: the file (unlink never destroys), at once
+        self.hidden: dict[tuple[str, ...], dict[str, tuple[int, float]]] = {}
         self.file_meta: dict[tuple[str, ...], FileMeta] = {}
         #: times set on directories (rsync -a), kept while mounted
         self.dir_times: dict[tuple[str, ...], tuple[int, int]] = {}
@@ -82,9 +109,72 @@ class FsBase(pyfuse3.Operations):
             raise FUSEError(errno.ENOENT)
         return node
 
-    def resolve(self, path: tuple[str, ...]) -> Entry:
+    def resolve(self, path: tuple[str, ...], pid: int = 0) -> Entry:
+        """The entry at path, as the process ``pid`` sees it (0: as everyone does)."""
         d = path[:-1]
-        return self.view.resolve(path, self.scratch.get(d), self.hidden.get(d))
+        if d and d[-1] in self.scratch_dirs.get(d[:-1], ()):
+            # inside a scratch directory: its scratch files, nothing else
+            owner = self.view.resolve(d[:-1])
+            if path[-1] not in self.scratch.get(d, ()):
+                raise NotFound(path[-1])
+            return Entry(Kind.SCRATCH, owner.pool, owner.volume, path[-1], secret=owner.secret)
+        if path and path[-1] in self.scratch_dirs.get(d, ()):
+            owner = self.view.resolve(d)  # NotFound once the object is gone
+            return Entry(Kind.SCRATCH_DIR, owner.pool, owner.volume, path[-1],
+                         secret=owner.secret)
+        return self.view.resolve(path, self.scratch.get(d), self.hidden_from(d, pid))
+
+    def forget_scratch(self, path: tuple[str, ...]) -> None:
+        """An object directory was removed: its scratch files and directories go too."""
+        n = len(path)
+        for table in (self.scratch, self.scratch_dirs, self.hidden, self.dir_times):
+            for key in [k for k in table if k[:n] == path]:
+                del table[key]
+
+    # ---- names hidden from one process ------------------------------------------
+    def hide(self, d: tuple[str, ...], name: str, pid: int) -> None:
+        self.hidden.setdefault(d, {})[name] = (_tgid(pid), time.monotonic() + HIDE_SECONDS)
+
+    def unhide(self, d: tuple[str, ...], name: str) -> None:
+        names = self.hidden.get(d)
+        if names is not None:
+            names.pop(name, None)
+            if not names:
+                del self.hidden[d]
+
+    def hidden_from(self, d: tuple[str, ...], pid: int) -> set[str] | None:
+        """The names of directory d hidden from process pid (expired ones dropped)."""
+        names = self.hidden.get(d)
+        if not names:
+            return None
+        now = time.monotonic()
+        for name in [n for n, (_, until) in names.items() if until < now]:
+            del names[name]
+        if not names:
+            del self.hidden[d]
+            return None
+        if not pid:
+            return None
+        tgid = _tgid(pid)
+        return {n for n, (who, _) in names.items() if who == tgid}
+
+    def refusals(self, parent: Node, op: str) -> Refusals:
+        """Record refusals of an operation in directory ``parent`` on its object."""
+        try:
+            owner = self.entry(parent).owner
+        except FUSEError:
+            owner = None
+        return Refusals(self, owner, op)
+
+    def _link_state(self, path: tuple[str, ...]) -> str | None:
+        """For the invalidator: a link's target now, "" for a directory, None if gone."""
+        try:
+            e = self.resolve(path)
+        except StorageError:
+            return None
+        if e.kind is Kind.LINK:
+            return e.target
+        return "" if e.is_dir else None
 
     def entry(self, node: Node) -> Entry:
         try:
@@ -106,6 +196,10 @@ class FsBase(pyfuse3.Operations):
         a.st_ino = node.ino
         a.entry_timeout = ENTRY_TIMEOUT
         a.attr_timeout = ATTR_TIMEOUT
+        if node.path and node.name in self.hidden.get(node.path[:-1], ()):
+            # hidden from one process: the kernel must ask again on its next lookup
+            # (a dentry cached for another process would make its O_EXCL create fail)
+            a.entry_timeout = a.attr_timeout = 0
         a.st_uid = a.st_gid = 0
         a.st_blksize = 4096
         owner = e.owner
@@ -118,7 +212,14 @@ class FsBase(pyfuse3.Operations):
             times = self.dir_times.get(node.path)
             if times is not None:
                 a.st_atime_ns, a.st_mtime_ns = times
+            if e.kind is Kind.SCRATCH_DIR:
+                meta = self.scratch_dirs[node.path[:-1]][e.name]
+                a.st_mode = stat.S_IFDIR | (meta.mode & 0o7777)
+                a.st_uid, a.st_gid = meta.uid, meta.gid
+                a.st_atime_ns, a.st_mtime_ns, a.st_ctime_ns = (
+                    meta.atime_ns, meta.mtime_ns, meta.ctime_ns)
         elif e.kind is Kind.LINK:
+            node.target = e.target
             a.st_mode = stat.S_IFLNK | 0o777
             a.st_nlink = 1
             a.st_size = len(os.fsencode(e.target))
@@ -142,7 +243,19 @@ class FsBase(pyfuse3.Operations):
         a.st_blocks = (a.st_size + 511) // 512
         return a
 
-    def _child(self, parent: Node, name: str) -> tuple[Node, Entry]:
-        e = self.resolve((*parent.path, name))
+    def _child(self, parent: Node, name: str, pid: int = 0) -> tuple[Node, Entry]:
+        e = self.resolve((*parent.path, name), pid)
         return self.table.child(parent, name), e
+
+
+def _tgid(pid: int) -> int:
+    """The process of a FUSE request's thread id (what a whole tool does counts)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Tgid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return pid
 

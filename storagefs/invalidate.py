@@ -9,6 +9,7 @@ in flight on the same directory, so they go through pyfuse3's worker thread.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import pyfuse3
 
@@ -29,8 +30,12 @@ def _path(pool: str, volume: str | None) -> tuple[str, ...]:
 class Invalidator:
     """The manager's listener: maps object changes to kernel cache invalidations."""
 
-    def __init__(self, table: InodeTable) -> None:
+    def __init__(self, table: InodeTable,
+                 now: Callable[[tuple[str, ...]], str | None] = lambda path: None) -> None:
         self.table = table
+        #: what a path of a link directory is now: its target (a link), "" (a
+        #: directory), or None (gone)
+        self.now = now
         self.enabled = False  # only once the mount is live
         #: poll() handles waiting for a volume's progress to change
         self.pollers: dict[tuple[str, str], list[pyfuse3.PollHandle]] = {}
@@ -103,10 +108,8 @@ class Invalidator:
             self._inode(top)
         for links in (("devices", "by-devnode"), ("devices", "by-class")):
             d = self.table.find(links)
-            if d is None:
-                continue
-            for child in list(d.children.values()):
-                self._drop(child)
+            if d is not None:
+                self._prune(d)
 
     def _drop(self, node: Node) -> None:
         parent = node.parent
@@ -119,7 +122,16 @@ class Invalidator:
         (New links need nothing: the kernel caches no negative entries here.)"""
         for path in LINK_DIRS:
             d = self.table.find(path)
-            if d is None:
-                continue
-            for child in list(d.children.values()):
+            if d is not None:
+                self._prune(d)
+
+    def _prune(self, d: Node) -> None:
+        """Drop only the entries under d that are gone or point elsewhere now: a stable
+        link stays valid (a readlink in flight on it must not get ENOENT because some
+        other volume came or went)."""
+        for child in list(d.children.values()):
+            now = self.now(child.path)
+            if now is None or now != (child.target or ""):
                 self._drop(child)
+            elif now == "":
+                self._prune(child)

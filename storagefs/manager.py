@@ -24,7 +24,7 @@ from . import pathrules
 from .backends import backend_for
 from .errors import Busy, Exists, InvalidArgument, NotFound, StorageError
 from .names import check_name
-from .objects import Pool, Volume, new_meta, now_ns
+from .objects import Pool, Volume, claim, new_meta, now_ns
 from .pool_cmds import PoolCommands
 from .secrets import Secret, SecretOps
 from .state import FileMeta, StateDir, StoredPool, merge_meta
@@ -146,6 +146,7 @@ class Manager(PoolCommands, VolumeCommands, VolumeOps, SecretOps):
     def note_refusal(self, obj: Pool | Volume | Secret | None, op: str,
                      exc: StorageError) -> None:
         """One line in the object's error file, one in the log."""
+        exc.recorded = True
         log.warning("%s: refused %s", self.describe(obj), one_line(op, exc.reason))
         if obj is not None:
             obj.error = error_line(op, exc.reason)
@@ -291,7 +292,7 @@ class Manager(PoolCommands, VolumeCommands, VolumeOps, SecretOps):
             backend = backend_for(defn)
             real = await self.check_pool_paths(pool, defn)
             self._check_conflicts(pool, defn, *real)
-            async with pool.lock:
+            with claim(pool, "define"):
                 # the paths were resolved in a thread: meanwhile the pool may have been
                 # undefined, or another pool may have taken the target. Checked again
                 # here, with no wait between the check and the change.
@@ -398,7 +399,7 @@ class Manager(PoolCommands, VolumeCommands, VolumeOps, SecretOps):
     async def undefine_pool(self, name: str) -> None:
         pool = self.pool(name)
         with self.recording(pool, "undefine"):
-            async with pool.lock:
+            with claim(pool, "undefine"):
                 if pool.active:
                     raise Busy(f"storage pool '{name}' is still active")
                 if pool.defined or pool.broken:

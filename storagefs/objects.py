@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import trio
 
 from .backends.base import PoolBackend, PoolInfo, VolumeInfo
+from .errors import Busy
 from .state import FileMeta
 
 #: pool states as SPEC lists them
@@ -40,10 +43,15 @@ class Volume:
     progress: str = ""
     progress_version: int = 0
     lock: trio.Lock = field(default_factory=trio.Lock)
+    #: the operation holding the lock ("" when none): named when another is refused
+    busy: str = ""
     changed_ns: int = field(default_factory=now_ns)
 
     def touch(self) -> None:
         self.changed_ns = now_ns()
+
+    def busy_reason(self) -> str:
+        return f"volume '{self.name}' is still in use: {self.busy or 'an operation'} running"
 
 
 @dataclass(eq=False)
@@ -63,6 +71,8 @@ class Pool:
     #: names being created right now (taken, but not listed yet)
     reserved: set[str] = field(default_factory=set)
     lock: trio.Lock = field(default_factory=trio.Lock)
+    #: the pool operation holding the lock ("" when none)
+    busy: str = ""
     #: volume operations under way; stop/delete wait for none
     busy_volumes: int = 0
     #: whether the record in the state directory says the pool runs (start/stop save it)
@@ -91,3 +101,23 @@ class Pool:
 
     def touch(self) -> None:
         self.changed_ns = now_ns()
+
+    def busy_reason(self) -> str:
+        return f"storage pool '{self.name}' is busy: {self.busy or 'an operation'} running"
+
+
+@contextlib.contextmanager
+def claim(obj: Pool | Volume, op: str) -> Iterator[None]:
+    """Run ``op`` on ``obj`` alone, or refuse at once with EBUSY naming the operation
+    that runs (SPEC "No call waits on storage": a caller never queues on a lock, so
+    an rmdir never holds the kernel's lock of the directory while it waits)."""
+    try:
+        obj.lock.acquire_nowait()
+    except trio.WouldBlock:
+        raise Busy(obj.busy_reason()) from None
+    obj.busy = op
+    try:
+        yield
+    finally:
+        obj.busy = ""
+        obj.lock.release()

@@ -14,7 +14,7 @@ import trio
 
 from .commands import Command, parse_command, parse_yes_no
 from .errors import Busy, InvalidArgument, StorageError
-from .objects import DEGRADED, INACCESSIBLE, INACTIVE, RUNNING, Pool
+from .objects import DEGRADED, INACCESSIBLE, INACTIVE, RUNNING, Pool, claim
 
 if TYPE_CHECKING:
     from .manager import Manager
@@ -106,7 +106,7 @@ class PoolCommands:
     async def _start(self: Manager, pool: Pool, record: bool = True) -> None:
         """Start, and record that the pool runs (unless ``record`` is False: at start-up
         the record already says so); a refused save stops it again."""
-        async with pool.lock:
+        with claim(pool, "start"):
             if pool.active:
                 raise Busy(f"storage pool '{pool.name}' is already active")
             # again: a directory on the way may have become a symlink since the define
@@ -130,12 +130,14 @@ class PoolCommands:
         self.listener.changed(pool.name)
 
     async def _stop(self: Manager, pool: Pool) -> None:
-        async with pool.lock:
+        with claim(pool, "stop"):
             if not pool.active:
                 raise Busy(f"storage pool '{pool.name}' is not active")
             if pool.busy_volumes:
+                running = [f"{v.busy} of '{v.name}'" for v in pool.volumes.values() if v.busy]
+                running += [f"'{n}' being made" for n in sorted(pool.reserved)]
                 raise Busy(f"storage pool '{pool.name}' has {pool.busy_volumes} volume "
-                           "operation(s) under way")
+                           f"operation(s) under way: {', '.join(running) or 'a clone'}")
             was_recorded = pool.stored_active
             if was_recorded:
                 self._save(pool, active=False)  # first: a refused save changes nothing
@@ -160,7 +162,7 @@ class PoolCommands:
         self.listener.changed(pool.name)
 
     async def _refresh(self: Manager, pool: Pool) -> None:
-        async with pool.lock:
+        with claim(pool, "refresh"):
             if not pool.active:
                 raise Busy(f"storage pool '{pool.name}' is not active")
             try:
@@ -200,7 +202,7 @@ class PoolCommands:
             self.listener.removed(pool.name, vol)
 
     async def _build(self: Manager, pool: Pool, overwrite: bool = False) -> None:
-        async with pool.lock:
+        with claim(pool, "build"):
             if pool.active:
                 raise Busy(f"storage pool '{pool.name}' is already active")
             await self.check_pool_paths(pool, pool.definition)
@@ -209,7 +211,7 @@ class PoolCommands:
         self.listener.changed(pool.name)
 
     async def _delete(self: Manager, pool: Pool) -> None:
-        async with pool.lock:
+        with claim(pool, "delete"):
             if pool.active:
                 raise Busy(f"storage pool '{pool.name}' is still active")
             await pool.backend.delete()

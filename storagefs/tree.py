@@ -25,6 +25,9 @@ class Node:
     children: dict[str, Node] = field(default_factory=dict)
     lookups: int = 0
     stale: bool = False
+    #: for a symlink: the target the kernel was last told (entries of link
+    #: directories are kept across changes while it stays the same)
+    target: str | None = None
 
     @property
     def name(self) -> str:

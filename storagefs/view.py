@@ -45,6 +45,7 @@ class Kind(enum.Enum):
     SECRET_FILE = "secret-file"
     LINK = "link"
     SCRATCH = "scratch"      # any other name in a pool or volume directory
+    SCRATCH_DIR = "scratch-dir"  # a directory made there (Puppet's lock directories)
 
 
 @dataclass
@@ -71,7 +72,8 @@ class Entry:
     @property
     def is_dir(self) -> bool:
         return self.kind in (Kind.ROOT, Kind.DIR, Kind.POOL, Kind.POOL_VOLUMES, Kind.VOLUME,
-                             Kind.SNAPSHOTS, Kind.SNAPSHOT, Kind.SECRET, Kind.DEVICE)
+                             Kind.SNAPSHOTS, Kind.SNAPSHOT, Kind.SECRET, Kind.DEVICE,
+                             Kind.SCRATCH_DIR)
 
     @property
     def owner(self) -> Pool | Volume | Secret | None:

@@ -17,7 +17,7 @@ from .backends.fileops import WIPE_ALGORITHMS, check_snapshot_name
 from .commands import Command, parse_command
 from .errors import Exists, InvalidArgument, NotFound, NotSupported
 from .names import check_name
-from .objects import Volume
+from .objects import Volume, claim
 from .state import StoredVolume
 from .units import parse_size
 
@@ -135,11 +135,13 @@ class VolumeCommands:
         self.listener.changed(vol.pool.name, vol.name)
 
     @contextlib.asynccontextmanager
-    async def _volume_op(self: Manager, vol: Volume) -> AsyncIterator[None]:
-        """Serialise operations on one volume; the pool cannot stop meanwhile."""
-        async with vol.lock:
+    async def _volume_op(self: Manager, vol: Volume, op: str) -> AsyncIterator[None]:
+        """One operation at a time on a volume (another is refused at once, EBUSY);
+        the pool cannot stop meanwhile."""
+        with claim(vol, op):
             if vol.pool.volumes.get(vol.name) is not vol:
                 raise NotFound(f"no storage vol with matching name '{vol.name}'")
+            self.check_not_stopping(vol.pool)
             vol.pool.busy_volumes += 1
             try:
                 yield
@@ -152,7 +154,8 @@ class VolumeCommands:
         size = parse_size(next(a for a in cmd.args if not a.startswith("--")))
         secret = self.volume_secret(vol)
         await self.check_chain(vol)  # qemu-img resize opens the backing chain
-        async with self._volume_op(vol), self.optional_secret_file(secret) as secret_file:
+        async with self._volume_op(vol, "resize"), \
+                self.optional_secret_file(secret) as secret_file:
             cap = vol.info.capacity + size if "--delta" in flags else size
             # the stored document will no longer describe the volume: moved aside first
             # (a state directory that cannot change refuses before the storage changes)
@@ -193,6 +196,7 @@ class VolumeCommands:
     async def _clone(self: Manager, vol: Volume, cmd: Command) -> None:
         new, opts = _clone_args(cmd.args)
         target = self.running_pool(opts.get("--pool", vol.pool.name))
+        self.check_not_stopping(target)
         if new in target.volumes or new in target.reserved:
             raise Exists(f"storage volume '{new}' exists already")
         fmt = opts.get("--format", vol.info.format)
@@ -212,7 +216,7 @@ class VolumeCommands:
         target.reserved.add(new)
         target.busy_volumes += 1
         try:
-            async with self._volume_op(vol):
+            async with self._volume_op(vol, f"clone to '{new}'"):
                 report = self._progress(vol, "clone")
                 clone.info = await target.backend.clone_volume(vol.info, spec, report)
             record.commit()
@@ -230,7 +234,7 @@ class VolumeCommands:
     async def _wipe(self: Manager, vol: Volume, cmd: Command) -> None:
         algorithm = cmd.args[0] if cmd.args else "zero"
         await self.check_chain(vol)  # re-making a qcow2 opens its backing file
-        async with self._volume_op(vol):
+        async with self._volume_op(vol, "wipe"):
             report = self._progress(vol, "wipe")
             vol.info = await vol.pool.backend.wipe_volume(vol.info, algorithm, report)
 
@@ -243,14 +247,17 @@ class VolumeCommands:
             raise NotSupported(f"internal snapshots need qcow2; '{vol.name}' is "
                                f"{vol.info.format}")
         check_snapshot_name(name)
-        vol.info = await vol.pool.backend.volume_details(vol.info)  # the current snapshots
-        await self.check_chain(vol)  # qemu-img snapshot opens the backing chain
-        taken = {s.name for s in vol.info.snapshots}
-        if op == "create" and name in taken:
-            raise Exists(f"snapshot '{name}' already exists")
-        if op != "create" and name not in taken:
-            raise NotFound(f"no snapshot '{name}' in volume '{vol.name}'")
-        async with self._volume_op(vol):
+        what = {"create": "snapshot", "revert": "revert", "delete": "delete-snapshot"}[op]
+        if op == "create" and vol.busy == f"snapshot {name}":
+            raise Exists(f"snapshot '{name}' already exists")  # being made right now
+        async with self._volume_op(vol, f"{what} {name}"):
+            vol.info = await vol.pool.backend.volume_details(vol.info)  # current snapshots
+            await self.check_chain(vol)  # qemu-img snapshot opens the backing chain
+            taken = {s.name for s in vol.info.snapshots}
+            if op == "create" and name in taken:
+                raise Exists(f"snapshot '{name}' already exists")
+            if op != "create" and name not in taken:
+                raise NotFound(f"no snapshot '{name}' in volume '{vol.name}'")
             vol.info = await vol.pool.backend.snapshot_volume(vol.info, op, name)
 
     async def mkdir_snapshot(self: Manager, pool: str, vol: str, name: str) -> None:

@@ -32,7 +32,7 @@ from .errors import (
     StorageError,
 )
 from .names import check_name
-from .objects import Pool, Volume
+from .objects import Pool, Volume, claim
 from .state import FileMeta, StoredVolume, merge_meta
 from .watch import DirWatcher
 
@@ -97,7 +97,9 @@ class VolumeOps:
                     try:
                         await self._refresh(pool)
                     except Busy:
-                        pass  # stopped meanwhile
+                        if pool.active and pool.busy and self.nursery is not None:
+                            # a user's operation runs: rescan once it is done
+                            self.nursery.start_soon(self._rescan_later, pool.name)
                     except StorageError as exc:
                         # the pool is inaccessible until its storage is back
                         self.note_refusal(pool, "refresh", exc)
@@ -105,6 +107,11 @@ class VolumeOps:
                 for name in names:
                     with contextlib.suppress(StorageError):
                         await self._probe_one(pool, name)
+
+    async def _rescan_later(self: Manager, pool_name: str) -> None:
+        await trio.sleep(0.5)
+        self._dirty.setdefault(pool_name, set()).add(None)
+        self._dirty_event.set()
 
     async def _details_worker(self: Manager) -> None:
         """Fill in what a refresh left out (backing store, snapshots ...) one volume at
@@ -275,6 +282,12 @@ class VolumeOps:
             raise Busy(f"storage pool '{name}' is not active")
         return pool
 
+    @staticmethod
+    def check_not_stopping(pool: Pool) -> None:
+        """No new volume operation while the pool stops (it would run on its way out)."""
+        if pool.busy in ("stop", "undefine"):
+            raise Busy(pool.busy_reason())
+
     def volume(self: Manager, pool_name: str, name: str) -> Volume:
         pool = self.pool(pool_name)
         vol = pool.volumes.get(name)
@@ -295,6 +308,7 @@ class VolumeOps:
         with self.recording(pool, f"create volume {name}"):
             check_name(name, "volume name")
             pool = self.running_pool(pool_name)
+            self.check_not_stopping(pool)
             if name in pool.volumes or name in pool.reserved:
                 raise Exists(f"storage volume '{name}' exists already")
             spec = spec or self.default_spec(pool, name)
@@ -322,9 +336,10 @@ class VolumeOps:
         vol = self.volume(pool_name, name)
         pool = vol.pool
         with self.recording(vol, "delete"):
-            async with vol.lock:
+            with claim(vol, "delete"):
                 if pool.volumes.get(name) is not vol:
                     raise NotFound(f"no storage vol with matching name '{name}'")
+                self.check_not_stopping(pool)
                 # the record is moved aside first: a state directory that cannot change
                 # refuses the rmdir before the storage is touched
                 record = self.state.stage_delete_volume(pool.name, name)
@@ -507,7 +522,8 @@ class VolumeOps:
             record = self.state.prepare_volume(StoredVolume(pool_name, name, data, new_meta,
                                                             spec.format))
             try:
-                async with vol.lock:
+                with claim(vol, "define"):
+                    self.check_not_stopping(vol.pool)
                     vol.pool.busy_volumes += 1
                     try:
                         async with self.optional_secret_file(secret) as path:

@@ -52,9 +52,33 @@ def try_reflink(src_fd: int, dst_fd: int) -> bool:
         raise
 
 
+#: copy_file_range cannot copy between these two files (another filesystem, an old
+#: kernel, a filesystem without it): copy through user space instead
+_NO_COPY_RANGE = (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL)
+
+
+def _copy_range(src_fd: int, dst_fd: int, n: int, off: int, in_kernel: list[bool]) -> int:
+    """Copy n bytes at off: copy_file_range while it works, else pread/pwrite."""
+    if in_kernel[0]:
+        try:
+            return os.copy_file_range(src_fd, dst_fd, n, off, off)
+        except OSError as exc:
+            if exc.errno not in _NO_COPY_RANGE:
+                raise
+            in_kernel[0] = False
+    data = os.pread(src_fd, n, off)
+    view = memoryview(data)
+    done = 0
+    while done < len(data):
+        done += os.pwrite(dst_fd, view[done:], off + done)
+    return len(data)
+
+
 def sparse_copy(src_fd: int, dst_fd: int, size: int, report: Progress, cancel: _Cancel) -> None:
-    """Copy only the data extents (SEEK_DATA/SEEK_HOLE): holes stay holes."""
+    """Copy only the data extents (SEEK_DATA/SEEK_HOLE): holes stay holes, also across
+    filesystems (where copy_file_range says EXDEV, the bytes go through user space)."""
     os.ftruncate(dst_fd, size)
+    in_kernel = [True]
     pos = 0
     while pos < size:
         if cancel.event.is_set():
@@ -70,7 +94,7 @@ def sparse_copy(src_fd: int, dst_fd: int, size: int, report: Progress, cancel: _
         while off < hole:
             if cancel.event.is_set():
                 raise InterruptedError
-            n = os.copy_file_range(src_fd, dst_fd, min(CHUNK, hole - off), off, off)
+            n = _copy_range(src_fd, dst_fd, min(CHUNK, hole - off), off, in_kernel)
             if n <= 0:
                 break
             off += n

@@ -501,14 +501,19 @@ class FileVolumes:
     async def update(self, info: VolumeInfo, spec: VolumeSpec) -> VolumeInfo:
         """Make the file match spec: format (only while empty), size, allocation, owner."""
         self.ensure_regular(info)
-        recreate = spec.format != info.format and not (spec.encryption and info.format == "luks")
         wanted = {k: v for k, v in spec.options.items() if k in ("compat", "lazy_refcounts")}
-        recreate = recreate or any(info.options.get(k) != v for k, v in wanted.items())
-        if recreate or (spec.encryption and not info.encrypted) or \
-                (spec.backing_path and spec.backing_path != info.backing_path):
+        changes = []  # what only a re-made (empty) image can change
+        if spec.format != info.format and not (spec.encryption and info.format == "luks"):
+            changes.append(f"format (from {info.format} to {spec.format})")
+        changes += [k.replace("_", " ") for k, v in wanted.items() if info.options.get(k) != v]
+        if spec.encryption and not info.encrypted:
+            changes.append("encryption")
+        if spec.backing_path and spec.backing_path != info.backing_path:
+            changes.append("backing store")
+        if changes:
             if await self.image_holds_data(info):
-                raise Busy(f"volume '{info.name}' holds data; its format cannot change "
-                           f"from {info.format} to {spec.format}")
+                raise Busy(f"cannot change the {' and '.join(changes)} of a volume that "
+                           f"holds data ('{info.name}')")
             # made beside the old one, then renamed over it: a failure keeps the old;
             # the new file is as readable as the document says, else as the old one
             tmp = os.path.join(self.dir, fit_name(f"{TEMP_PREFIX}new-{info.name}"))
