@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .docs import pool_status, volume_doc
+from .docs import pool_status, shown_format, volume_doc
 from .manager import Manager
 from .objects import Pool, Volume
 
@@ -88,11 +88,13 @@ def volume_config_xml(m: Manager, vol: Volume) -> bytes:
     """The stored document if a user wrote one, else the volume as it was made."""
     if vol.config is not None:
         return vol.config
+    if vol.pending:
+        return b""
     return volume_doc(vol.pool.definition, vol.info, live=False)
 
 
 def volume_status_xml(m: Manager, vol: Volume) -> bytes:
-    return volume_doc(vol.pool.definition, m.volume_info(vol), live=True)
+    return volume_doc(vol.pool.definition, m.volume_info(vol), live=True, config=vol.config)
 
 
 def volume_file(m: Manager, vol: Volume, name: str) -> bytes:
@@ -110,7 +112,7 @@ def volume_file(m: Manager, vol: Volume, name: str) -> bytes:
     if name in ("capacity", "allocation"):
         return line(getattr(info, name))
     if name == "format":
-        return line(info.format)
+        return line(shown_format(info))
     if name == "key":
         return line(info.key)
     return b""

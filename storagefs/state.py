@@ -5,7 +5,8 @@ Layout of the state directory::
     lock                  flock'ed by the serving process; holds its PID
     pools/NAME.json       one pool: accepted config.xml bytes, uuid, autostart,
                           whether it was running, config.xml's mode/owner/times
-    volumes/POOL/VOL.json a volume's accepted config.xml (only when one was written)
+    volumes/POOL/VOL.json a volume's accepted config.xml (when one was written) and the
+                          signature of the file storagefs made (while nothing else wrote)
     secrets/UUID.json     a secret's accepted config.xml (not for ephemeral secrets)
     secrets/UUID.value    its value, mode 0600, in a directory only root can enter
     images/               the default pool's target
@@ -72,8 +73,11 @@ class StoredPool:
 class StoredVolume:
     pool: str
     name: str
-    config: bytes
+    #: None: no document was accepted (config.xml is generated)
+    config: bytes | None
     meta: FileMeta = field(default_factory=FileMeta)
+    #: see objects.Volume.made
+    made: list[int] | None = None
 
 
 def _enc(data: bytes) -> str:
@@ -194,8 +198,12 @@ class StateDir:
         for entry in sorted(vdir.glob("*.json")) if vdir.is_dir() else []:
             try:
                 raw = json.loads(entry.read_text())
-                out[raw["name"]] = StoredVolume(pool, raw["name"], _dec(raw["config"]),
-                                                FileMeta(**raw.get("meta", {})))
+                config = raw.get("config")
+                made = raw.get("made")
+                out[raw["name"]] = StoredVolume(
+                    pool, raw["name"], None if config is None else _dec(config),
+                    FileMeta(**raw.get("meta", {})),
+                    [int(x) for x in made] if isinstance(made, list) else None)
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.error("skipping unreadable volume definition %s: %s", entry, exc)
         return out
@@ -203,7 +211,8 @@ class StateDir:
     def save_volume(self, vol: StoredVolume) -> None:
         vdir = self.volumes_dir / vol.pool
         vdir.mkdir(mode=0o700, exist_ok=True)
-        doc = {"name": vol.name, "config": _enc(vol.config), "meta": asdict(vol.meta)}
+        doc = {"name": vol.name, "config": None if vol.config is None else _enc(vol.config),
+               "meta": asdict(vol.meta), "made": vol.made}
         self._write(vdir / f"{vol.name}.json", doc)
 
     def delete_volume(self, pool: str, name: str) -> None:

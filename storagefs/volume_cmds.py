@@ -152,11 +152,13 @@ class VolumeCommands:
         size = parse_size(next(a for a in cmd.args if not a.startswith("--")))
         secret = self.volume_secret(vol)
         async with self._volume_op(vol), self.optional_secret_file(secret) as secret_file:
+            pristine = self.pristine(vol)
             cap = vol.info.capacity + size if "--delta" in flags else size
             vol.info = await vol.pool.backend.resize_volume(
                 vol.info, cap, shrink="--shrink" in flags, allocate="--allocate" in flags,
                 secret_file=secret_file)
             self._forget_config(vol)
+            self.remember_made(vol, pristine)  # storagefs's own resize writes no data
 
     def renamed_config(self: Manager, vol: Volume, new: str, pool) -> bytes:
         from .xml.volume import format_volume, parse_volume
@@ -177,7 +179,7 @@ class VolumeCommands:
         (except for an encrypted volume, whose document names its secret)."""
         if vol.config is not None and not vol.info.encrypted:
             vol.config = None
-            self.state.delete_volume(vol.pool.name, vol.name)
+            self.store_volume(vol)
 
     async def _clone(self: Manager, vol: Volume, cmd: Command) -> None:
         new, opts = _clone_args(cmd.args)

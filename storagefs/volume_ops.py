@@ -30,6 +30,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_CAPACITY = 1 << 30
+#: what a host adds to a fully allocated volume (file system blocks, image metadata such
+#: as qcow2's L2 and refcount tables): ``virsh vol-dumpxml`` reports <allocation> that
+#: much above <capacity>, and such a document must still be accepted
+ALLOCATION_SLACK = 1 << 20
+
+
+def check_allocation(capacity: int, allocation: int | None) -> None:
+    """EINVAL for an <allocation> above <capacity> (beyond what vol-dumpxml reports for a
+    fully allocated volume: 1 MiB plus 1/256 of the capacity)."""
+    if allocation is not None and allocation > capacity + ALLOCATION_SLACK + capacity // 256:
+        raise InvalidArgument(f"allocation {allocation} is above the capacity {capacity}")
 
 
 class VolumeOps:
@@ -154,7 +165,7 @@ class VolumeOps:
             return
         vol = pool.volumes.get(name)
         if info is None:
-            if vol is not None and not vol.lock.locked():
+            if vol is not None and not vol.lock.locked() and not vol.pending:
                 del pool.volumes[name]
                 self.listener.removed(pool.name, name)
             return
@@ -167,6 +178,7 @@ class VolumeOps:
             self.listener.added(pool.name, name)
         elif not vol.lock.locked():
             vol.info = info
+            vol.pending = False
             vol.touch()
             self.listener.changed(pool.name, name)
 
@@ -186,14 +198,16 @@ class VolumeOps:
                 vol = Volume(pool, vinfo.name, vinfo)
                 sv = stored.get(vinfo.name)
                 if sv is not None:
-                    vol.config, vol.meta = sv.config, sv.meta
+                    vol.config, vol.meta, vol.made = sv.config, sv.meta, sv.made
                 pool.volumes[vinfo.name] = vol
                 if pool.active:
                     self.listener.added(pool.name, vinfo.name)
             elif not vol.lock.locked():
                 vol.info = vinfo
+                vol.pending = False  # made outside storagefs meanwhile
                 vol.touch()
-        for name in [n for n in pool.volumes if n not in seen and n not in pool.reserved]:
+        for name in [n for n, v in pool.volumes.items()
+                     if n not in seen and n not in pool.reserved and not v.pending]:
             del pool.volumes[name]
             self.listener.removed(pool.name, name)
         for name in stored:
@@ -237,28 +251,99 @@ class VolumeOps:
         cap = getattr(defn, "default_volume_capacity", None) or DEFAULT_CAPACITY
         return VolumeSpec(name=name, format=fmt, capacity=cap)
 
+    @staticmethod
+    def makes_pending(pool: Pool) -> bool:
+        """mkdir makes a pending volume: space is really taken and no default was chosen."""
+        return pool.backend.takes_space and \
+            getattr(pool.definition, "default_volume_capacity", None) is None
+
+    # ---- pristine volumes (nothing but storagefs wrote to them) ------------------------
+    def pristine(self: Manager, vol: Volume) -> bool:
+        return vol.made is not None and vol.made == vol.pool.backend.signature(vol.info)
+
+    def remember_made(self: Manager, vol: Volume, pristine: bool) -> None:
+        """After storagefs made or changed the volume: keep it pristine if it was."""
+        vol.made = vol.pool.backend.signature(vol.info) if pristine else None
+        self.store_volume(vol)
+
+    def store_volume(self: Manager, vol: Volume) -> None:
+        """The volume's state record: its accepted document and its signature, if any."""
+        if vol.config is None and vol.made is None:
+            self.state.delete_volume(vol.pool.name, vol.name)
+        else:
+            self.state.save_volume(StoredVolume(vol.pool.name, vol.name, vol.config,
+                                                vol.meta, vol.made))
+
     async def create_volume(self: Manager, pool_name: str, name: str,
                             spec: VolumeSpec | None = None) -> Volume:
         pool = self.pool(pool_name)
         with self.recording(pool, f"create volume {name}"):
-            check_name(name, "volume name")
-            pool = self.running_pool(pool_name)
-            if name in pool.volumes or name in pool.reserved:
-                raise Exists(f"storage volume '{name}' exists already")
-            spec = spec or self.default_spec(pool, name)
-            pool.reserved.add(name)
+            return await self.make_volume(pool, name, spec)
+
+    async def make_volume(self: Manager, pool: Pool, name: str,
+                          spec: VolumeSpec | None = None) -> Volume:
+        """mkdir, or a create command: with ``spec`` None, the pool's defaults (or a pending
+        volume where the pool takes real space and names no default capacity)."""
+        check_name(name, "volume name")
+        pool = self.running_pool(pool.name)
+        if name in pool.volumes or name in pool.reserved:
+            raise Exists(f"storage volume '{name}' exists already")
+        if spec is None and self.makes_pending(pool):
+            return self._make_pending(pool, name)
+        spec = spec or self.default_spec(pool, name)
+        check_allocation(spec.capacity, spec.allocation)
+        pool.reserved.add(name)
+        pool.busy_volumes += 1
+        try:
+            info = await pool.backend.create_volume(spec)
+            vol = Volume(pool, name, info)
+            pool.volumes[name] = vol
+        finally:
+            pool.reserved.discard(name)
+            pool.busy_volumes -= 1
+        pool.touch()
+        self.remember_made(vol, pristine=True)
+        self.listener.added(pool.name, name)
+        self.listener.changed(pool.name)
+        return vol
+
+    def _make_pending(self: Manager, pool: Pool, name: str) -> Volume:
+        """A volume directory with only config.xml: the first accepted document creates
+        the partition or LV. Not persisted (as a pending pool is not): a remount or a
+        stop of the pool forgets it, since nothing of it exists on the storage."""
+        pool.backend.check_volume_name(name)
+        from .xml.pooltypes import default_volume_type
+
+        info = VolumeInfo(name=name, path="", key="",
+                          type=default_volume_type(pool.definition.type))
+        vol = Volume(pool, name, info, pending=True)
+        pool.volumes[name] = vol
+        pool.touch()
+        self.listener.added(pool.name, name)
+        return vol
+
+    async def _create_pending(self: Manager, vol: Volume, data: bytes,
+                              meta: FileMeta | None) -> None:
+        pool = vol.pool
+        spec = self.spec_from_xml(vol, data)
+        async with vol.lock:
+            if pool.volumes.get(vol.name) is not vol:
+                raise NotFound(f"no storage vol with matching name '{vol.name}'")
+            if not vol.pending:
+                raise Busy(f"volume '{vol.name}' was created meanwhile; write the "
+                           "document again")
             pool.busy_volumes += 1
             try:
-                info = await pool.backend.create_volume(spec)
-                vol = Volume(pool, name, info)
-                pool.volumes[name] = vol
+                vol.info = await pool.backend.create_volume(spec)
             finally:
-                pool.reserved.discard(name)
                 pool.busy_volumes -= 1
+            vol.pending = False
+            vol.config, vol.meta = data, merge_meta(vol.meta, meta, content_changed=True)
+            self.remember_made(vol, pristine=True)
+            vol.touch()
             pool.touch()
-        self.listener.added(pool_name, name)
-        self.listener.changed(pool_name)
-        return vol
+        self.listener.changed(pool.name, vol.name)
+        self.listener.links_changed()
 
     async def delete_volume(self: Manager, pool_name: str, name: str) -> None:
         vol = self.volume(pool_name, name)
@@ -267,11 +352,12 @@ class VolumeOps:
             async with vol.lock:
                 if pool.volumes.get(name) is not vol:
                     raise NotFound(f"no storage vol with matching name '{name}'")
-                pool.busy_volumes += 1
-                try:
-                    await pool.backend.delete_volume(vol.info)
-                finally:
-                    pool.busy_volumes -= 1
+                if not vol.pending:  # a pending volume has nothing on the storage
+                    pool.busy_volumes += 1
+                    try:
+                        await pool.backend.delete_volume(vol.info)
+                    finally:
+                        pool.busy_volumes -= 1
                 del pool.volumes[name]
                 self.state.delete_volume(pool.name, name)
                 pool.touch()
@@ -294,6 +380,9 @@ class VolumeOps:
             allocation=vdef.allocation,
             mode=getattr(perms, "mode", None), uid=getattr(perms, "owner", None),
             gid=getattr(perms, "group", None))
+        # before anything changes: a document half applied would leave a volume that
+        # matches neither the old document nor the new one
+        check_allocation(spec.capacity, spec.allocation)
         if spec.format == "qcow2":
             if target.compat:
                 spec.options["compat"] = target.compat
@@ -336,18 +425,24 @@ class VolumeOps:
                             meta: FileMeta | None = None) -> bool:
         vol = self.volume(pool_name, name)
         with self.recording(vol, "define"):
+            if vol.pending:
+                await self._create_pending(vol, data, meta)
+                return True
             current = vol.config if vol.config is not None else volume_doc(
                 vol.pool.definition, vol.info, live=False)
             if data == current:
                 if meta is not None:
                     vol.meta = merge_meta(vol.meta, meta, content_changed=False)
                     if vol.config is not None:
-                        self.state.save_volume(StoredVolume(pool_name, name, data, vol.meta))
+                        self.store_volume(vol)
                 return False
             spec = self.spec_from_xml(vol, data)
             secret = self.encryption_secret(data, vol.pool.definition) if spec.encryption \
                 else None
             async with vol.lock:
+                # never held data: the document re-makes it in full (SPEC "Volumes are
+                # made by their document"); else it is changed in place, today's rules
+                spec.remake = self.pristine(vol)
                 vol.pool.busy_volumes += 1
                 try:
                     async with self.optional_secret_file(secret) as path:
@@ -355,9 +450,9 @@ class VolumeOps:
                         vol.info = await vol.pool.backend.update_volume(vol.info, spec)
                 finally:
                     vol.pool.busy_volumes -= 1
-                new_meta = merge_meta(vol.meta, meta, content_changed=True)
-                self.state.save_volume(StoredVolume(pool_name, name, data, new_meta))
-                vol.config, vol.meta = data, new_meta
+                vol.config = data
+                vol.meta = merge_meta(vol.meta, meta, content_changed=True)
+                self.remember_made(vol, spec.remake)
                 vol.touch()
         self.listener.changed(pool_name, name)
         return True
@@ -366,5 +461,5 @@ class VolumeOps:
         vol = self.volume(pool_name, name)
         vol.meta = meta
         if vol.config is not None:
-            self.state.save_volume(StoredVolume(pool_name, name, vol.config, meta))
+            self.store_volume(vol)
         self.listener.changed(pool_name, name)

@@ -101,11 +101,17 @@ class DirBackend(PoolBackend):
     def unchanged(self, info: VolumeInfo) -> bool:
         return self.files.unchanged(info)
 
+    def signature(self, info: VolumeInfo) -> list[int] | None:
+        return self.files.signature(info)
+
+    def _check_room(self, allocation: int, freed: int = 0) -> None:
+        free = shutil.disk_usage(self.target).free + freed
+        if allocation > free:
+            raise NoSpace(f"not enough space for {allocation} bytes ({free} available)")
+
     async def create_volume(self, spec: VolumeSpec) -> VolumeInfo:
-        free = shutil.disk_usage(self.target).free if spec.allocation else 0
-        if spec.allocation and spec.allocation > free:
-            raise NoSpace(f"not enough space for {spec.allocation} bytes "
-                          f"({free} available)")
+        if spec.allocation:
+            self._check_room(min(spec.allocation, spec.capacity or spec.allocation))
         return await self.files.create(spec)
 
     async def delete_volume(self, info: VolumeInfo) -> None:
@@ -120,6 +126,8 @@ class DirBackend(PoolBackend):
     async def update_volume(self, info: VolumeInfo, spec: VolumeSpec) -> VolumeInfo:
         if self.files.stat(info) is None:
             raise Busy(f"volume '{info.name}' is no longer there")
+        if spec.remake and spec.allocation:  # the old file's space comes back
+            self._check_room(spec.allocation, info.allocation)
         return await self.files.update(info, spec)
 
     async def clone_volume(self, src: VolumeInfo, spec: VolumeSpec, report) -> VolumeInfo:

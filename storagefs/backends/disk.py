@@ -189,6 +189,7 @@ def normal_format(fmt: str | None) -> str:
 
 class DiskBackend(PoolBackend):
     type = "disk"
+    takes_space = True
 
     def __init__(self, definition) -> None:
         super().__init__(definition)
@@ -418,6 +419,9 @@ class DiskBackend(PoolBackend):
         return self._info or PoolInfo(), [self._volume(p) for p in layout.parts]
 
     # ---- volumes --------------------------------------------------------------------------
+    def check_volume_name(self, name: str) -> None:
+        self._number(name)
+
     def stat_volume(self, info: VolumeInfo) -> VolumeInfo | None:
         number = None
         with contextlib.suppress(StorageError):
@@ -481,13 +485,7 @@ class DiskBackend(PoolBackend):
                 raise InvalidArgument(f"invalid partition name '{spec.name}', expected "
                                       f"'{expected}' (the next partition of "
                                       f"'{self.device}')")
-            try:
-                first, last = self._place(layout, kind, spec.capacity)
-            except NoSpace as exc:
-                if self.definition.default_volume_capacity is None:
-                    exc.reason += ("; mkdir makes volumes of the pool's default capacity: "
-                                   "set one with <storagefs:volume-defaults capacity='...'/>")
-                raise
+            first, last = self._place(layout, kind, spec.capacity)
             words = [kind] if layout.label == "msdos" else ["primary"]
             if fmt in FORMAT_FS_TYPE:
                 words.append(FORMAT_FS_TYPE[fmt])

@@ -8,6 +8,8 @@ other non-regular entries in the directory are never listed nor touched.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import dataclasses
 import errno
 import logging
 import os
@@ -36,8 +38,19 @@ log = logging.getLogger(__name__)
 #: names of our temp files in a pool directory (never volumes: names start with a dot)
 TEMP_PREFIX = ".storagefs-"
 QEMU_IMG = "qemu-img"
-#: formats storagefs creates as files, and those qemu-img can resize
-CREATABLE = ("raw", "qcow2", "qed", "vmdk", "vdi", "vpc")
+#: formats storagefs creates as files: those of libvirt's file formats (pooltypes
+#: FILE_VOLUME_FORMATS) that qemu-img 7.2 creates (vhdx and parallels it creates too,
+#: but libvirt has no name for them); and those qemu-img can resize
+CREATABLE = ("raw", "qcow", "qcow2", "qed", "vmdk", "vdi", "vpc")
+#: why libvirt's other file formats cannot be made here
+NOT_CREATABLE = {
+    "vhd": "qemu-img makes VHD images as 'vpc': write <format type='vpc'/>",
+    "ploop": "ploop images are made by the ploop tool, which storagefs does not drive",
+    "dir": "a directory is not a volume storagefs makes",
+    "iso": "ISO images are made by mastering tools (xorriso, genisoimage), not qemu-img",
+    "fat": "a FAT image is made by mkfs.vfat on a raw volume, not by qemu-img",
+    "cow": "qemu-img dropped the cow format",
+}
 RESIZABLE = ("raw", "qcow2", "luks")
 SUFFIX_FORMATS = {".qcow2": "qcow2", ".vmdk": "vmdk", ".vdi": "vdi", ".vhd": "vpc",
                   ".raw": "raw", ".img": "raw", ".qed": "qed"}
@@ -48,24 +61,73 @@ QEMU_ERRNOS = {"No space left": errno.ENOSPC, "File too large": errno.EFBIG,
 _probe_limit = trio.CapacityLimiter(4)
 
 
+def check_creatable(fmt: str) -> None:
+    """ENOTSUP, with the reason, for a format storagefs cannot make (before anything runs)."""
+    if fmt in CREATABLE:
+        return
+    why = NOT_CREATABLE.get(fmt) or f"qemu-img reads {fmt} images but cannot create them"
+    raise NotSupported(f"cannot create volumes of format '{fmt}': {why} (formats made "
+                       f"here: {', '.join(CREATABLE)})")
+
+
+def _qemu_preallocates(spec: VolumeSpec) -> bool:
+    """qcow2 asked for in full is preallocated by qemu-img itself (preallocation=falloc)."""
+    return bool(spec.format == "qcow2" and spec.allocation
+                and spec.allocation >= spec.capacity)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_fallocate = _libc.fallocate
+_fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+FALLOC_FL_KEEP_SIZE = 1
+
+
+def _allocate_fd(fd: int, length: int) -> None:
+    if _fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, length) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+async def allocate(path: str, length: int) -> None:
+    """Make the file take at least ``length`` bytes on the host (libvirt's allocation).
+
+    fallocate(FALLOC_FL_KEEP_SIZE) from offset 0: holes inside the file are allocated
+    (they still read as zeros) and the rest is reserved past its end, which the file
+    grows into as data is written. Neither the size nor a byte of any image format
+    changes, so this works for every format: a raw file's first ``length`` bytes, or a
+    qcow2/vmdk/vdi/... image with room reserved for its clusters.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise from_oserror(exc, f"cannot open '{path}'") from None
+    try:
+        await trio.to_thread.run_sync(_allocate_fd, fd, length)
+    except OSError as exc:
+        raise from_oserror(exc, f"cannot allocate {length} bytes for '{path}'") from None
+    finally:
+        os.close(fd)
+
+
 def format_from_name(name: str) -> str | None:
     return SUFFIX_FORMATS.get(os.path.splitext(name)[1].lower())
 
 
-def probe_header(path: str) -> tuple[str, int | None]:
-    """The image format and virtual size from the file's header, as libvirt probes
-    them (no host tool: a refresh of thousands of images stays fast, and works
-    when qemu-img hangs or is missing). Size None: unknown (raw: the file size)."""
+def probe_header(path: str) -> tuple[str, int | None, str | None]:
+    """The image format, virtual size and encryption (libvirt's name: luks or qcow)
+    from the file's header, as libvirt probes them (no host tool: a refresh of
+    thousands of images stays fast, and works when qemu-img hangs or is missing).
+    Size None: unknown (raw: the file size)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
-        return "raw", None
+        return "raw", None, None
     try:
         head = os.pread(fd, 512, 0)
         size = os.fstat(fd).st_size
         tail = os.pread(fd, 512, size - 512) if size >= 512 else b""
     except OSError:
-        return "raw", None
+        return "raw", None, None
     finally:
         os.close(fd)
 
@@ -75,22 +137,25 @@ def probe_header(path: str) -> tuple[str, int | None]:
 
     if head[:4] == b"QFI\xfb":
         version = num(">I", 4)
-        return ("qcow2" if version in (2, 3) else "qcow"), num(">Q", 24)
+        if version in (2, 3):  # crypt_method: 0 none, 1 AES, 2 LUKS
+            crypt = {1: "qcow", 2: "luks"}.get(num(">I", 32) or 0)
+            return "qcow2", num(">Q", 24), crypt
+        return "qcow", num(">Q", 24), "qcow" if num(">I", 36) == 1 else None
     if head[:4] == b"QED\0":
-        return "qed", num("<Q", 40)
+        return "qed", num("<Q", 40), None
     if head[:4] == b"KDMV":
         sectors = num("<Q", 12)
-        return "vmdk", None if sectors is None else sectors * 512
+        return "vmdk", None if sectors is None else sectors * 512, None
     if head.startswith(b"# Disk DescriptorFile"):
-        return "vmdk", None
+        return "vmdk", None, None
     if head[64:68] == b"\x7f\x10\xda\xbe":
-        return "vdi", num("<Q", 368)
+        return "vdi", num("<Q", 368), None
     for footer in (tail, head):
         if footer[:8] == b"conectix":
-            return "vpc", num(">Q", 48, footer)
+            return "vpc", num(">Q", 48, footer), None
     if head[:6] == b"LUKS\xba\xbe":
-        return "luks", None
-    return "raw", None
+        return "luks", None, "luks"
+    return "raw", None, None
 
 
 def stat_info(info: VolumeInfo, st: os.stat_result) -> VolumeInfo:
@@ -159,8 +224,10 @@ class FileVolumes:
             raise from_oserror(exc, f"cannot stat '{path}'") from None
         if not stat.S_ISREG(st.st_mode):
             return None
-        fmt, capacity = probe_header(path)
-        info = VolumeInfo(name=name, path=path, key=path, format=fmt)
+        fmt, capacity, crypt = probe_header(path)
+        info = VolumeInfo(name=name, path=path, key=path, format=fmt, encrypted=bool(crypt))
+        if crypt:
+            info.options["encryption"] = crypt
         stat_info(info, st)
         if capacity is not None:
             info.capacity = capacity
@@ -197,6 +264,11 @@ class FileVolumes:
                 info.options["compat"] = str(specific["compat"])
             if specific.get("lazy-refcounts"):
                 info.options["lazy_refcounts"] = "on"
+            encrypt = specific.get("encrypt")
+            if isinstance(encrypt, dict) and encrypt.get("format"):
+                # libvirt's name of qcow2's built-in encryption: aes is 'qcow'
+                fmt = str(encrypt["format"])
+                info.options["encryption"] = "qcow" if fmt == "aes" else fmt
 
     @staticmethod
     def ensure_regular(info: VolumeInfo) -> None:
@@ -232,11 +304,11 @@ class FileVolumes:
 
     async def create(self, spec: VolumeSpec, path: str | None = None) -> VolumeInfo:
         """Make the volume at its path (or at ``path``, a temporary name in the pool)."""
-        if spec.format not in CREATABLE:
-            raise NotSupported(f"cannot create volumes of format '{spec.format}' here")
+        check_creatable(spec.format)
         final = self.path_of(spec.name)
         path = path or final
         mode = spec.mode if spec.mode is not None else 0o600
+        plain_raw = spec.format == "raw" and not spec.encryption and not spec.options
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
         except FileExistsError:
@@ -244,20 +316,22 @@ class FileVolumes:
         except OSError as exc:
             raise from_oserror(exc, f"cannot create '{path}'") from None
         try:
+            info = None
             try:
                 if spec.uid is not None or spec.gid is not None:
                     os.fchown(fd, -1 if spec.uid is None else spec.uid,
                               -1 if spec.gid is None else spec.gid)
                 os.fchmod(fd, mode)
-                if spec.format == "raw" and not spec.encryption and not spec.options:
+                if plain_raw:
                     await self._make_raw(fd, spec.capacity, spec.allocation)
                     # known format: no need to open it again to probe the header
                     info = stat_info(VolumeInfo(spec.name, final, final), os.fstat(fd))
             finally:
                 os.close(fd)
-            if spec.format != "raw" or spec.encryption or spec.options:
+            if not plain_raw:
                 await self._qemu_create(path, spec)
-                info = None
+                if spec.allocation and not _qemu_preallocates(spec):
+                    await allocate(path, spec.allocation)
             if path != final:
                 os.replace(path, final)
             if info is None:
@@ -274,10 +348,13 @@ class FileVolumes:
             raise
 
     async def _make_raw(self, fd: int, capacity: int, allocation: int | None) -> None:
+        """A sparse file of ``capacity`` bytes whose first ``allocation`` bytes are
+        allocated (libvirt: <allocation> below <capacity> is a partly sparse file)."""
         try:
             os.ftruncate(fd, capacity)
             if allocation and capacity:
-                await trio.to_thread.run_sync(os.posix_fallocate, fd, 0, capacity)
+                await trio.to_thread.run_sync(os.posix_fallocate, fd, 0,
+                                              min(allocation, capacity))
         except OSError as exc:
             raise from_oserror(exc, "cannot allocate the volume") from None
 
@@ -296,7 +373,7 @@ class FileVolumes:
                 "luks" if fmt == "qcow2" else "sec0")
             if fmt == "qcow2":
                 opts["encrypt.key-secret"] = "sec0"
-        if spec.allocation and spec.allocation >= spec.capacity and spec.format == "qcow2":
+        if _qemu_preallocates(spec):
             opts.setdefault("preallocation", "falloc")
         if spec.format == "vpc":
             opts.setdefault("force_size", "on")
@@ -392,30 +469,49 @@ class FileVolumes:
                                        info.format, info.path], timeout=60)
         return any(isinstance(e, dict) and e.get("data") for e in data or [])
 
+    def signature(self, info: VolumeInfo) -> list[int] | None:
+        """Inode, size, mtime and ctime: a write by anyone moves mtime (and ctime, which
+        no one can set back); a file put in its place has another inode."""
+        try:
+            st = os.lstat(info.path)
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
     async def update(self, info: VolumeInfo, spec: VolumeSpec) -> VolumeInfo:
-        """Make the file match spec: format (only while empty), size, allocation, owner."""
+        """Make the file match spec: in full when ``spec.remake`` (it never held data),
+        else format (only while empty), size, allocation, owner."""
         self.ensure_regular(info)
+        if spec.remake:
+            # what the document leaves out keeps what the file has
+            spec = dataclasses.replace(
+                spec, mode=info.mode if spec.mode is None else spec.mode,
+                uid=info.uid if spec.uid is None else spec.uid,
+                gid=info.gid if spec.gid is None else spec.gid)
+            return await self._remake(info, spec)
         recreate = spec.format != info.format and not (spec.encryption and info.format == "luks")
         wanted = {k: v for k, v in spec.options.items() if k in ("compat", "lazy_refcounts")}
         recreate = recreate or any(info.options.get(k) != v for k, v in wanted.items())
         if recreate or (spec.encryption and not info.encrypted) or \
                 (spec.backing_path and spec.backing_path != info.backing_path):
+            check_creatable(spec.format)
             if await self.image_holds_data(info):
                 raise Busy(f"volume '{info.name}' holds data; its format cannot change "
                            f"from {info.format} to {spec.format}")
-            # made beside the old one, then renamed over it: a failure keeps the old
-            tmp = os.path.join(self.dir, f".storagefs-new-{info.name}")
-            self._discard(tmp)
-            return await self.create(spec, tmp)
+            return await self._remake(info, spec)
         if spec.capacity > info.capacity:
             info = await self.resize(info, spec.capacity, shrink=False, allocate=False)
         elif spec.capacity < info.capacity:
             raise InvalidArgument(
                 f"capacity {spec.capacity} is below the current {info.capacity}; "
                 "shrinking needs 'resize --shrink'")
-        if spec.allocation is not None and spec.allocation >= info.capacity > 0 \
-                and info.allocation < info.capacity and info.format == "raw":
-            await self._preallocate(info)
+        if spec.allocation:
+            wanted_alloc = min(spec.allocation, info.capacity) if info.format == "raw" \
+                else spec.allocation
+            if info.allocation < wanted_alloc:
+                await allocate(info.path, wanted_alloc)
         try:
             fd = os.open(info.path, os.O_RDONLY | os.O_NOFOLLOW)
             try:
@@ -431,17 +527,11 @@ class FileVolumes:
             raise from_oserror(exc, f"cannot set permissions of '{info.path}'") from None
         return self.stat(info) or info
 
-    async def _preallocate(self, info: VolumeInfo) -> None:
-        try:
-            fd = os.open(info.path, os.O_WRONLY | os.O_NOFOLLOW)
-        except OSError as exc:
-            raise from_oserror(exc, f"cannot open '{info.path}'") from None
-        try:
-            await trio.to_thread.run_sync(os.posix_fallocate, fd, 0, info.capacity)
-        except OSError as exc:
-            raise from_oserror(exc, "cannot preallocate") from None
-        finally:
-            os.close(fd)
+    async def _remake(self, info: VolumeInfo, spec: VolumeSpec) -> VolumeInfo:
+        """Made beside the old one, then renamed over it: a failure keeps the old."""
+        tmp = os.path.join(self.dir, f"{TEMP_PREFIX}new-{info.name}")
+        self._discard(tmp)
+        return await self.create(spec, tmp)
 
     async def clone(self, src: VolumeInfo, spec: VolumeSpec, report) -> VolumeInfo:
         self.ensure_regular(src)
