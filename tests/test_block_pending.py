@@ -21,6 +21,7 @@ from mount_helpers import (
     command,
     ls_names,
     read,
+    run,
     sh,
     write,
     write_errno,
@@ -65,6 +66,22 @@ def started(m, name: str, xml: str):
 
 def partitions(dev) -> dict[int, int]:
     return {n: size for n, _start, size in parted_print(dev.path)[1]}
+
+
+def flags(dev, number: int) -> str:
+    """The flags field of partition ``number`` (parted -m)."""
+    out = run(["parted", "-m", "-s", dev.path, "unit", "B", "print"]).stdout
+    for line in out.splitlines():
+        fields = line.rstrip(";").split(":")
+        if fields[0] == str(number):
+            return fields[6] if len(fields) > 6 else ""
+    raise AssertionError(f"no partition {number} on {dev.path}")
+
+
+def typed_doc(name: str, capacity: int, fmt: str) -> str:
+    return (f"<volume type='block'>\n  <name>{name}</name>\n"
+            f"  <capacity unit='bytes'>{capacity}</capacity>\n"
+            f"  <target>\n    <format type='{fmt}'/>\n  </target>\n</volume>\n")
 
 
 def lvs(vg: str) -> dict[str, int]:
@@ -155,6 +172,30 @@ def test_disk_pool_with_a_default_capacity_makes_the_partition_at_mkdir(mounted,
     write(p / "config.xml", disk_pool("dp", dev.path, defaults))
     assert mkdir_errno(p / "volumes" / f"{dev.name}p2") == errno.ENOSPC
     assert set(partitions(dev)) == {1}
+
+
+def test_disk_volume_document_is_never_half_applied(mounted, loops):
+    dev = loops.make("256M")
+    p = started(mounted, "dp", disk_pool("dp", dev.path))
+    name = f"{dev.name}p1"
+    v = p / "volumes" / name
+    os.mkdir(v)
+    write(v / "config.xml", block_doc(name, 16 * MiB))
+    config = read(v / "config.xml")
+    # a new type flag with a smaller capacity: refused, and the flag is not set
+    code, call = write_errno(v / "config.xml", typed_doc(name, 8 * MiB, "linux-lvm"))
+    assert (code, call) == (errno.EINVAL, "write")
+    assert "shrink" in assert_one_error_line(v)
+    assert "lvm" not in flags(dev, 1)
+    # nor with a capacity that does not fit
+    code, call = write_errno(v / "config.xml", typed_doc(name, 400 * MiB, "linux-lvm"))
+    assert (code, call) == (errno.ENOSPC, "write")
+    assert "lvm" not in flags(dev, 1)
+    assert partitions(dev) == {1: 16 * MiB}
+    assert read(v / "config.xml") == config
+    write(v / "config.xml", typed_doc(name, 20 * MiB, "linux-lvm"))
+    assert "lvm" in flags(dev, 1)
+    assert partitions(dev) == {1: 20 * MiB}
 
 
 def test_logical_pool_mkdir_makes_a_pending_volume_its_document_creates(mounted, loops):

@@ -24,6 +24,7 @@ from mount_helpers import (
     command,
     conformance,
     ls_names,
+    pool_xml,
     qemu_info,
     read,
     read_bytes,
@@ -385,3 +386,37 @@ def test_status_xml_of_a_luks_volume_shows_encryption_and_secret(mounted, name, 
     mounted.remount()
     check(read_bytes(v / "status.xml"))
     assert PASSPHRASE not in read(v / "status.xml")
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 64 MiB tmpfs the test mounts and unmounts (for ENOSPC)."""
+    d = tmp_path / "small"
+    d.mkdir()
+    run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=0711", "tmpfs", d])
+    try:
+        yield d
+    finally:
+        run(["umount", "-l", d], check=False)
+
+
+def test_a_document_that_does_not_fit_changes_nothing(mounted, small_fs):
+    p = mounted.pool("small")
+    os.mkdir(p)
+    write(p / "config.xml", pool_xml("small", small_fs))
+    command(p / "control", "start")
+    v = p / "volumes" / "v"
+    os.mkdir(v)
+    real = small_fs / "v"
+    # pristine: re-made beside the old file, which is kept when the new one cannot be
+    code, call = write_errno(v / "config.xml", doc("v", 200 * MiB, allocation=200 * MiB))
+    assert (code, call) == (errno.ENOSPC, "write")
+    assert os.stat(real).st_size == GiB
+    assert os.listdir(small_fs) == ["v"]
+    # holding data: growing and preallocating is checked before the file grows
+    guest_write(v / "path")
+    code, call = write_errno(v / "config.xml", doc("v", 2 * GiB, allocation=2 * GiB))
+    assert (code, call) == (errno.ENOSPC, "write")
+    assert "space" in assert_one_error_line(v)
+    assert os.stat(real).st_size == GiB
+    assert blocks(real) < MiB

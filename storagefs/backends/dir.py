@@ -126,8 +126,12 @@ class DirBackend(PoolBackend):
     async def update_volume(self, info: VolumeInfo, spec: VolumeSpec) -> VolumeInfo:
         if self.files.stat(info) is None:
             raise Busy(f"volume '{info.name}' is no longer there")
-        if spec.remake and spec.allocation:  # the old file's space comes back
-            self._check_room(spec.allocation, info.allocation)
+        if spec.allocation:  # before anything changes; a re-made file frees the old one's
+            wanted = min(spec.allocation, max(spec.capacity, info.capacity))
+            if spec.remake:
+                self._check_room(wanted, info.allocation)
+            elif wanted > info.allocation:
+                self._check_room(wanted - info.allocation)
         return await self.files.update(info, spec)
 
     async def clone_volume(self, src: VolumeInfo, spec: VolumeSpec, report) -> VolumeInfo:
