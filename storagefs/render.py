@@ -25,7 +25,8 @@ README = b"""storagefs: the host's storage as files (libvirt's storage model)
                         write 'running' or 'inactive' to start or stop (idempotent)
     autostart           yes | no
     control             write a command: start, stop, build, build overwrite,
-                        refresh, delete; read it for the commands valid now
+                        refresh, delete, create NAME CAPACITY [--format F]
+                        [--allocation A]; read it for the commands valid now
     uuid type capacity allocation available   one value per file
     error               the last refused operation and why
     volumes/VOL/        one volume: config.xml status.xml path capacity allocation
@@ -44,7 +45,9 @@ README = b"""storagefs: the host's storage as files (libvirt's storage model)
 Define a pool:   mkdir pools/P; cat pool.xml > pools/P/config.xml
 Start it:        echo running > pools/P/state
 Make a volume:   mkdir pools/P/volumes/disk1.qcow2
+Or in one line:  echo 'create disk2.qcow2 10G' > pools/P/control
 Change it:       write a volume XML to pools/P/volumes/disk1.qcow2/config.xml
+                 (until anything else writes to it, the XML re-makes it in full)
 Destroy it:      rmdir pools/P/volumes/disk1.qcow2
 Undefine:        echo inactive > pools/P/state; rmdir pools/P   (storage is kept)
 
