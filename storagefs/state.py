@@ -88,16 +88,19 @@ def _dec(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+def atomic_write(path: Path, data: bytes, mode: int = 0o600, durable: bool = True) -> None:
+    """Temp file and rename; ``durable`` fsyncs the file and the directory too."""
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
     try:
         os.write(fd, data)
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def fsync_dir(path: Path) -> None:
@@ -209,19 +212,24 @@ class StateDir:
         return out
 
     def save_volume(self, vol: StoredVolume) -> None:
+        """A record with a document is durable (fsync'ed). One with only the signature
+        of a file storagefs made is not: mkdir stays a few syscalls, and a crash that
+        loses it only makes the volume count as one that may hold data."""
         vdir = self.volumes_dir / vol.pool
         vdir.mkdir(mode=0o700, exist_ok=True)
         doc = {"name": vol.name, "config": None if vol.config is None else _enc(vol.config),
                "meta": asdict(vol.meta), "made": vol.made}
-        self._write(vdir / f"{vol.name}.json", doc)
+        self._write(vdir / f"{vol.name}.json", doc, durable=vol.config is not None)
 
-    def delete_volume(self, pool: str, name: str) -> None:
+    def delete_volume(self, pool: str, name: str, durable: bool = True) -> None:
+        """``durable=False`` for a record that held no document (see save_volume)."""
         path = self.volumes_dir / pool / f"{name}.json"
         try:
             os.unlink(path)
         except FileNotFoundError:
             return
-        fsync_dir(path.parent)
+        if durable:
+            fsync_dir(path.parent)
 
     # secrets
     def load_secrets(self) -> list[tuple[str, bytes, FileMeta, bytes | None]]:
@@ -261,9 +269,9 @@ class StateDir:
                 os.unlink(self.secrets_dir / f"{uuid}{suffix}")
         fsync_dir(self.secrets_dir)
 
-    def _write(self, path: Path, doc: dict) -> None:
+    def _write(self, path: Path, doc: dict, durable: bool = True) -> None:
         try:
-            atomic_write(path, json.dumps(doc, indent=1).encode())
+            atomic_write(path, json.dumps(doc, indent=1).encode(), durable=durable)
         except OSError as exc:
             code = exc.errno or errno.EIO
             raise StorageError(f"cannot save {path}: {exc.strerror}", code) from None

@@ -359,7 +359,7 @@ class VolumeOps:
                     finally:
                         pool.busy_volumes -= 1
                 del pool.volumes[name]
-                self.state.delete_volume(pool.name, name)
+                self.state.delete_volume(pool.name, name, durable=vol.config is not None)
                 pool.touch()
         self.listener.removed(pool_name, name)
         self.listener.changed(pool_name)
