@@ -4,6 +4,7 @@ Layout of the state directory::
 
     lock                  flock'ed by the serving process; holds its PID
     pools/NAME.json       one pool: accepted config.xml bytes, uuid, autostart,
+                          (for a name too long for that: DIGEST.long.json, see record_file)
                           whether it was running, config.xml's mode/owner/times
     volumes/POOL/VOL.json a volume's accepted config.xml (when one was written) and the
                           signature of the file storagefs made (while nothing else wrote)
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -78,6 +80,15 @@ class StoredVolume:
     meta: FileMeta = field(default_factory=FileMeta)
     #: see objects.Volume.made
     made: list[int] | None = None
+
+
+def record_file(name: str) -> str:
+    """``NAME.json``, or for a name too long for that (a name may have 255 bytes), the
+    SHA-256 of the name: the record holds the name itself, which is what loading reads."""
+    file = f"{name}.json"
+    if len(os.fsencode(file)) <= 250:  # atomic_write's temp name adds 5 bytes
+        return file
+    return f"{hashlib.sha256(os.fsencode(name)).hexdigest()}.long.json"
 
 
 def _enc(data: bytes) -> str:
@@ -181,11 +192,11 @@ class StateDir:
     def save_pool(self, pool: StoredPool) -> None:
         doc = {"name": pool.name, "config": _enc(pool.config), "uuid": pool.uuid,
                "autostart": pool.autostart, "active": pool.active, "meta": asdict(pool.meta)}
-        self._write(self.pools_dir / f"{pool.name}.json", doc)
+        self._write(self.pools_dir / record_file(pool.name), doc)
 
     def delete_pool(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.pools_dir / f"{name}.json")
+            os.unlink(self.pools_dir / record_file(name))
         vdir = self.volumes_dir / name
         if vdir.is_dir():
             for f in vdir.glob("*.json"):
@@ -219,11 +230,11 @@ class StateDir:
         vdir.mkdir(mode=0o700, exist_ok=True)
         doc = {"name": vol.name, "config": None if vol.config is None else _enc(vol.config),
                "meta": asdict(vol.meta), "made": vol.made}
-        self._write(vdir / f"{vol.name}.json", doc, durable=vol.config is not None)
+        self._write(vdir / record_file(vol.name), doc, durable=vol.config is not None)
 
     def delete_volume(self, pool: str, name: str, durable: bool = True) -> None:
         """``durable=False`` for a record that held no document (see save_volume)."""
-        path = self.volumes_dir / pool / f"{name}.json"
+        path = self.volumes_dir / pool / record_file(name)
         try:
             os.unlink(path)
         except FileNotFoundError:

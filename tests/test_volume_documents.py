@@ -420,3 +420,31 @@ def test_a_document_that_does_not_fit_changes_nothing(mounted, small_fs):
     assert "space" in assert_one_error_line(v)
     assert os.stat(real).st_size == GiB
     assert blocks(real) < MiB
+
+
+def test_names_of_255_bytes_keep_their_documents_across_a_remount(mounted, tmp_path):
+    # the state record of a name that long cannot be NAME.json
+    vname = "v" * 255
+    os.mkdir(mounted.vol(vname))
+    text = doc(vname, 32 * MiB)
+    write(mounted.vol(vname) / "config.xml", text)
+    assert os.stat(mounted.images / vname).st_size == 32 * MiB
+    pname = "p" * 255
+    os.mkdir(mounted.pool(pname))
+    ptext = pool_xml(pname, tmp_path / "long")
+    write(mounted.pool(pname) / "config.xml", ptext)
+    mounted.remount()
+    assert read(mounted.vol(vname) / "config.xml") == text
+    assert read(mounted.pool(pname) / "config.xml") == ptext
+    # and our temp files beside such a volume (clone, wipe) fit too
+    qname, cname = "q" * 249 + ".qcow2", "c" * 249 + ".qcow2"
+    os.mkdir(mounted.vol(qname))
+    command(mounted.vol(qname) / "control", f"clone {cname}")
+    assert qemu_info(mounted.images / cname)["format"] == "qcow2"
+    command(mounted.vol(cname) / "control", "wipe")
+    assert qemu_info(mounted.images / cname)["virtual-size"] == GiB
+    os.rmdir(mounted.vol(vname))
+    os.rmdir(mounted.pool(pname))
+    mounted.remount()
+    assert vname not in ls_names(mounted.pool() / "volumes")
+    assert pname not in ls_names(mounted.pools)

@@ -35,7 +35,8 @@ from .base import VolumeInfo, VolumeSpec
 
 log = logging.getLogger(__name__)
 
-#: names of our temp files in a pool directory (never volumes: names start with a dot)
+#: names of our temp files in a pool directory (never volumes: names start with a dot;
+#: fileops.temp_name makes them)
 TEMP_PREFIX = ".storagefs-"
 QEMU_IMG = "qemu-img"
 #: formats storagefs creates as files: those of libvirt's file formats (pooltypes
@@ -529,7 +530,7 @@ class FileVolumes:
 
     async def _remake(self, info: VolumeInfo, spec: VolumeSpec) -> VolumeInfo:
         """Made beside the old one, then renamed over it: a failure keeps the old."""
-        tmp = os.path.join(self.dir, f"{TEMP_PREFIX}new-{info.name}")
+        tmp = os.path.join(self.dir, fileops.temp_name("new", info.name))
         self._discard(tmp)
         return await self.create(spec, tmp)
 
@@ -538,7 +539,7 @@ class FileVolumes:
         path = self.path_of(spec.name)
         if os.path.lexists(path):
             raise Exists(f"volume target path '{path}' already exists")
-        tmp = os.path.join(self.dir, f".storagefs-clone-{spec.name}")
+        tmp = os.path.join(self.dir, fileops.temp_name("clone", spec.name))
         try:
             if spec.format == src.format:
                 await fileops.copy_file(src.path, tmp, src.physical, report)
