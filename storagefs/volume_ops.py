@@ -302,7 +302,11 @@ class VolumeOps:
             pool.reserved.discard(name)
             pool.busy_volumes -= 1
         pool.touch()
-        self.remember_made(vol, pristine=True)
+        try:
+            self.remember_made(vol, pristine=True)
+        except StorageError as exc:  # the volume is made: only its pristine mark is lost
+            log.warning("volume %s/%s: not recorded as made by storagefs: %s", pool.name,
+                        name, exc.reason)
         self.listener.added(pool.name, name)
         self.listener.changed(pool.name)
         return vol
@@ -338,8 +342,10 @@ class VolumeOps:
             finally:
                 pool.busy_volumes -= 1
             vol.pending = False
-            vol.config, vol.meta = data, merge_meta(vol.meta, meta, content_changed=True)
-            self.remember_made(vol, pristine=True)
+            made = pool.backend.signature(vol.info)
+            new_meta = merge_meta(vol.meta, meta, content_changed=True)
+            self.state.save_volume(StoredVolume(pool.name, vol.name, data, new_meta, made))
+            vol.config, vol.meta, vol.made = data, new_meta, made
             vol.touch()
             pool.touch()
         self.listener.changed(pool.name, vol.name)
@@ -450,9 +456,10 @@ class VolumeOps:
                         vol.info = await vol.pool.backend.update_volume(vol.info, spec)
                 finally:
                     vol.pool.busy_volumes -= 1
-                vol.config = data
-                vol.meta = merge_meta(vol.meta, meta, content_changed=True)
-                self.remember_made(vol, spec.remake)
+                made = vol.pool.backend.signature(vol.info) if spec.remake else None
+                new_meta = merge_meta(vol.meta, meta, content_changed=True)
+                self.state.save_volume(StoredVolume(pool_name, name, data, new_meta, made))
+                vol.config, vol.meta, vol.made = data, new_meta, made
                 vol.touch()
         self.listener.changed(pool_name, name)
         return True

@@ -448,3 +448,24 @@ def test_names_of_255_bytes_keep_their_documents_across_a_remount(mounted, tmp_p
     mounted.remount()
     assert vname not in ls_names(mounted.pool() / "volumes")
     assert pname not in ls_names(mounted.pools)
+
+
+@pytest.mark.parametrize("fmt", ["qcow2", "qed", "vdi", "vpc"])
+def test_a_size_the_format_cannot_hold_is_efbig(mounted, fmt):
+    p = mounted.pool()
+    huge = (1 << 63) - 1
+    code, call = write_errno(p / "control", f"create big --format {fmt} {huge}\n")
+    assert (code, call) == (errno.EFBIG, "write")
+    assert_one_error_line(p)
+    assert ls_names(p / "volumes") == set()
+    v = mounted.vol("v")
+    os.mkdir(v)
+    code, call = write_errno(v / "config.xml", doc("v", huge, fmt))
+    assert (code, call) == (errno.EFBIG, "write")
+    assert os.stat(mounted.images / "v").st_size == GiB
+    write(v / "config.xml", doc("v", 64 * MiB, fmt))
+    if fmt == "qcow2":
+        code, call = write_errno(v / "control", f"resize {huge}\n")
+        assert (code, call) == (errno.EFBIG, "write")
+        assert qemu_info(v / "path")["virtual-size"] == 64 * MiB
+    assert sorted(os.listdir(mounted.images)) == ["v"]

@@ -56,8 +56,12 @@ RESIZABLE = ("raw", "qcow2", "luks")
 SUFFIX_FORMATS = {".qcow2": "qcow2", ".vmdk": "vmdk", ".vdi": "vdi", ".vhd": "vpc",
                   ".raw": "raw", ".img": "raw", ".qed": "qed"}
 QEMU_ERRNOS = {"No space left": errno.ENOSPC, "File too large": errno.EFBIG,
-               "Invalid parameter": errno.EINVAL, "not supported": errno.ENOTSUP,
-               "does not support": errno.ENOTSUP}
+               # sizes beyond what the image format holds (qemu-img 7.2's words)
+               "exceeds maximum": errno.EFBIG, "too large": errno.EFBIG,
+               "size cannot be negative": errno.EFBIG, "image size must be": errno.EFBIG,
+               "Unsupported VDI image size": errno.EFBIG,
+               "Invalid parameter": errno.EINVAL, "Invalid argument": errno.EINVAL,
+               "not supported": errno.ENOTSUP, "does not support": errno.ENOTSUP}
 #: at most this many qemu-img probes at once during a refresh
 _probe_limit = trio.CapacityLimiter(4)
 
