@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import re
 from typing import TYPE_CHECKING
 
 import trio
@@ -41,6 +42,30 @@ def check_allocation(capacity: int, allocation: int | None) -> None:
     fully allocated volume: 1 MiB plus 1/256 of the capacity)."""
     if allocation is not None and allocation > capacity + ALLOCATION_SLACK + capacity // 256:
         raise InvalidArgument(f"allocation {allocation} is above the capacity {capacity}")
+
+
+_QEMU_WORD = re.compile(r"[A-Za-z0-9_-]{1,32}")
+
+
+def luks_options(enc) -> dict[str, str]:
+    """qemu's LUKS creation options for libvirt's <cipher name size mode hash> and
+    <ivgen name hash> (as libvirt's storage_util passes them); EINVAL for a value that
+    is not a plain word (it goes into qemu-img's -o list)."""
+    opts = {}
+    if enc.cipher_name is not None:
+        opts["cipher-alg"] = f"{enc.cipher_name}-{enc.cipher_size or 0}"
+        if enc.cipher_mode:
+            opts["cipher-mode"] = enc.cipher_mode
+        if enc.cipher_hash:
+            opts["hash-alg"] = enc.cipher_hash
+    if enc.ivgen_name is not None:
+        opts["ivgen-alg"] = enc.ivgen_name
+        if enc.ivgen_hash:
+            opts["ivgen-hash-alg"] = enc.ivgen_hash
+    for key, value in opts.items():
+        if not _QEMU_WORD.fullmatch(value):
+            raise InvalidArgument(f"encryption {key} {value!r} is not a cipher name qemu knows")
+    return opts
 
 
 class VolumeOps:
@@ -407,6 +432,7 @@ class VolumeOps:
                 raise NotSupported(f"encryption format '{enc.format}' is not supported; "
                                    "use luks")
             spec.encryption = "luks"
+            spec.encrypt_options = luks_options(enc)
         return spec
 
     def encryption_secret(self: Manager, data: bytes, pool) -> str | None:

@@ -378,10 +378,11 @@ def test_status_xml_of_a_luks_volume_shows_encryption_and_secret(mounted, name, 
     check(read_bytes(v / "status.xml"))
     # as libvirt prints it: <encryption> after the permissions and timestamps
     reference = conformance("libvirt", "tests", "storagevolxml2xmlout", "vol-luks.xml")
+    tags = ("<encryption", "</encryption", "<secret")
     want = [line.strip() for line in reference.read_text().splitlines()
-            if "encryption" in line or "secret" in line]
+            if line.strip().startswith(tags)]
     got = [line.strip() for line in read(v / "status.xml").splitlines()
-           if "encryption" in line or "secret" in line]
+           if line.strip().startswith(tags)]
     assert got == [w.replace("f52a81b2-424e-490c-823d-6bd4235bc572", SECRET) for w in want]
     mounted.remount()
     check(read_bytes(v / "status.xml"))
@@ -469,3 +470,35 @@ def test_a_size_the_format_cannot_hold_is_efbig(mounted, fmt):
         assert (code, call) == (errno.EFBIG, "write")
         assert qemu_info(v / "path")["virtual-size"] == 64 * MiB
     assert sorted(os.listdir(mounted.images)) == ["v"]
+
+
+def test_luks_cipher_of_the_document_is_what_the_volume_gets_and_shows(mounted):
+    make_secret(mounted)
+    v = mounted.vol("c.raw")
+    os.mkdir(v)
+    cipher = ("    <encryption format='luks'>\n"
+              f"      <secret type='passphrase' uuid='{SECRET}'/>\n"
+              "      <cipher name='serpent' size='256' mode='cbc' hash='sha256'/>\n"
+              "      <ivgen name='plain64' hash='sha256'/>\n    </encryption>\n")
+    write(v / "config.xml", doc("c.raw", 16 * MiB, target_extra=cipher))
+    data = qemu_info(v / "path")["format-specific"]["data"]
+    assert (data["cipher-alg"], data["cipher-mode"], data["hash-alg"], data["ivgen-alg"]) == (
+        "serpent-256", "cbc", "sha256", "plain64")
+    reference = conformance("libvirt", "tests", "storagevolxml2xmlout", "vol-luks-cipher.xml")
+    tags = ("<encryption", "</encryption", "<secret", "<cipher", "<ivgen")
+    want = [line.strip() for line in reference.read_text().splitlines()
+            if line.strip().startswith(tags)]
+    got = [line.strip() for line in read(v / "status.xml").splitlines()
+           if line.strip().startswith(tags)]
+    assert got == [w.replace("f52a81b2-424e-490c-823d-6bd4235bc572", SECRET) for w in want]
+    assert_valid(read_bytes(v / "status.xml"), "storagevol")
+    # a cipher qemu does not know is EINVAL, and the volume stays as it was
+    before = os.stat(v / "path")
+    code, call = write_errno(v / "config.xml", doc("c.raw", 16 * MiB, target_extra=cipher.replace(
+        "serpent", "rot13")))
+    assert (code, call) == (errno.EINVAL, "write")
+    assert os.stat(v / "path").st_ino == before.st_ino
+    code, _ = write_errno(v / "config.xml", doc("c.raw", 16 * MiB, target_extra=cipher.replace(
+        "'cbc'", "'cbc,preallocation=full'")))
+    assert code == errno.EINVAL
+    assert os.stat(v / "path").st_ino == before.st_ino

@@ -70,6 +70,8 @@ class VolumeSpec:
     #: "luks" to encrypt; the passphrase is in ``secret_file`` while the operation runs
     encryption: str | None = None
     secret_file: str | None = None
+    #: qemu's LUKS options from <cipher>/<ivgen> (cipher-alg, cipher-mode, hash-alg ...)
+    encrypt_options: dict[str, str] = field(default_factory=dict)
     #: update_volume: the volume never held data, so re-make it to match in full
     #: (smaller capacity, another format, encryption) instead of changing it in place
     remake: bool = False

@@ -61,6 +61,7 @@ QEMU_ERRNOS = {"No space left": errno.ENOSPC, "File too large": errno.EFBIG,
                "size cannot be negative": errno.EFBIG, "image size must be": errno.EFBIG,
                "Unsupported VDI image size": errno.EFBIG,
                "Invalid parameter": errno.EINVAL, "Invalid argument": errno.EINVAL,
+               "does not accept value": errno.EINVAL,
                "not supported": errno.ENOTSUP, "does not support": errno.ENOTSUP}
 #: at most this many qemu-img probes at once during a refresh
 _probe_limit = trio.CapacityLimiter(4)
@@ -378,6 +379,8 @@ class FileVolumes:
                 "luks" if fmt == "qcow2" else "sec0")
             if fmt == "qcow2":
                 opts["encrypt.key-secret"] = "sec0"
+            prefix = "encrypt." if fmt == "qcow2" else ""
+            opts.update({prefix + k: v for k, v in spec.encrypt_options.items()})
         if _qemu_preallocates(spec):
             opts.setdefault("preallocation", "falloc")
         if spec.format == "vpc":
@@ -388,16 +391,18 @@ class FileVolumes:
             argv += ["-o", ",".join(f"{k}={v}" for k, v in opts.items())]
         argv += [path, str(spec.capacity)]
         slow = "preallocation" in opts  # writes the whole image
-        for attempt in range(3):
+        attempts = 6
+        for attempt in range(attempts):
             try:
                 await hostcmd.run(argv, timeout=3600 if slow else 60, errno_map=QEMU_ERRNOS)
                 return
             except StorageError as exc:
                 # LUKS key setup times PBKDF on the CPU; on a busy VM that measurement
-                # sometimes fails ("Unable to get accurate CPU usage"): try again
-                if "accurate CPU usage" not in exc.reason or attempt == 2:
+                # often fails ("Unable to get accurate CPU usage"): try again, a moment later
+                if "accurate CPU usage" not in exc.reason or attempt == attempts - 1:
                     raise
                 log.warning("qemu-img could not time the key derivation; trying again")
+                await trio.sleep(0.1 * (attempt + 1))
 
     async def delete(self, info: VolumeInfo) -> None:
         try:
