@@ -46,6 +46,14 @@ class Volume:
     #: the operation holding the lock ("" when none): named when another is refused
     busy: str = ""
     changed_ns: int = field(default_factory=now_ns)
+    #: made by mkdir in a pool where space is really taken (disk, logical) and whose
+    #: definition names no default capacity: nothing exists on the storage yet, the
+    #: directory holds only config.xml, and the first accepted document creates it
+    pending: bool = False
+    #: the storage's signature (backend.signature) when storagefs last made or changed
+    #: the volume; while the storage still matches it, nothing else has written to it
+    #: and a document may re-make it in full. None: it may hold data.
+    made: list[int] | None = None
 
     def touch(self) -> None:
         self.changed_ns = now_ns()

@@ -5,10 +5,12 @@ Layout of the state directory::
     lock                  flock'ed by the serving process; holds its PID
     pools/NAME.json       one pool: accepted config.xml bytes, uuid, autostart,
                           whether it was running, config.xml's mode/owner/times
+                          (a name too long for that is shortened: see record_name)
     pools/NAME.json.broken  a record that could not be read at a start, kept aside
     volumes/POOL/VOL.json a volume's recorded format (of every volume storagefs made or was
-                          told about: the bytes inside never choose it again) and its
-                          accepted config.xml (only when one was written)
+                          told about: the bytes inside never choose it again), the
+                          signature of the file storagefs made (while nothing else wrote
+                          to it) and its accepted config.xml (only when one was written)
     secrets/UUID.json     a secret's accepted config.xml (not for ephemeral secrets)
     secrets/UUID.value    its value, mode 0600, in a directory only root can enter
     images/               the default pool's target
@@ -101,6 +103,8 @@ class StoredVolume:
     #: the format storagefs made the volume with or was told (None in older records)
     format: str | None = None
     broken: str = ""
+    #: see objects.Volume.made
+    made: list[int] | None = None
 
 
 @dataclass
@@ -337,7 +341,7 @@ class StateDir:
                 config = _dec(exc.salvage.get("config", ""))
                 pools[name] = StoredPool(name, config, "", broken=reason)
                 continue
-            if (self.pools_dir / f"{name}.json{BROKEN}").exists():
+            if (self.pools_dir / (record_name(name) + BROKEN)).exists():
                 log.warning("pool %s: %s.json%s is an older unreadable copy, left in place",
                             name, name, BROKEN)
             uuids[stored.uuid] = name
@@ -404,8 +408,12 @@ class StateDir:
                 fmt = raw.get("format")
                 if not isinstance(fmt, (str, type(None))):
                     raise BadRecord(f"format {fmt!r} is not a string", _salvage(raw))
+                made = raw.get("made")
+                if made is not None and not (isinstance(made, list) and
+                                             all(type(x) is int for x in made)):
+                    raise BadRecord(f"made {made!r} is not a list of integers", _salvage(raw))
                 out[name] = StoredVolume(pool, name, None if config is None else _dec(config),
-                                         _meta(raw), format=fmt)
+                                         _meta(raw), format=fmt, made=made)
             except BadRecord as exc:
                 out[name] = StoredVolume(pool, name, b"", broken=self._keep_aside(entry,
                                                                                   str(exc)))
@@ -421,7 +429,7 @@ class StateDir:
         except OSError as exc:
             raise failed(f"cannot save {vdir}", exc) from None
         doc = {"name": vol.name, "config": None if vol.config is None else _enc(vol.config),
-               "meta": asdict(vol.meta), "format": vol.format}
+               "meta": asdict(vol.meta), "format": vol.format, "made": vol.made}
         return prepare_write(vdir / record_name(vol.name), json.dumps(doc, indent=1).encode())
 
     def save_volume(self, vol: StoredVolume) -> None:

@@ -113,7 +113,7 @@ class View:
 
     def _all_volumes(self):
         for pool in self.m.pools.values():
-            yield from pool.volumes.values()
+            yield from (v for v in pool.volumes.values() if not v.pending)
 
     def volumes_by_key(self) -> dict[str, str]:
         return self._cached("by-key", lambda: {
@@ -236,6 +236,10 @@ class View:
             if name in POOL_FILES:
                 return Entry(Kind.POOL_FILE, pool, None, name)
             raise NotFound(name)
+        if vol.pending:  # a pending volume: its config.xml (and why it was refused)
+            if name == "config.xml" or (name == "error" and vol.error):
+                return Entry(Kind.VOL_FILE, pool, vol, name)
+            raise NotFound(name)
         if name == "path" and vol.info.path:
             return Entry(Kind.LINK, pool, vol, name, target=vol.info.path)
         if name == "snapshots":
@@ -267,6 +271,8 @@ class View:
         if k is Kind.POOL_VOLUMES:
             return sorted(entry.pool.volumes)
         if k is Kind.VOLUME:
+            if entry.volume.pending:
+                return ["config.xml", "error"] if entry.volume.error else ["config.xml"]
             names = list(VOL_FILES)
             if entry.volume.info.path:
                 names.insert(2, "path")

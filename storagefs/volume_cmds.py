@@ -156,15 +156,17 @@ class VolumeCommands:
         await self.check_chain(vol)  # qemu-img resize opens the backing chain
         async with self._volume_op(vol, "resize"), \
                 self.optional_secret_file(secret) as secret_file:
+            pristine = self.pristine(vol)
             cap = vol.info.capacity + size if "--delta" in flags else size
-            # the stored document will no longer describe the volume: moved aside first
-            # (a state directory that cannot change refuses before the storage changes)
-            # (its recorded format stays on record)
+            # the stored document will no longer describe the volume: its record is
+            # rewritten first, without it (a state directory that cannot change refuses
+            # before the storage changes); the recorded format stays on record
             forget = vol.config is not None and not vol.info.encrypted
             record = None
-            if forget and vol.recorded_format:
+            if forget and (vol.recorded_format or vol.made):
                 record = self.state.prepare_volume(StoredVolume(
-                    vol.pool.name, vol.name, None, vol.meta, vol.recorded_format))
+                    vol.pool.name, vol.name, None, vol.meta, vol.recorded_format,
+                    made=vol.made))
             elif forget:
                 record = self.state.stage_delete_volume(vol.pool.name, vol.name)
             try:
@@ -178,6 +180,7 @@ class VolumeCommands:
             if record is not None:
                 record.commit()
                 vol.config = None
+            self.remember_made(vol, pristine)  # storagefs's own resize writes no data
 
     def renamed_config(self: Manager, vol: Volume, new: str, pool) -> bytes:
         from .xml.volume import format_volume, parse_volume

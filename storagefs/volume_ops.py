@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import stat
 from typing import TYPE_CHECKING
 
@@ -42,6 +43,48 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_CAPACITY = 1 << 30
+#: what a host adds to a fully allocated volume (file system blocks, image metadata such
+#: as qcow2's L2 and refcount tables): ``virsh vol-dumpxml`` reports <allocation> that
+#: much above <capacity>, and such a document must still be accepted
+ALLOCATION_SLACK = 1 << 20
+
+
+def recorded_format(spec: VolumeSpec) -> str:
+    """The format a volume made from ``spec`` has: an encrypted raw volume is LUKS."""
+    if spec.encryption and spec.format in (None, "raw"):
+        return "luks"
+    return spec.format
+
+
+def check_allocation(capacity: int, allocation: int | None) -> None:
+    """EINVAL for an <allocation> above <capacity> (beyond what vol-dumpxml reports for a
+    fully allocated volume: 1 MiB plus 1/256 of the capacity)."""
+    if allocation is not None and allocation > capacity + ALLOCATION_SLACK + capacity // 256:
+        raise InvalidArgument(f"allocation {allocation} is above the capacity {capacity}")
+
+
+_QEMU_WORD = re.compile(r"[A-Za-z0-9_-]{1,32}")
+
+
+def luks_options(enc) -> dict[str, str]:
+    """qemu's LUKS creation options for libvirt's <cipher name size mode hash> and
+    <ivgen name hash> (as libvirt's storage_util passes them); EINVAL for a value that
+    is not a plain word (it goes into qemu-img's -o list)."""
+    opts = {}
+    if enc.cipher_name is not None:
+        opts["cipher-alg"] = f"{enc.cipher_name}-{enc.cipher_size or 0}"
+        if enc.cipher_mode:
+            opts["cipher-mode"] = enc.cipher_mode
+        if enc.cipher_hash:
+            opts["hash-alg"] = enc.cipher_hash
+    if enc.ivgen_name is not None:
+        opts["ivgen-alg"] = enc.ivgen_name
+        if enc.ivgen_hash:
+            opts["ivgen-hash-alg"] = enc.ivgen_hash
+    for key, value in opts.items():
+        if not _QEMU_WORD.fullmatch(value):
+            raise InvalidArgument(f"encryption {key} {value!r} is not a cipher name qemu knows")
+    return opts
 
 
 class VolumeOps:
@@ -174,7 +217,7 @@ class VolumeOps:
             return
         vol = pool.volumes.get(name)
         if info is None:
-            if vol is not None and not vol.lock.locked():
+            if vol is not None and not vol.lock.locked() and not vol.pending:
                 del pool.volumes[name]
                 # its record goes with it: a file of that name found later is probed
                 self.state.delete_volume(pool.name, name)
@@ -189,6 +232,7 @@ class VolumeOps:
             self.listener.added(pool.name, name)
         elif not vol.lock.locked():
             vol.info = info
+            vol.pending = False
             vol.touch()
             self.listener.changed(pool.name, name)
 
@@ -216,15 +260,17 @@ class VolumeOps:
 
                     vol.error = error_line("load", sv.broken)
                 elif sv is not None:
-                    vol.config, vol.meta = sv.config, sv.meta
+                    vol.config, vol.meta, vol.made = sv.config, sv.meta, sv.made
                     vol.recorded_format = formats.get(vinfo.name)
                 pool.volumes[vinfo.name] = vol
                 if pool.active:
                     self.listener.added(pool.name, vinfo.name)
             elif not vol.lock.locked():
                 vol.info = vinfo
+                vol.pending = False  # made outside storagefs meanwhile
                 vol.touch()
-        for name in [n for n in pool.volumes if n not in seen and n not in pool.reserved]:
+        for name in [n for n, v in pool.volumes.items()
+                     if n not in seen and n not in pool.reserved and not v.pending]:
             del pool.volumes[name]
             self.listener.removed(pool.name, name)
         for name, sv in stored.items():
@@ -258,14 +304,6 @@ class VolumeOps:
         if getattr(target, "encryption", None) is not None and fmt in (None, "raw"):
             return "luks"  # as FileVolumes.create makes an encrypted raw volume
         return fmt
-
-    def save_volume_record(self: Manager, vol: Volume) -> None:
-        """Persist what is on record for ``vol`` (its format, its document)."""
-        if vol.config is None and vol.recorded_format is None:
-            self.state.delete_volume(vol.pool.name, vol.name)
-        else:
-            self.state.save_volume(StoredVolume(vol.pool.name, vol.name, vol.config, vol.meta,
-                                                vol.recorded_format))
 
     def volume_info(self: Manager, vol: Volume) -> VolumeInfo:
         """The volume's figures with a fresh stat (cheap syscalls only)."""
@@ -302,35 +340,133 @@ class VolumeOps:
         cap = getattr(defn, "default_volume_capacity", None) or DEFAULT_CAPACITY
         return VolumeSpec(name=name, format=fmt, capacity=cap)
 
+    @staticmethod
+    def makes_pending(pool: Pool) -> bool:
+        """mkdir makes a pending volume: space is really taken and no default was chosen."""
+        return pool.backend.takes_space and \
+            getattr(pool.definition, "default_volume_capacity", None) is None
+
+    # ---- pristine volumes (nothing but storagefs wrote to them) ------------------------
+    def pristine(self: Manager, vol: Volume) -> bool:
+        return vol.made is not None and vol.made == vol.pool.backend.signature(vol.info)
+
+    def remember_made(self: Manager, vol: Volume, pristine: bool) -> None:
+        """After storagefs made or changed the volume: keep it pristine if it was. Only
+        that mark is at stake (the format and document are on record already), so a
+        record that cannot be rewritten is logged, not refused."""
+        made = vol.pool.backend.signature(vol.info) if pristine else None
+        if made == vol.made:
+            return
+        vol.made = made
+        try:
+            self.store_volume(vol)
+        except StorageError as exc:
+            log.warning("volume %s/%s: its pristine mark is not on record: %s",
+                        vol.pool.name, vol.name, exc.reason)
+
+    def record_of(self: Manager, vol: Volume, **change) -> StoredVolume:
+        """The volume's state record as it is (or with ``change`` applied)."""
+        fields = {"config": vol.config, "meta": vol.meta, "format": vol.recorded_format,
+                  "made": vol.made, **change}
+        return StoredVolume(vol.pool.name, vol.name, **fields)
+
+    def store_volume(self: Manager, vol: Volume) -> None:
+        """The volume's state record: its recorded format, the signature of the file
+        storagefs made, its accepted document; removed when it holds none of them."""
+        if vol.config is None and vol.recorded_format is None and vol.made is None:
+            self.state.delete_volume(vol.pool.name, vol.name)
+        else:
+            self.state.save_volume(self.record_of(vol))
+
     async def create_volume(self: Manager, pool_name: str, name: str,
                             spec: VolumeSpec | None = None) -> Volume:
         pool = self.pool(pool_name)
         with self.recording(pool, f"create volume {name}"):
-            check_name(name, "volume name")
-            pool = self.running_pool(pool_name)
-            self.check_not_stopping(pool)
-            if name in pool.volumes or name in pool.reserved:
-                raise Exists(f"storage volume '{name}' exists already")
-            spec = spec or self.default_spec(pool, name)
-            pool.reserved.add(name)
-            pool.busy_volumes += 1
+            return await self.make_volume(pool, name, spec)
+
+    async def make_volume(self: Manager, pool: Pool, name: str,
+                          spec: VolumeSpec | None = None) -> Volume:
+        """mkdir, or a create command: with ``spec`` None, the pool's defaults (or a pending
+        volume where the pool takes real space and names no default capacity). The new
+        volume's record (its format, and the signature that tells it never held data)
+        is saved, or the volume is removed again and the mkdir refused."""
+        check_name(name, "volume name")
+        pool = self.running_pool(pool.name)
+        self.check_not_stopping(pool)
+        if name in pool.volumes or name in pool.reserved:
+            raise Exists(f"storage volume '{name}' exists already")
+        if spec is None and self.makes_pending(pool):
+            return self._make_pending(pool, name)
+        spec = spec or self.default_spec(pool, name)
+        check_allocation(spec.capacity, spec.allocation)
+        pool.reserved.add(name)
+        pool.busy_volumes += 1
+        try:
+            info = await pool.backend.create_volume(spec)
+            vol = Volume(pool, name, info, recorded_format=info.format)
+            vol.made = pool.backend.signature(info)
             try:
-                info = await pool.backend.create_volume(spec)
-                vol = Volume(pool, name, info, recorded_format=info.format)
-                try:
-                    self.save_volume_record(vol)
-                except StorageError:
-                    with trio.CancelScope(shield=True), contextlib.suppress(StorageError):
-                        await pool.backend.delete_volume(info)
-                    raise
-                pool.volumes[name] = vol
-            finally:
-                pool.reserved.discard(name)
-                pool.busy_volumes -= 1
-            pool.touch()
-        self.listener.added(pool_name, name)
-        self.listener.changed(pool_name)
+                self.store_volume(vol)
+            except StorageError:
+                with trio.CancelScope(shield=True), contextlib.suppress(StorageError):
+                    await pool.backend.delete_volume(info)
+                raise
+            pool.volumes[name] = vol
+        finally:
+            pool.reserved.discard(name)
+            pool.busy_volumes -= 1
+        pool.touch()
+        self.listener.added(pool.name, name)
+        self.listener.changed(pool.name)
         return vol
+
+    def _make_pending(self: Manager, pool: Pool, name: str) -> Volume:
+        """A volume directory with only config.xml: the first accepted document creates
+        the partition or LV. Not persisted (as a pending pool is not): a remount or a
+        stop of the pool forgets it, since nothing of it exists on the storage."""
+        pool.backend.check_volume_name(name)
+        from .xml.pooltypes import default_volume_type
+
+        info = VolumeInfo(name=name, path="", key="",
+                          type=default_volume_type(pool.definition.type))
+        vol = Volume(pool, name, info, pending=True)
+        pool.volumes[name] = vol
+        pool.touch()
+        self.listener.added(pool.name, name)
+        return vol
+
+    async def _create_pending(self: Manager, vol: Volume, data: bytes,
+                              meta: FileMeta | None) -> None:
+        pool = vol.pool
+        spec = self.spec_from_xml(vol, data)
+        new_meta = merge_meta(vol.meta, meta, content_changed=True)
+        # written before the storage changes, put in place once it did
+        record = self.state.prepare_volume(StoredVolume(pool.name, vol.name, data, new_meta,
+                                                        recorded_format(spec)))
+        try:
+            with claim(vol, "create"):
+                if pool.volumes.get(vol.name) is not vol:
+                    raise NotFound(f"no storage vol with matching name '{vol.name}'")
+                if not vol.pending:
+                    raise Busy(f"volume '{vol.name}' was created meanwhile; write the "
+                               "document again")
+                self.check_not_stopping(pool)
+                pool.busy_volumes += 1
+                try:
+                    vol.info = await pool.backend.create_volume(spec)
+                finally:
+                    pool.busy_volumes -= 1
+        except BaseException:
+            record.abort()
+            raise
+        record.commit()
+        vol.pending = False
+        vol.config, vol.meta, vol.recorded_format = data, new_meta, recorded_format(spec)
+        vol.touch()
+        pool.touch()
+        self.remember_made(vol, True)
+        self.listener.changed(pool.name, vol.name)
+        self.listener.links_changed()
 
     async def delete_volume(self: Manager, pool_name: str, name: str) -> None:
         vol = self.volume(pool_name, name)
@@ -343,14 +479,15 @@ class VolumeOps:
                 # the record is moved aside first: a state directory that cannot change
                 # refuses the rmdir before the storage is touched
                 record = self.state.stage_delete_volume(pool.name, name)
-                pool.busy_volumes += 1
-                try:
-                    await pool.backend.delete_volume(vol.info)
-                except BaseException:
-                    record.abort()
-                    raise
-                finally:
-                    pool.busy_volumes -= 1
+                if not vol.pending:  # a pending volume has nothing on the storage
+                    pool.busy_volumes += 1
+                    try:
+                        await pool.backend.delete_volume(vol.info)
+                    except BaseException:
+                        record.abort()
+                        raise
+                    finally:
+                        pool.busy_volumes -= 1
                 record.commit()
                 del pool.volumes[name]
                 pool.touch()
@@ -373,6 +510,9 @@ class VolumeOps:
             allocation=vdef.allocation,
             mode=getattr(perms, "mode", None), uid=getattr(perms, "owner", None),
             gid=getattr(perms, "group", None))
+        # before anything changes: a document half applied would leave a volume that
+        # matches neither the old document nor the new one
+        check_allocation(spec.capacity, spec.allocation)
         if spec.format == "qcow2":
             if target.compat:
                 spec.options["compat"] = target.compat
@@ -391,6 +531,7 @@ class VolumeOps:
                 raise NotSupported(f"encryption format '{enc.format}' is not supported; "
                                    "use luks")
             spec.encryption = "luks"
+            spec.encrypt_options = luks_options(enc)
         return spec
 
     # ---- the chain behind an image (SPEC "Never trust guest bytes") -----------------------
@@ -493,14 +634,17 @@ class VolumeOps:
                             meta: FileMeta | None = None) -> bool:
         vol = self.volume(pool_name, name)
         with self.recording(vol, "define"):
+            if vol.pending:
+                await self._create_pending(vol, data, meta)
+                return True
             current = vol.config if vol.config is not None else volume_doc(
                 vol.pool.definition, vol.info, live=False)
             if data == current:
                 if meta is not None:
                     new_meta = merge_meta(vol.meta, meta, content_changed=False)
                     if vol.config is not None:
-                        self.state.save_volume(StoredVolume(pool_name, name, data, new_meta,
-                                                            vol.recorded_format))
+                        self.state.save_volume(self.record_of(vol, config=data,
+                                                              meta=new_meta))
                     vol.meta = new_meta
                 return False
             spec = self.spec_from_xml(vol, data)
@@ -519,11 +663,15 @@ class VolumeOps:
             # written (space taken, state directory proven writable) before the storage
             # changes; renamed into place after it did. The document's format goes on
             # record: the bytes inside never choose it again.
-            record = self.state.prepare_volume(StoredVolume(pool_name, name, data, new_meta,
-                                                            spec.format))
+            fmt = recorded_format(spec)
+            record = self.state.prepare_volume(self.record_of(
+                vol, config=data, meta=new_meta, format=fmt, made=None))
             try:
                 with claim(vol, "define"):
                     self.check_not_stopping(vol.pool)
+                    # never held data: the document re-makes it in full (SPEC "Volumes
+                    # are made by their document"); else it changes in place
+                    spec.remake = self.pristine(vol)
                     vol.pool.busy_volumes += 1
                     try:
                         async with self.optional_secret_file(secret) as path:
@@ -536,8 +684,9 @@ class VolumeOps:
                 raise
             vol.touch()
             record.commit()
-            vol.config, vol.meta = data, new_meta
-            vol.recorded_format = spec.format
+            vol.config, vol.meta, vol.made = data, new_meta, None
+            vol.recorded_format = fmt
+            self.remember_made(vol, spec.remake)  # a re-made volume is pristine still
         self.listener.changed(pool_name, name)
         return True
 
@@ -545,7 +694,6 @@ class VolumeOps:
         vol = self.volume(pool_name, name)
         with self.recording(vol, "setattr config.xml"):
             if vol.config is not None:
-                self.state.save_volume(StoredVolume(pool_name, name, vol.config, meta,
-                                                    vol.recorded_format))
+                self.state.save_volume(self.record_of(vol, meta=meta))
             vol.meta = meta
         self.listener.changed(pool_name, name)

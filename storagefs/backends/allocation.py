@@ -11,6 +11,7 @@ where FIEMAP is unsupported), and a file that was grown is truncated back.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -48,8 +49,8 @@ def check_free(directory: str, needed: int, what: str) -> None:
         return
     available = vfs.f_bavail * vfs.f_frsize
     if needed > available:
-        raise NoSpace(f"{what} needs {needed} bytes; {available} are available in "
-                      f"'{directory}'")
+        raise NoSpace(f"not enough space: {what} needs {needed} bytes; {available} are "
+                      f"available in '{directory}'")
 
 
 def _fiemap(fd: int, start: int, end: int) -> list[tuple[int, int]] | None:
@@ -147,6 +148,36 @@ def undo(fd: int, gaps: list[tuple[int, int]], size_before: int) -> None:
             punch_hole(fd, a, b - a)
     except OSError as exc:
         log.error("cannot give back the space of a failed allocation: %s", exc.strerror)
+
+
+def _reserve(fd: int, length: int, size_before: int) -> None:
+    """fallocate(FALLOC_FL_KEEP_SIZE) of the file's first ``length`` bytes: holes inside
+    are allocated (they still read as zeros), the rest is reserved past the end, which
+    the file grows into as data is written; the size and every byte stay as they were,
+    so this works for every image format. A failure gives back what it took."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    if length <= size_before:
+        # inside the file: posix_fallocate, which glibc emulates where the filesystem
+        # cannot fallocate (ext4 without extents)
+        _allocate(fd, 0, length, size_before)
+        return
+    gaps = holes(fd, 0, size_before)
+    if _libc.fallocate(fd, FALLOC_FL_KEEP_SIZE, ctypes.c_longlong(0),
+                       ctypes.c_longlong(length)) != 0:
+        err = ctypes.get_errno()
+        undo(fd, gaps, size_before)
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, size_before)  # frees what was reserved past the end
+        raise OSError(err, os.strerror(err))
+
+
+async def reserve(fd: int, length: int, size_before: int | None = None) -> None:
+    """_reserve in a worker thread (``size_before``: default the file's size now)."""
+    if size_before is None:
+        size_before = os.fstat(fd).st_size
+    await trio.to_thread.run_sync(_reserve, fd, length, size_before)
 
 
 async def allocate(fd: int, offset: int, length: int,

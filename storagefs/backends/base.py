@@ -73,6 +73,11 @@ class VolumeSpec:
     #: "luks" to encrypt; the passphrase is in ``secret_file`` while the operation runs
     encryption: str | None = None
     secret_file: str | None = None
+    #: qemu's LUKS options from <cipher>/<ivgen> (cipher-alg, cipher-mode, hash-alg ...)
+    encrypt_options: dict[str, str] = field(default_factory=dict)
+    #: update_volume: the volume never held data, so re-make it to match in full
+    #: (smaller capacity, another format, encryption) instead of changing it in place
+    remake: bool = False
 
 
 POOL_OPS = ("build", "start", "stop", "delete", "refresh")
@@ -81,6 +86,9 @@ VOLUME_OPS = ("create_volume", "delete_volume", "resize_volume", "update_volume"
 
 class PoolBackend:
     type: ClassVar[str] = ""
+    #: space is really taken when a volume is made (partitions, LVs): without a default
+    #: capacity in the pool XML, mkdir makes a pending volume that its document creates
+    takes_space: ClassVar[bool] = False
 
     def __init__(self, definition: PoolDef) -> None:
         self.definition = definition
@@ -141,6 +149,16 @@ class PoolBackend:
     def stat_volume(self, info: VolumeInfo) -> VolumeInfo | None:
         """Refresh fast-changing figures with syscalls only; None if the volume vanished."""
         return info
+
+    def signature(self, info: VolumeInfo) -> list[int] | None:
+        """What changes whenever anything writes to the volume (cheap syscalls only), or
+        None where that cannot be told: such volumes are never taken as pristine."""
+        return None
+
+    def check_volume_name(self, name: str) -> None:
+        """Refuse (EINVAL) a name this pool type can never give a volume (cheap checks
+        only, no host tool): a pending volume is refused at mkdir, not at its document."""
+        return None
 
     async def create_volume(self, spec: VolumeSpec) -> VolumeInfo:
         raise self._unsupported("creating volumes")

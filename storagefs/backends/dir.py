@@ -117,6 +117,9 @@ class DirBackend(PoolBackend):
     def unchanged(self, info: VolumeInfo) -> bool:
         return self.files.unchanged(info)
 
+    def signature(self, info: VolumeInfo) -> list[int] | None:
+        return self.files.signature(info)
+
     async def create_volume(self, spec: VolumeSpec) -> VolumeInfo:
         return await self.files.create(spec)  # checks the free space of an allocation
 
@@ -132,7 +135,7 @@ class DirBackend(PoolBackend):
     async def update_volume(self, info: VolumeInfo, spec: VolumeSpec) -> VolumeInfo:
         if self.files.stat(info) is None:
             raise Busy(f"volume '{info.name}' is no longer there")
-        return await self.files.update(info, spec)
+        return await self.files.update(info, spec)  # room is checked before any change
 
     async def clone_volume(self, src: VolumeInfo, spec: VolumeSpec, report) -> VolumeInfo:
         return await self.files.clone(src, spec, report)

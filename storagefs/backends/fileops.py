@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
 import re
 import stat
@@ -20,7 +21,6 @@ import trio
 
 from .. import hostcmd
 from ..errors import InvalidArgument, NotSupported, StorageError, from_oserror
-from ..names import fit_name
 from .base import VolumeInfo
 
 Progress = Callable[[float], None]
@@ -38,6 +38,15 @@ class _Cancel:
 
     def __init__(self) -> None:
         self.event = threading.Event()
+
+
+def temp_name(what: str, name: str) -> str:
+    """``.storagefs-WHAT-NAME``, our temp file beside volume NAME in its directory; for a
+    name too long for that, a digest of it (a volume name may have 255 bytes)."""
+    tmp = f".storagefs-{what}-{name}"
+    if len(os.fsencode(tmp)) <= 255:
+        return tmp
+    return f".storagefs-{what}-{hashlib.sha256(os.fsencode(name)).hexdigest()}"
 
 
 def try_reflink(src_fd: int, dst_fd: int) -> bool:
@@ -248,8 +257,7 @@ def fallocate_punch(fd: int, size: int) -> None:
 
 async def _recreate_empty(info: VolumeInfo) -> None:
     """Zero a qcow2-like image: a fresh image of the same size and format."""
-    tmp = os.path.join(os.path.dirname(info.path),
-                       fit_name(f".storagefs-wipe-{os.path.basename(info.path)}"))
+    tmp = os.path.join(os.path.dirname(info.path), temp_name("wipe", os.path.basename(info.path)))
     argv = [QEMU_IMG, "create", "-q", "-f", info.format]
     if info.backing_path:
         argv += ["-b", info.backing_path, "-F", info.backing_format or "raw"]
