@@ -13,7 +13,7 @@ import time
 import trio
 
 from . import __version__
-from .mount import abort_connection, is_dead, lazy_unmount, mount_entry, pidfile_for, serve
+from .mount import UMASK, abort_connection, is_dead, lazy_unmount, mount_entry, pidfile_for, serve
 
 DEFAULT_STATE_DIR = "/var/lib/storagefs"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -72,6 +72,7 @@ def check_mountpoint(mnt: str) -> str | None:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
+    os.umask(UMASK)  # before the log file and the daemon exist (serve() sets it too)
     mnt = os.path.abspath(args.mountpoint)
     state_dir = os.path.abspath(args.state_dir)
     reason = check_mountpoint(mnt)

@@ -26,8 +26,39 @@ def pool_status(defn: PoolDef, uuid: str, info: PoolInfo) -> bytes:
                        available=info.available, extensions=False).encode()
 
 
-def volume_doc(defn: PoolDef, info: VolumeInfo, *, live: bool) -> bytes:
-    """A volume's XML: the definition (live=False) or ``virsh vol-dumpxml`` (live=True)."""
+def shown_format(info: VolumeInfo) -> str:
+    """The volume format as libvirt names it: a LUKS file is raw with <encryption>."""
+    return "raw" if info.format == "luks" else info.format
+
+
+def volume_encryption(info: VolumeInfo, config: bytes | None, defn: PoolDef):
+    """The <encryption> of an encrypted volume, as ``virsh vol-dumpxml`` shows it: the
+    format the image has, with the secret named by the document on record (if any)."""
+    from .xml.encryption import Encryption
+    from .xml.volume import parse_volume
+
+    if not (info.encrypted or info.format == "luks"):
+        return None
+    fmt = "luks" if info.format == "luks" else info.options.get("encryption", "luks")
+    enc = Encryption(format=fmt)
+    if config is not None:
+        try:
+            recorded = parse_volume(config, defn).target.encryption
+        except ValueError:
+            recorded = None
+        if recorded is not None:
+            enc.secrets = recorded.secrets
+            if recorded.format == fmt:  # the cipher it was made with
+                enc.cipher_name, enc.cipher_size = recorded.cipher_name, recorded.cipher_size
+                enc.cipher_mode, enc.cipher_hash = recorded.cipher_mode, recorded.cipher_hash
+                enc.ivgen_name, enc.ivgen_hash = recorded.ivgen_name, recorded.ivgen_hash
+    return enc
+
+
+def volume_doc(defn: PoolDef, info: VolumeInfo, *, live: bool,
+               config: bytes | None = None) -> bytes:
+    """A volume's XML: the definition (live=False) or ``virsh vol-dumpxml`` (live=True);
+    ``config`` is the document on record (it names an encrypted volume's secret)."""
     from .xml import volume as xv
 
     perms = Permissions(info.mode, info.uid, info.gid)
@@ -42,8 +73,9 @@ def volume_doc(defn: PoolDef, info: VolumeInfo, *, live: bool) -> bytes:
         name=info.name, type=info.type, key=info.key if live else None,
         capacity=info.capacity, allocation=info.allocation if live else 0,
         physical=info.physical if live else None,
-        target=xv.VolTarget(path=info.path if live else None, format=info.format,
-                            permissions=perms, timestamps=ts),
+        target=xv.VolTarget(path=info.path if live else None, format=shown_format(info),
+                            permissions=perms, timestamps=ts,
+                            encryption=volume_encryption(info, config, defn)),
         backing=backing)
     return xv.format_volume(vol, defn).encode()
 

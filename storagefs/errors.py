@@ -19,6 +19,8 @@ class StorageError(Exception):
         super().__init__(reason)
         self.reason = reason
         self.errno = errno if errno is not None else self.default_errno
+        #: set once the refusal is in an error file and the log (it is recorded once)
+        self.recorded = False
 
     def __str__(self) -> str:
         return self.reason

@@ -9,7 +9,10 @@ kernel's caches are invalidated at once.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import errno
 import logging
+import os
 import time
 import uuid as uuidlib
 from collections.abc import Iterator
@@ -17,10 +20,11 @@ from typing import Protocol
 
 import trio
 
+from . import pathrules
 from .backends import backend_for
 from .errors import Busy, Exists, InvalidArgument, NotFound, StorageError
 from .names import check_name
-from .objects import Pool, Volume, new_meta, now_ns
+from .objects import Pool, Volume, claim, new_meta, now_ns
 from .pool_cmds import PoolCommands
 from .secrets import Secret, SecretOps
 from .state import FileMeta, StateDir, StoredPool, merge_meta
@@ -104,8 +108,10 @@ def error_line(op: str, reason: str) -> str:
 
 
 class Manager(PoolCommands, VolumeCommands, VolumeOps, SecretOps):
-    def __init__(self, state: StateDir) -> None:
+    def __init__(self, state: StateDir, mountpoint: str | None = None) -> None:
         self.state = state
+        #: where the tree is mounted (canonical): no pool's storage may be inside it
+        self.mountpoint = mountpoint
         self.pools: dict[str, Pool] = {}
         #: bumped whenever a by-* link may have appeared, moved or gone (View caches on it)
         self.links_version = 0
@@ -140,7 +146,7 @@ class Manager(PoolCommands, VolumeCommands, VolumeOps, SecretOps):
     def note_refusal(self, obj: Pool | Volume | Secret | None, op: str,
                      exc: StorageError) -> None:
         """One line in the object's error file, one in the log."""
-        exc.recorded = True  # type: ignore[attr-defined]
+        exc.recorded = True
         log.warning("%s: refused %s", self.describe(obj), one_line(op, exc.reason))
         if obj is not None:
             obj.error = error_line(op, exc.reason)
@@ -175,20 +181,41 @@ class Manager(PoolCommands, VolumeCommands, VolumeOps, SecretOps):
             await self._embed_default_pool()
         for stored in self.state.load_pools():
             pool = Pool(stored.name, config=stored.config, uuid=stored.uuid,
-                        autostart=stored.autostart, meta=stored.meta)
-            try:
-                pool.definition = parse_pool(stored.config)
-                pool.backend = backend_for(pool.definition)
-            except (ValueError, StorageError) as exc:
-                log.error("pool %s: stored definition unusable: %s", stored.name, exc)
-                continue
+                        autostart=stored.autostart, meta=stored.meta,
+                        stored_active=stored.active)
             self.pools[pool.name] = pool
+            if stored.broken:
+                self._mark_broken(pool, stored.broken)
+                continue
+            try:
+                definition = parse_pool(stored.config)
+                pool.backend = backend_for(definition)
+                pool.definition = definition
+            except (ValueError, StorageError) as exc:
+                reason = f"stored definition unusable: {exc}"
+                log.error("pool %s: %s", stored.name, reason)
+                self._mark_broken(pool, reason)
+                continue
+            try:
+                with self.recording(pool, "load"):
+                    await self.check_pool_paths(pool, pool.definition)
+            except StorageError:
+                continue  # defined (so it can be fixed or undefined), never started
             if stored.autostart or stored.active:
                 try:
                     with self.recording(pool, "autostart"):
-                        await self._start(pool)
+                        # the record already says it runs at start: nothing to save
+                        await self._start(pool, record=False)
                 except StorageError:
                     pass
+
+    @staticmethod
+    def _mark_broken(pool: Pool, reason: str) -> None:
+        """A pool whose record cannot be used: shown, state 'inaccessible', the reason in
+        its error file, until a new config.xml is accepted or it is rmdir'ed."""
+        pool.broken = reason
+        pool.backend = None
+        pool.error = error_line("load", reason)
 
     async def _embed_default_pool(self) -> None:
         images = self.state.images_dir
@@ -208,9 +235,28 @@ class Manager(PoolCommands, VolumeCommands, VolumeOps, SecretOps):
 
     def defined_pool(self, name: str) -> Pool:
         pool = self.pool(name)
-        if not pool.defined:
-            raise NotFound(f"storage pool '{name}' has no definition yet: write config.xml")
+        self.need_definition(pool)
         return pool
+
+    @staticmethod
+    def need_definition(pool: Pool) -> None:
+        if pool.defined:
+            return
+        if pool.broken:
+            raise StorageError(f"the stored definition of storage pool '{pool.name}' could "
+                               "not be read: write config.xml to define it again, or rmdir "
+                               "it", errno.EIO)
+        raise NotFound(f"storage pool '{pool.name}' has no definition yet: write config.xml")
+    async def check_pool_paths(self, pool: Pool, defn) -> tuple[str | None, tuple[str, ...]]:
+        """Refuse a target or source where no pool may be (SPEC "Names are safe");
+        record the resolved paths on ``pool`` and return them."""
+        real_state = os.path.realpath(self.state.path)
+        found = await pathrules.check_pool_paths(
+            defn, mountpoint=self.mountpoint, state_dir=real_state,
+            images_dir=os.path.join(real_state, "images"))
+        if pool.definition is defn:
+            pool.real_target, pool.real_sources = found
+        return found
 
     def pool_by_target(self, path: str) -> Pool | None:
         for pool in self.pools.values():
@@ -244,38 +290,60 @@ class Manager(PoolCommands, VolumeCommands, VolumeOps, SecretOps):
                 raise InvalidArgument(f"storage pool target path '{defn.target_path}' must be "
                                       "absolute")
             backend = backend_for(defn)
-            self._check_conflicts(pool, defn)
-            async with pool.lock:
+            real = await self.check_pool_paths(pool, defn)
+            self._check_conflicts(pool, defn, *real)
+            with claim(pool, "define"):
+                # the paths were resolved in a thread: meanwhile the pool may have been
+                # undefined, or another pool may have taken the target. Checked again
+                # here, with no wait between the check and the change.
+                if self.pools.get(name) is not pool:
+                    raise NotFound(f"no storage pool with matching name '{name}'")
+                self._check_conflicts(pool, defn, *real)
                 if pool.active:
                     self._check_running_change(pool, defn)
                     backend = pool.backend
-                    backend.definition = defn
                 new_uuid = defn.uuid or pool.uuid or str(uuidlib.uuid4())
-                stored = StoredPool(name, data, new_uuid, pool.autostart, pool.active,
-                                    merge_meta(pool.meta, meta, content_changed=True))
-                self.state.save_pool(stored)
+                stored = self._record(pool, config=data, uuid=new_uuid,
+                                      meta=merge_meta(pool.meta, meta, content_changed=True))
+                self.state.save_pool(stored)  # first: a refused save changes nothing
+                backend.definition = defn
                 pool.definition, pool.backend, pool.config = defn, backend, data
+                pool.real_target, pool.real_sources = real
                 pool.uuid, pool.meta = new_uuid, stored.meta
+                if pool.broken:
+                    self.state.drop_broken_pool(name)
+                    pool.broken = ""
                 pool.touch()
         self.listener.changed(name)
         self.listener.links_changed()
         return True
 
-    def _check_conflicts(self, pool: Pool, defn) -> None:
+    def _check_conflicts(self, pool: Pool, defn, real_target: str | None = None,
+                         real_sources: tuple[str, ...] = ()) -> None:
+        """Another pool with this uuid, target or source device; paths are compared
+        resolved (``//tmp/p1`` and ``/tmp/./p1`` are p1's directory)."""
         if pool.uuid and defn.uuid and defn.uuid != pool.uuid:
             raise InvalidArgument(f"pool '{pool.name}' is already defined with uuid {pool.uuid}")
+        target = real_target or (pathrules.normal(defn.target_path) if defn.target_path
+                                 else None)
         for other in self.pools.values():
             if other is pool or not other.defined:
                 continue
             if defn.uuid and other.uuid == defn.uuid:
                 raise Exists(f"pool '{other.name}' already exists with uuid {defn.uuid}")
-            if defn.target_path and other.target == defn.target_path and defn.type != "disk":
-                raise Exists(f"Storage source conflict with pool: '{other.name}'")
+            theirs_target = other.real_target or (pathrules.normal(other.target)
+                                                  if other.target else None)
+            if target and theirs_target == target and defn.type != "disk":
+                raise Exists(f"Storage source conflict with pool: '{other.name}' (target "
+                             f"'{other.target}')")
             if defn.type in BLOCK_TYPES and other.definition.type in BLOCK_TYPES:
-                mine = {d.path for d in defn.source.devices}
-                theirs = {d.path for d in other.definition.source.devices}
+                mine = set(real_sources) | {pathrules.normal(d.path)
+                                            for d in defn.source.devices if d.path}
+                theirs = set(other.real_sources) | {
+                    pathrules.normal(d.path) for d in other.definition.source.devices if d.path}
                 if mine & theirs:
-                    raise Exists(f"Storage source conflict with pool: '{other.name}'")
+                    raise Exists(f"Storage source conflict with pool: '{other.name}' (source "
+                                 f"'{sorted(mine & theirs)[0]}')")
 
     @staticmethod
     def _check_running_change(pool: Pool, defn) -> None:
@@ -288,15 +356,17 @@ class Manager(PoolCommands, VolumeCommands, VolumeOps, SecretOps):
     def _apply_meta(self, pool: Pool, meta: FileMeta | None, content_changed: bool) -> None:
         if meta is None:
             return
-        pool.meta = merge_meta(pool.meta, meta, content_changed)
-        self._save(pool)
+        new = merge_meta(pool.meta, meta, content_changed)
+        self._save(pool, meta=new)
+        pool.meta = new
 
     def set_config_meta(self, owner: Pool | Volume | Secret, meta: FileMeta) -> None:
         """chmod/chown/touch of an object's config.xml: kept and persisted."""
         if isinstance(owner, Secret):
-            owner.meta = meta
-            if owner.definition is not None:
-                self._save_secret(owner)
+            with self.recording(owner, "setattr config.xml"):
+                if owner.definition is not None and not owner.ephemeral:
+                    self.state.save_secret(owner.uuid, owner.config, meta)
+                owner.meta = meta
             self._notify_changed(owner)
         elif isinstance(owner, Volume):
             self.set_volume_meta(owner.pool.name, owner.name, meta)
@@ -306,22 +376,33 @@ class Manager(PoolCommands, VolumeCommands, VolumeOps, SecretOps):
     def set_pool_meta(self, name: str, meta: FileMeta) -> None:
         """chmod/chown/touch of config.xml: kept, and persisted once defined."""
         pool = self.pool(name)
-        pool.meta = meta
-        if pool.defined:
-            self._save(pool)
+        with self.recording(pool, "setattr config.xml"):
+            if pool.defined:
+                self._save(pool, meta=meta)
+            pool.meta = meta
         self.listener.changed(name)
 
-    def _save(self, pool: Pool) -> None:
-        self.state.save_pool(StoredPool(pool.name, pool.config, pool.uuid, pool.autostart,
-                                        pool.active, pool.meta))
+    @staticmethod
+    def _record(pool: Pool, **changes) -> StoredPool:
+        """The pool's record as it is on disk, with ``changes`` (not yet in memory)."""
+        return dataclasses.replace(
+            StoredPool(pool.name, pool.config, pool.uuid, pool.autostart, pool.stored_active,
+                       pool.meta), **changes)
+
+    def _save(self, pool: Pool, **changes) -> None:
+        """Save the record with ``changes``; callers apply them in memory only after this
+        returned (check, save, then apply)."""
+        stored = self._record(pool, **changes)
+        self.state.save_pool(stored)
+        pool.stored_active = stored.active
 
     async def undefine_pool(self, name: str) -> None:
         pool = self.pool(name)
         with self.recording(pool, "undefine"):
-            async with pool.lock:
+            with claim(pool, "undefine"):
                 if pool.active:
                     raise Busy(f"storage pool '{name}' is still active")
-                if pool.defined:
+                if pool.defined or pool.broken:
                     self.state.delete_pool(name)
                 del self.pools[name]
         self.listener.removed(name)

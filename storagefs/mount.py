@@ -24,6 +24,9 @@ from .state import StateDir
 log = logging.getLogger(__name__)
 
 RUN_DIR = Path("/run/storagefs")
+#: the umask storagefs and the tools it runs work with: a file it makes is never
+#: readable by others unless given a mode explicitly (SPEC "Never trust guest bytes")
+UMASK = 0o077
 
 
 def canonical(mountpoint: str) -> str:
@@ -100,11 +103,12 @@ def load_devices() -> DeviceIndex | None:
         return None
 
 
-async def make_core(state_dir: str, *, devices: bool = False) -> Manager:
+async def make_core(state_dir: str, *, devices: bool = False,
+                    mountpoint: str | None = None) -> Manager:
     """The core over a state directory, loaded (pools defined and started again);
     raises StorageError when the state directory cannot be used."""
     state = StateDir(state_dir)
-    manager = Manager(state)
+    manager = Manager(state, mountpoint=canonical(mountpoint) if mountpoint else None)
     try:
         await manager.load()
     except BaseException:
@@ -118,8 +122,9 @@ async def serve(mountpoint: str, state_dir: str, *, allow_other: bool,
                 ready: Callable[[str | None], None]) -> None:
     """Mount and serve until unmounted; ``ready(None)`` once the tree is usable,
     ``ready(reason)`` if it cannot start."""
+    os.umask(UMASK)
     try:
-        manager = await make_core(state_dir, devices=True)
+        manager = await make_core(state_dir, devices=True, mountpoint=mountpoint)
     except Exception as exc:
         ready(str(exc))
         return

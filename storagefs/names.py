@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from .errors import InvalidArgument
 
 MAX_NAME_BYTES = 255
+#: hex digits of sha256 that end a shortened name (64 bits, as systemd's unit names)
+HASH_DIGITS = 16
 
 
 def check_name(name: str | bytes, what: str = "name") -> str:
@@ -55,3 +59,18 @@ def systemd_escape_path(path: str) -> str:
         else:
             out.append(f"\\x{byte:02x}")
     return "".join(out)
+
+
+def fit_name(name: str, limit: int = MAX_NAME_BYTES) -> str:
+    """``name`` when it fits in ``limit`` bytes (NAME_MAX); else its head, ``_`` and
+    16 hex digits of the sha256 of the whole name, ``limit`` bytes at most.
+
+    Like systemd's ``unit_name_hash_long`` for over-long unit names: the result is
+    stable (a link keeps its name across remounts) and two long names that share a
+    head still differ. Used for every name storagefs generates (link names)."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) <= limit:
+        return name
+    digest = hashlib.sha256(raw).hexdigest()[:HASH_DIGITS]
+    head = raw[:limit - HASH_DIGITS - 1].decode("utf-8", "ignore")  # whole characters
+    return f"{head}_{digest}"

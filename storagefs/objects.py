@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import trio
 
 from .backends.base import PoolBackend, PoolInfo, VolumeInfo
+from .errors import Busy
 from .state import FileMeta
 
 #: pool states as SPEC lists them
@@ -31,19 +34,35 @@ class Volume:
     info: VolumeInfo
     #: the last accepted config.xml, when one was written; else it is generated
     config: bytes | None = None
+    #: the format storagefs made it with or was told (persisted): it wins over the
+    #: file's header, which a guest can write (None: a volume found in the pool)
+    recorded_format: str | None = None
     meta: FileMeta = field(default_factory=new_meta)
     error: str = ""
     #: what long operation runs now ("" when idle), and a counter of its changes
     progress: str = ""
     progress_version: int = 0
     lock: trio.Lock = field(default_factory=trio.Lock)
+    #: the operation holding the lock ("" when none): named when another is refused
+    busy: str = ""
     changed_ns: int = field(default_factory=now_ns)
     #: bumped by every change: generated files are rendered again only when it moves
     version: int = 0
+    #: made by mkdir in a pool where space is really taken (disk, logical) and whose
+    #: definition names no default capacity: nothing exists on the storage yet, the
+    #: directory holds only config.xml, and the first accepted document creates it
+    pending: bool = False
+    #: the storage's signature (backend.signature) when storagefs last made or changed
+    #: the volume; while the storage still matches it, nothing else has written to it
+    #: and a document may re-make it in full. None: it may hold data.
+    made: list[int] | None = None
 
     def touch(self) -> None:
         self.changed_ns = now_ns()
         self.version += 1
+
+    def busy_reason(self) -> str:
+        return f"volume '{self.name}' is still in use: {self.busy or 'an operation'} running"
 
 
 @dataclass(eq=False)
@@ -63,8 +82,19 @@ class Pool:
     #: names being created right now (taken, but not listed yet)
     reserved: set[str] = field(default_factory=set)
     lock: trio.Lock = field(default_factory=trio.Lock)
+    #: the pool operation holding the lock ("" when none)
+    busy: str = ""
     #: volume operations under way; stop/delete wait for none
     busy_volumes: int = 0
+    #: whether the record in the state directory says the pool runs (start/stop save it)
+    stored_active: bool = False
+    #: why the stored definition could not be used at start ("" when it could); such a
+    #: pool shows state 'inaccessible' until a new config.xml is accepted or it is rmdir'ed
+    broken: str = ""
+    #: the target and local source devices with symlinks resolved (set at define and
+    #: load): what conflicts and by-path/ compare
+    real_target: str | None = None
+    real_sources: tuple[str, ...] = ()
     changed_ns: int = field(default_factory=now_ns)
     #: bumped by every change: generated files are rendered again only when it moves
     version: int = 0
@@ -85,3 +115,23 @@ class Pool:
     def touch(self) -> None:
         self.changed_ns = now_ns()
         self.version += 1
+
+    def busy_reason(self) -> str:
+        return f"storage pool '{self.name}' is busy: {self.busy or 'an operation'} running"
+
+
+@contextlib.contextmanager
+def claim(obj: Pool | Volume, op: str) -> Iterator[None]:
+    """Run ``op`` on ``obj`` alone, or refuse at once with EBUSY naming the operation
+    that runs (SPEC "No call waits on storage": a caller never queues on a lock, so
+    an rmdir never holds the kernel's lock of the directory while it waits)."""
+    try:
+        obj.lock.acquire_nowait()
+    except trio.WouldBlock:
+        raise Busy(obj.busy_reason()) from None
+    obj.busy = op
+    try:
+        yield
+    finally:
+        obj.busy = ""
+        obj.lock.release()

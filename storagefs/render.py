@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .docs import pool_status, volume_doc
+from .docs import pool_status, shown_format, volume_doc
 from .manager import Manager
-from .objects import Pool, Volume
+from .objects import INACCESSIBLE, Pool, Volume
 
 README = b"""storagefs: the host's storage as files (libvirt's storage model)
 
@@ -25,7 +25,8 @@ README = b"""storagefs: the host's storage as files (libvirt's storage model)
                         write 'running' or 'inactive' to start or stop (idempotent)
     autostart           yes | no
     control             write a command: start, stop, build, build overwrite,
-                        refresh, delete; read it for the commands valid now
+                        refresh, delete, create NAME CAPACITY [--format F]
+                        [--allocation A]; read it for the commands valid now
     uuid type capacity allocation available   one value per file
     error               the last refused operation and why
     volumes/VOL/        one volume: config.xml status.xml path capacity allocation
@@ -37,14 +38,17 @@ README = b"""storagefs: the host's storage as files (libvirt's storage model)
       snapshots/S/      qcow2 internal snapshots: mkdir creates, rmdir deletes
   pools/by-uuid/  pools/by-path/        links to pools
   volumes/by-key/ volumes/by-path/      links to volumes (paths escaped as
-                                        systemd-escape --path does)
+                                        systemd-escape --path does; a name over
+                                        255 bytes ends in _ and 16 hex of its sha256)
   secrets/UUID/         config.xml (libvirt secret XML) and value (0600; write-only
                         for private='yes'); referenced by <encryption> and <auth>
 
 Define a pool:   mkdir pools/P; cat pool.xml > pools/P/config.xml
 Start it:        echo running > pools/P/state
 Make a volume:   mkdir pools/P/volumes/disk1.qcow2
+Or in one line:  echo 'create disk2.qcow2 10G' > pools/P/control
 Change it:       write a volume XML to pools/P/volumes/disk1.qcow2/config.xml
+                 (until anything else writes to it, the XML re-makes it in full)
 Destroy it:      rmdir pools/P/volumes/disk1.qcow2
 Undefine:        echo inactive > pools/P/state; rmdir pools/P   (storage is kept)
 
@@ -67,7 +71,7 @@ def pool_file(m: Manager, pool: Pool, name: str) -> bytes:
     if name == "error":
         return pool.error.encode()
     if not pool.defined:
-        return b""
+        return line(INACCESSIBLE) if name == "state" and pool.broken else b""
     if name == "status.xml":
         return pool_status_xml(m, pool)
     if name == "state":
@@ -88,11 +92,13 @@ def volume_config_xml(m: Manager, vol: Volume) -> bytes:
     """The stored document if a user wrote one, else the volume as it was made."""
     if vol.config is not None:
         return vol.config
+    if vol.pending:
+        return b""
     return volume_doc(vol.pool.definition, vol.info, live=False)
 
 
 def volume_status_xml(m: Manager, vol: Volume) -> bytes:
-    return volume_doc(vol.pool.definition, m.volume_info(vol), live=True)
+    return volume_doc(vol.pool.definition, m.volume_info(vol), live=True, config=vol.config)
 
 
 def volume_file(m: Manager, vol: Volume, name: str) -> bytes:
@@ -110,7 +116,7 @@ def volume_file(m: Manager, vol: Volume, name: str) -> bytes:
     if name in ("capacity", "allocation"):
         return line(getattr(info, name))
     if name == "format":
-        return line(info.format)
+        return line(shown_format(info))
     if name == "key":
         return line(info.key)
     return b""

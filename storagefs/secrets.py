@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from .errors import Exists, InvalidArgument, NotFound, NotPermitted
+from .errors import Exists, InvalidArgument, NotFound, NotPermitted, from_oserror
 from .objects import new_meta, now_ns
 from .state import FileMeta, merge_meta
 
@@ -42,6 +42,8 @@ class Secret:
     changed_ns: int = field(default_factory=now_ns)
     #: bumped by every change: generated files are rendered again only when it moves
     version: int = 0
+    #: why the stored record could not be used at start ("" when it could)
+    broken: str = ""
 
     @property
     def private(self) -> bool:
@@ -68,16 +70,23 @@ class SecretOps:
     secrets: dict[str, Secret]
 
     def load_secrets(self: Manager) -> None:
+        from .manager import error_line
         from .xml.secret import parse_secret
 
         self.secrets = {}
-        for uid, config, meta, value in self.state.load_secrets():
-            try:
-                defn = parse_secret(config)
-            except ValueError as exc:
-                log.error("secret %s: stored definition unusable: %s", uid, exc)
-                continue
-            self.secrets[uid] = Secret(uid, defn, config, meta, value)
+        for rec in self.state.load_secrets():
+            s = Secret(rec.uuid, None, rec.config, rec.meta, rec.value, broken=rec.broken)
+            self.secrets[rec.uuid] = s
+            if not s.broken:
+                try:
+                    s.definition = parse_secret(rec.config)
+                except ValueError as exc:
+                    s.broken = f"stored definition unusable: {exc}"
+                    log.error("secret %s: %s", rec.uuid, s.broken)
+            if s.broken:
+                # shown (config.xml and error) so that nothing vanishes: a new document
+                # defines it again (keeping its value), rmdir drops it
+                s.error = error_line("load", s.broken)
 
     def secret(self: Manager, uid: str) -> Secret:
         s = self.secrets.get(uid)
@@ -104,8 +113,10 @@ class SecretOps:
         with self.recording(s, "define"):
             if s.definition is not None and data == s.config:
                 if meta is not None:
-                    s.meta = merge_meta(s.meta, meta, content_changed=False)
-                    self._save_secret(s)
+                    new_meta = merge_meta(s.meta, meta, content_changed=False)
+                    if not s.ephemeral:
+                        self.state.save_secret(uid, s.config, new_meta)
+                    s.meta = new_meta
                 return False
             defn = parse_secret(data)
             if defn.uuid is not None and defn.uuid != uid:
@@ -121,18 +132,33 @@ class SecretOps:
                         (d.usage_type, d.usage_id) == (defn.usage_type, defn.usage_id):
                     raise Exists(f"secret {other.uuid} already has usage "
                                  f"{defn.usage_type} {defn.usage_id}")
-            s.definition, s.config = defn, data
-            s.meta = merge_meta(s.meta, meta, content_changed=True)
-            self._save_secret(s)
+            new_meta = merge_meta(s.meta, meta, content_changed=True)
+            self._store_secret(s, defn, data, new_meta)
+            s.definition, s.config, s.meta = defn, data, new_meta
+            if s.broken:
+                self.state.delete_secret_aside(uid)
+                s.broken = ""
             s.touch()
         return True
 
-    def _save_secret(self: Manager, s: Secret) -> None:
-        if s.ephemeral:
+    def _store_secret(self: Manager, s: Secret, defn, data: bytes, meta: FileMeta) -> None:
+        """Record a new definition (before memory changes): an ephemeral one leaves no
+        file; a persistent one writes its record, and its value when that was only in
+        memory (both written in full before either is put in place)."""
+        if getattr(defn, "ephemeral", False):
             self.state.delete_secret(s.uuid)
             return
-        self.state.save_secret(s.uuid, s.config, s.meta)
-        self.state.save_secret_value(s.uuid, s.value)
+        record = self.state.prepare_secret(s.uuid, data, meta)
+        value = None
+        if s.value is not None and (s.definition is None or s.ephemeral):
+            try:
+                value = self.state.prepare_secret_value(s.uuid, s.value)
+            except BaseException:
+                record.abort()
+                raise
+        if value is not None:
+            value.commit()
+        record.commit()
 
     async def set_secret_value(self: Manager, uid: str, value: bytes) -> None:
         s = self.secret(uid)
@@ -164,11 +190,21 @@ class SecretOps:
         if s.value is None:
             raise NotFound(f"secret {uid} has no value")
         run_dir = self.state.path / "run"
-        run_dir.mkdir(mode=0o700, exist_ok=True)
-        fd, path = tempfile.mkstemp(dir=run_dir, prefix=".secret-")
+        what = f"cannot pass secret {uid} to the tool through {run_dir}"
         try:
-            os.write(fd, s.value)
-            os.close(fd)
+            run_dir.mkdir(mode=0o700, exist_ok=True)
+            fd, path = tempfile.mkstemp(dir=run_dir, prefix=".secret-")
+        except OSError as exc:
+            raise from_oserror(exc, what) from None
+        try:
+            try:
+                view = memoryview(s.value)
+                while view:  # all of it: a short write on a full disk is continued
+                    view = view[os.write(fd, view):]
+            except OSError as exc:
+                raise from_oserror(exc, what) from None
+            finally:
+                os.close(fd)
             yield path
         finally:
             with trio.CancelScope(shield=True), contextlib.suppress(OSError):

@@ -5,13 +5,21 @@ Layout of the state directory::
     lock                  flock'ed by the serving process; holds its PID
     pools/NAME.json       one pool: accepted config.xml bytes, uuid, autostart,
                           whether it was running, config.xml's mode/owner/times
-    volumes/POOL/VOL.json a volume's accepted config.xml (only when one was written)
+                          (a name too long for that is shortened: see record_name)
+    pools/NAME.json.broken  a record that could not be read at a start, kept aside
+    volumes/POOL/VOL.json a volume's recorded format (of every volume storagefs made or was
+                          told about: the bytes inside never choose it again), the
+                          signature of the file storagefs made (while nothing else wrote
+                          to it) and its accepted config.xml (only when one was written)
     secrets/UUID.json     a secret's accepted config.xml (not for ephemeral secrets)
     secrets/UUID.value    its value, mode 0600, in a directory only root can enter
     images/               the default pool's target
 
 A crash at any moment leaves either the old or the new file of an object:
-never a torn one (rename is atomic; the temp file is fsync'ed first).
+never a torn one (rename is atomic; the temp file is written in full, fsync'ed
+and read back first). A write that fails (ENOSPC, EROFS, EDQUOT, EIO ...)
+raises StorageError with that errno and leaves the old file as it was and no
+temp file behind.
 """
 
 from __future__ import annotations
@@ -22,13 +30,27 @@ import fcntl
 import json
 import logging
 import os
+import stat
 import time
-from dataclasses import asdict, dataclass, field
+import uuid as uuidlib
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from .durable import (
+    PendingDelete,
+    PendingWrite,
+    atomic_write,
+    failed,
+    prepare_write,
+    read_record,
+    remove_file,
+)
 from .errors import Busy, StorageError
+from .names import MAX_NAME_BYTES, check_name, fit_name
 
 log = logging.getLogger(__name__)
+
+BROKEN = ".broken"
 
 
 @dataclass
@@ -66,14 +88,39 @@ class StoredPool:
     autostart: bool = False
     active: bool = False
     meta: FileMeta = field(default_factory=FileMeta)
+    #: why the record could not be used ("" when it is fine); config holds what
+    #: could be salvaged from it
+    broken: str = ""
 
 
 @dataclass
 class StoredVolume:
     pool: str
     name: str
+    #: the accepted config.xml; None when only the format is on record
+    config: bytes | None
+    meta: FileMeta = field(default_factory=FileMeta)
+    #: the format storagefs made the volume with or was told (None in older records)
+    format: str | None = None
+    broken: str = ""
+    #: see objects.Volume.made
+    made: list[int] | None = None
+
+
+@dataclass
+class StoredSecret:
+    uuid: str
     config: bytes
     meta: FileMeta = field(default_factory=FileMeta)
+    value: bytes | None = None
+    broken: str = ""
+
+
+def record_name(name: str) -> str:
+    """The file name of an object's record: NAME.json, its temp file .NAME.json.tmp;
+    a name too long for that is shortened (names.fit_name: the record itself holds
+    the name)."""
+    return fit_name(name, MAX_NAME_BYTES - len(".json") - len("..tmp") - len(BROKEN)) + ".json"
 
 
 def _enc(data: bytes) -> str:
@@ -84,24 +131,84 @@ def _dec(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+class BadRecord(ValueError):
+    """A record that cannot be used; ``salvage`` holds the fields that were fine."""
+
+    def __init__(self, reason: str, salvage: dict | None = None) -> None:
+        super().__init__(reason)
+        self.salvage = salvage or {}
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def _load_json(path: Path) -> dict:
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        data = read_record(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise BadRecord("it is a symbolic link (not followed)") from None
+        raise BadRecord(exc.strerror or str(exc)) from None
+    if not data:
+        raise BadRecord("it is empty")
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadRecord(f"not valid JSON ({len(data)} bytes; truncated?): {exc}") from None
+    if not isinstance(raw, dict):
+        raise BadRecord("not a JSON object")
+    return raw
+
+
+def _field(raw: dict, key: str, kind: type, default=None, required: bool = True):
+    if key not in raw:
+        if required:
+            raise BadRecord(f"field '{key}' is missing", _salvage(raw))
+        return default
+    value = raw[key]
+    if type(value) is not kind:  # bool is not an int here
+        raise BadRecord(f"field '{key}' is {type(value).__name__}, not {kind.__name__}",
+                        _salvage(raw))
+    return value
+
+
+def _salvage(raw: dict) -> dict:
+    return {"config": raw["config"]} if isinstance(raw.get("config"), str) else {}
+
+
+def _meta(raw: dict) -> FileMeta:
+    given = _field(raw, "meta", dict, {}, required=False)
+    names = {f.name for f in fields(FileMeta)}
+    for key, value in given.items():
+        if key not in names or type(value) is not int:
+            raise BadRecord(f"meta field '{key}' is not a known integer field", _salvage(raw))
+    return FileMeta(**given)
+
+
+def _uuid(raw: dict) -> str:
+    value = _field(raw, "uuid", str)
+    try:
+        ok = str(uuidlib.UUID(value)) == value
+    except ValueError:
+        ok = False
+    if not ok:
+        raise BadRecord(f"uuid {value[:80]!r} is not a canonical UUID", _salvage(raw))
+    return value
+
+
+def _named(raw: dict, stem: str) -> str:
+    """The object's name in a record found as STEM.json (long names are shortened in
+    file names: see record_name)."""
+    name = _field(raw, "name", str)
+    if record_name(name) != f"{stem}.json":
+        raise BadRecord(f"it names '{name[:300]}', not '{stem}'", _salvage(raw))
+    return name
+
+
+def _stem(entry: Path, suffix: str) -> str | None:
+    name = entry.name[:-len(suffix)]
+    try:
+        return check_name(name)
+    except StorageError:
+        log.error("ignoring %s: '%s' is not a valid name", entry, name)
+        return None
 
 
 class StateDir:
@@ -134,127 +241,284 @@ class StateDir:
             raise Busy(
                 f"state directory {self.path} is already served by storagefs (pid {pid})"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
-        for d in (self.pools_dir, self.volumes_dir, self.secrets_dir):
-            d.mkdir(mode=0o700, exist_ok=True)
-        os.chmod(self.secrets_dir, 0o700)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:  # full or read-only: the lock holds all the same
+            log.warning("cannot record the pid in %s: %s", self.path / "lock", exc.strerror)
+        try:
+            for d in (self.pools_dir, self.volumes_dir, self.secrets_dir):
+                d.mkdir(mode=0o700, exist_ok=True)
+            if stat.S_IMODE(self.secrets_dir.stat().st_mode) != 0o700:
+                os.chmod(self.secrets_dir, 0o700)
+        except OSError as exc:
+            self.close()
+            raise StorageError(f"state directory {self.path}: {exc.strerror}", exc.errno) from None
         self._remove_temp_files()
 
     def _remove_temp_files(self) -> None:
-        """Temp files of writes a crash interrupted: the old file next to them is intact."""
+        """Temp files of writes a crash interrupted (the old file next to them is intact),
+        and records renamed aside by an operation a crash interrupted (put back)."""
         for d in (self.pools_dir, self.secrets_dir, *self.volumes_dir.glob("*/"),
                   self.volumes_dir):
             for tmp in d.glob(".*.tmp"):
                 with contextlib.suppress(OSError):
                     tmp.unlink()
                     log.warning("removed %s, left by an interrupted write", tmp)
+            for aside in d.glob(".*.del"):
+                original = aside.with_name(aside.name[1:].rsplit(".", 2)[0])
+                with contextlib.suppress(OSError):
+                    if original.exists():
+                        aside.unlink()
+                    else:
+                        os.rename(aside, original)
+                        log.warning("put %s back (an interrupted operation had moved it)",
+                                    original)
+
+    def check_writable(self) -> None:
+        """Refuse at once (EROFS, ENOSPC) what could not be recorded, before an operation
+        touches any storage; a write can still fail later, and is then undone."""
+        try:
+            vfs = os.statvfs(self.pools_dir)
+        except OSError as exc:
+            raise failed(f"state directory {self.path}", exc) from None
+        if vfs.f_flag & os.ST_RDONLY:
+            raise StorageError(f"state directory {self.path} is read-only: nothing can be "
+                               "recorded", errno.EROFS)
+        if vfs.f_bfree == 0:
+            raise StorageError(f"state directory {self.path} is full: nothing can be "
+                               "recorded", errno.ENOSPC)
 
     def close(self) -> None:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
 
+    def _keep_aside(self, entry: Path, reason: str) -> str:
+        """Rename an unreadable record to NAME.broken (never dropped); the reason, logged."""
+        aside = entry.with_name(entry.name + BROKEN)
+        message = f"stored definition {entry} is unreadable ({reason})"
+        if aside.exists() or aside.is_symlink():
+            message += f"; left in place ({aside.name} exists)"
+        else:
+            try:
+                os.rename(entry, aside)
+                message += f"; kept aside as {aside}"
+            except OSError as exc:
+                message += f"; left in place (cannot rename it: {exc.strerror})"
+        log.error("%s", message)
+        return message
+
     # pools
     def load_pools(self) -> list[StoredPool]:
-        pools = []
-        for entry in sorted(self.pools_dir.glob("*.json")):
+        """Every pool on record; one that cannot be read comes back with ``broken`` set
+        (its record kept aside as NAME.json.broken), so that nothing vanishes."""
+        pools: dict[str, StoredPool] = {}
+        uuids: dict[str, str] = {}
+        names = {e.name[:-5] for e in self.pools_dir.glob("*.json")} | \
+            {e.name[:-12] for e in self.pools_dir.glob("*.json" + BROKEN)}
+        for name in sorted(names):
+            entry = self.pools_dir / f"{name}.json"
+            if _stem(entry, ".json") is None:
+                continue
+            if not entry.exists() and not entry.is_symlink():
+                pools[name] = self._earlier_broken_pool(name)
+                continue
             try:
-                raw = json.loads(entry.read_text())
-                pools.append(StoredPool(
-                    name=raw["name"], config=_dec(raw["config"]), uuid=raw["uuid"],
-                    autostart=bool(raw.get("autostart")), active=bool(raw.get("active")),
-                    meta=FileMeta(**raw.get("meta", {})),
-                ))
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                log.error("skipping unreadable pool definition %s: %s", entry, exc)
-        return pools
+                raw = _load_json(entry)
+                name = _named(raw, name)
+                stored = StoredPool(
+                    name=name, config=_dec(_field(raw, "config", str)), uuid=_uuid(raw),
+                    autostart=_field(raw, "autostart", bool, False, required=False),
+                    active=_field(raw, "active", bool, False, required=False),
+                    meta=_meta(raw))
+                if stored.uuid in uuids:
+                    raise BadRecord(f"its uuid {stored.uuid} is pool '{uuids[stored.uuid]}'s",
+                                    _salvage(raw))
+            except BadRecord as exc:
+                reason = self._keep_aside(entry, str(exc))
+                config = _dec(exc.salvage.get("config", ""))
+                pools[name] = StoredPool(name, config, "", broken=reason)
+                continue
+            if (self.pools_dir / (record_name(name) + BROKEN)).exists():
+                log.warning("pool %s: %s.json%s is an older unreadable copy, left in place",
+                            name, name, BROKEN)
+            uuids[stored.uuid] = name
+            pools[name] = stored
+        return list(pools.values())
+
+    def _earlier_broken_pool(self, name: str) -> StoredPool:
+        aside = self.pools_dir / f"{name}.json{BROKEN}"
+        try:
+            raw = _load_json(aside)
+            config = _dec(raw["config"]) if isinstance(raw.get("config"), str) else b""
+        except BadRecord:
+            config = b""
+        reason = (f"stored definition was unreadable and is kept aside as {aside}: write "
+                  "config.xml to define the pool again, or rmdir it")
+        log.error("pool %s: %s", name, reason)
+        return StoredPool(name, config, "", broken=reason)
 
     def save_pool(self, pool: StoredPool) -> None:
         doc = {"name": pool.name, "config": _enc(pool.config), "uuid": pool.uuid,
                "autostart": pool.autostart, "active": pool.active, "meta": asdict(pool.meta)}
-        self._write(self.pools_dir / f"{pool.name}.json", doc)
+        self._write(self.pools_dir / record_name(pool.name), doc)
+
+    def drop_broken_pool(self, name: str) -> None:
+        """After a new definition was saved: the kept-aside record is obsolete."""
+        aside = self.pools_dir / (record_name(name) + BROKEN)
+        try:
+            remove_file(aside)
+        except StorageError as exc:
+            log.warning("pool %s: %s (left in place)", name, exc.reason)
 
     def delete_pool(self, name: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.pools_dir / f"{name}.json")
+        """Remove the pool's record (and a kept-aside one); StorageError when the record
+        cannot be removed. Its volumes' records go next (a failure there is logged)."""
+        remove_file(self.pools_dir / record_name(name))
+        remove_file(self.pools_dir / (record_name(name) + BROKEN))
         vdir = self.volumes_dir / name
-        if vdir.is_dir():
-            for f in vdir.glob("*.json"):
-                f.unlink()
-            with contextlib.suppress(OSError):
+        try:
+            if vdir.is_dir():
+                for f in vdir.iterdir():
+                    if f.name.endswith((".json", BROKEN)):
+                        f.unlink()
                 vdir.rmdir()
-        fsync_dir(self.pools_dir)
+        except OSError as exc:
+            log.warning("pool %s: cannot remove the volume records in %s: %s", name, vdir,
+                        exc.strerror)
 
-    # volume definitions (only those a user wrote)
+    # volume records: the recorded format, and the document if a user wrote one
     def load_volumes(self, pool: str) -> dict[str, StoredVolume]:
+        """The volume records of a pool; an unreadable one is kept aside as
+        VOL.json.broken and returned with ``broken`` set (the volume itself is found
+        on the storage: only its document is lost)."""
         out: dict[str, StoredVolume] = {}
         vdir = self.volumes_dir / pool
         for entry in sorted(vdir.glob("*.json")) if vdir.is_dir() else []:
+            name = _stem(entry, ".json")
+            if name is None:
+                continue
             try:
-                raw = json.loads(entry.read_text())
-                out[raw["name"]] = StoredVolume(pool, raw["name"], _dec(raw["config"]),
-                                                FileMeta(**raw.get("meta", {})))
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                log.error("skipping unreadable volume definition %s: %s", entry, exc)
+                raw = _load_json(entry)
+                name = _named(raw, name)
+                config = _field(raw, "config", str, None, required=False) \
+                    if raw.get("config") is not None else None
+                fmt = raw.get("format")
+                if not isinstance(fmt, (str, type(None))):
+                    raise BadRecord(f"format {fmt!r} is not a string", _salvage(raw))
+                made = raw.get("made")
+                if made is not None and not (isinstance(made, list) and
+                                             all(type(x) is int for x in made)):
+                    raise BadRecord(f"made {made!r} is not a list of integers", _salvage(raw))
+                out[name] = StoredVolume(pool, name, None if config is None else _dec(config),
+                                         _meta(raw), format=fmt, made=made)
+            except BadRecord as exc:
+                out[name] = StoredVolume(pool, name, b"", broken=self._keep_aside(entry,
+                                                                                  str(exc)))
         return out
+
+    def volume_path(self, pool: str, name: str) -> Path:
+        return self.volumes_dir / pool / record_name(name)
+
+    def prepare_volume(self, vol: StoredVolume) -> PendingWrite:
+        vdir = self.volumes_dir / vol.pool
+        try:
+            vdir.mkdir(mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise failed(f"cannot save {vdir}", exc) from None
+        doc = {"name": vol.name, "config": None if vol.config is None else _enc(vol.config),
+               "meta": asdict(vol.meta), "format": vol.format, "made": vol.made}
+        return prepare_write(vdir / record_name(vol.name), json.dumps(doc, indent=1).encode())
 
     def save_volume(self, vol: StoredVolume) -> None:
-        vdir = self.volumes_dir / vol.pool
-        vdir.mkdir(mode=0o700, exist_ok=True)
-        doc = {"name": vol.name, "config": _enc(vol.config), "meta": asdict(vol.meta)}
-        self._write(vdir / f"{vol.name}.json", doc)
+        self.prepare_volume(vol).commit()
 
     def delete_volume(self, pool: str, name: str) -> None:
-        path = self.volumes_dir / pool / f"{name}.json"
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            return
-        fsync_dir(path.parent)
+        remove_file(self.volume_path(pool, name))
+
+    def stage_delete_volume(self, pool: str, name: str) -> PendingDelete:
+        return PendingDelete(self.volume_path(pool, name))
 
     # secrets
-    def load_secrets(self) -> list[tuple[str, bytes, FileMeta, bytes | None]]:
-        """(uuid, config, meta, value or None) for each stored secret."""
+    def load_secrets(self) -> list[StoredSecret]:
+        """Every stored secret; an unreadable record is kept aside as UUID.json.broken
+        and returned with ``broken`` set (and its value, so a new document keeps it)."""
         out = []
-        for entry in sorted(self.secrets_dir.glob("*.json")):
+        names = {e.name[:-5] for e in self.secrets_dir.glob("*.json")} | \
+            {e.name[:-12] for e in self.secrets_dir.glob("*.json" + BROKEN)}
+        for uid in sorted(names):
+            entry = self.secrets_dir / f"{uid}.json"
             try:
-                raw = json.loads(entry.read_text())
-                value_path = self.secrets_dir / f"{raw['uuid']}.value"
-                value = value_path.read_bytes() if value_path.exists() else None
-                out.append((raw["uuid"], _dec(raw["config"]), FileMeta(**raw.get("meta", {})),
-                            value))
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                log.error("skipping unreadable secret %s: %s", entry.name, exc)
+                canonical = str(uuidlib.UUID(uid)) == uid
+            except ValueError:
+                canonical = False
+            if not canonical:
+                log.error("ignoring %s: '%s' is not a canonical UUID", entry, uid)
+                continue
+            value, broken, config, meta = None, "", b"", FileMeta()
+            try:
+                value = self._read_value(uid)
+                if not entry.exists() and not entry.is_symlink():
+                    raise BadRecord(f"kept aside as {entry}{BROKEN} at an earlier start")
+                raw = _load_json(entry)
+                if _uuid(raw) != uid:
+                    raise BadRecord(f"it names secret {raw['uuid']}", _salvage(raw))
+                config, meta = _dec(_field(raw, "config", str)), _meta(raw)
+            except BadRecord as exc:
+                if entry.exists() or entry.is_symlink():
+                    broken = self._keep_aside(entry, str(exc))
+                else:
+                    broken = f"stored definition was unreadable: {exc}"
+                    log.error("secret %s: %s", uid, broken)
+                config = _dec(exc.salvage.get("config", ""))
+            out.append(StoredSecret(uid, config, meta, value, broken))
         return out
 
-    def save_secret(self, uuid: str, config: bytes, meta: FileMeta) -> None:
+    def _read_value(self, uid: str) -> bytes | None:
+        path = self.secrets_dir / f"{uid}.value"
+        try:
+            return read_record(path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise BadRecord(f"its value {path} is unreadable: {exc.strerror}") from None
+
+    def prepare_secret(self, uuid: str, config: bytes, meta: FileMeta) -> PendingWrite:
         doc = {"uuid": uuid, "config": _enc(config), "meta": asdict(meta)}
-        self._write(self.secrets_dir / f"{uuid}.json", doc)
+        return prepare_write(self.secrets_dir / f"{uuid}.json",
+                             json.dumps(doc, indent=1).encode())
+
+    def prepare_secret_value(self, uuid: str, value: bytes) -> PendingWrite:
+        return prepare_write(self.secrets_dir / f"{uuid}.value", value, mode=0o600)
+
+    def save_secret(self, uuid: str, config: bytes, meta: FileMeta) -> None:
+        self.prepare_secret(uuid, config, meta).commit()
 
     def save_secret_value(self, uuid: str, value: bytes | None) -> None:
         path = self.secrets_dir / f"{uuid}.value"
-        try:
-            if value is None:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
-                fsync_dir(self.secrets_dir)
-            else:
-                atomic_write(path, value, mode=0o600)
-        except OSError as exc:
-            raise StorageError(f"cannot save the value of secret {uuid}: {exc.strerror}",
-                               exc.errno or errno.EIO) from None
+        if value is None:
+            remove_file(path)
+        else:
+            atomic_write(path, value, mode=0o600)
 
     def delete_secret(self, uuid: str) -> None:
-        for suffix in (".value", ".json"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.secrets_dir / f"{uuid}{suffix}")
-        fsync_dir(self.secrets_dir)
+        """The record first (then the secret is gone), then its value and a kept-aside
+        record (a failure there is logged: the value file stays 0600 in a 0700 dir)."""
+        remove_file(self.secrets_dir / f"{uuid}.json")
+        for suffix in (f".json{BROKEN}", ".value"):
+            try:
+                remove_file(self.secrets_dir / f"{uuid}{suffix}")
+            except StorageError as exc:
+                log.error("secret %s: %s", uuid, exc.reason)
+
+    def delete_secret_aside(self, uuid: str) -> None:
+        """After a new definition was saved: the kept-aside record is obsolete."""
+        try:
+            remove_file(self.secrets_dir / f"{uuid}.json{BROKEN}")
+        except StorageError as exc:
+            log.warning("secret %s: %s (left in place)", uuid, exc.reason)
 
     def _write(self, path: Path, doc: dict) -> None:
-        try:
-            atomic_write(path, json.dumps(doc, indent=1).encode())
-        except OSError as exc:
-            code = exc.errno or errno.EIO
-            raise StorageError(f"cannot save {path}: {exc.strerror}", code) from None
+        atomic_write(path, json.dumps(doc, indent=1).encode())

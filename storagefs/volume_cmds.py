@@ -17,7 +17,7 @@ from .backends.fileops import WIPE_ALGORITHMS, check_snapshot_name
 from .commands import Command, parse_command
 from .errors import Exists, InvalidArgument, NotFound, NotSupported
 from .names import check_name
-from .objects import Volume
+from .objects import Volume, claim
 from .state import StoredVolume
 from .units import parse_size
 
@@ -135,11 +135,13 @@ class VolumeCommands:
         self.listener.changed(vol.pool.name, vol.name)
 
     @contextlib.asynccontextmanager
-    async def _volume_op(self: Manager, vol: Volume) -> AsyncIterator[None]:
-        """Serialise operations on one volume; the pool cannot stop meanwhile."""
-        async with vol.lock:
+    async def _volume_op(self: Manager, vol: Volume, op: str) -> AsyncIterator[None]:
+        """One operation at a time on a volume (another is refused at once, EBUSY);
+        the pool cannot stop meanwhile."""
+        with claim(vol, op):
             if vol.pool.volumes.get(vol.name) is not vol:
                 raise NotFound(f"no storage vol with matching name '{vol.name}'")
+            self.check_not_stopping(vol.pool)
             vol.pool.busy_volumes += 1
             try:
                 yield
@@ -151,12 +153,34 @@ class VolumeCommands:
         flags = {a for a in cmd.args if a.startswith("--")}
         size = parse_size(next(a for a in cmd.args if not a.startswith("--")))
         secret = self.volume_secret(vol)
-        async with self._volume_op(vol), self.optional_secret_file(secret) as secret_file:
+        await self.check_chain(vol)  # qemu-img resize opens the backing chain
+        async with self._volume_op(vol, "resize"), \
+                self.optional_secret_file(secret) as secret_file:
+            pristine = self.pristine(vol)
             cap = vol.info.capacity + size if "--delta" in flags else size
-            vol.info = await vol.pool.backend.resize_volume(
-                vol.info, cap, shrink="--shrink" in flags, allocate="--allocate" in flags,
-                secret_file=secret_file)
-            self._forget_config(vol)
+            # the stored document will no longer describe the volume: its record is
+            # rewritten first, without it (a state directory that cannot change refuses
+            # before the storage changes); the recorded format stays on record
+            forget = vol.config is not None and not vol.info.encrypted
+            record = None
+            if forget and (vol.recorded_format or vol.made):
+                record = self.state.prepare_volume(StoredVolume(
+                    vol.pool.name, vol.name, None, vol.meta, vol.recorded_format,
+                    made=vol.made))
+            elif forget:
+                record = self.state.stage_delete_volume(vol.pool.name, vol.name)
+            try:
+                vol.info = await vol.pool.backend.resize_volume(
+                    vol.info, cap, shrink="--shrink" in flags, allocate="--allocate" in flags,
+                    secret_file=secret_file)
+            except BaseException:
+                if record is not None:
+                    record.abort()
+                raise
+            if record is not None:
+                record.commit()
+                vol.config = None
+            self.remember_made(vol, pristine)  # storagefs's own resize writes no data
 
     def renamed_config(self: Manager, vol: Volume, new: str, pool) -> bytes:
         from .xml.volume import format_volume, parse_volume
@@ -172,16 +196,10 @@ class VolumeCommands:
             return None
         return self.encryption_secret(vol.config, vol.pool.definition)
 
-    def _forget_config(self: Manager, vol: Volume) -> None:
-        """The stored document no longer describes the volume: generate it again
-        (except for an encrypted volume, whose document names its secret)."""
-        if vol.config is not None and not vol.info.encrypted:
-            vol.config = None
-            self.state.delete_volume(vol.pool.name, vol.name)
-
     async def _clone(self: Manager, vol: Volume, cmd: Command) -> None:
         new, opts = _clone_args(cmd.args)
         target = self.running_pool(opts.get("--pool", vol.pool.name))
+        self.check_not_stopping(target)
         if new in target.volumes or new in target.reserved:
             raise Exists(f"storage volume '{new}' exists already")
         fmt = opts.get("--format", vol.info.format)
@@ -189,18 +207,26 @@ class VolumeCommands:
             raise NotSupported("an encrypted volume is cloned in its own format (a byte copy "
                                "that keeps its encryption); converting it is not supported")
         spec = VolumeSpec(name=new, format=fmt, capacity=vol.info.capacity)
+        await self.check_chain(vol)  # a copy or a convert reads the whole chain
+        clone = Volume(target, new, vol.info, recorded_format=fmt)
+        if vol.info.encrypted and vol.config is not None:
+            # the copy is encrypted with the same secret: keep the <encryption> on record
+            clone.config = self.renamed_config(vol, new, target)
+        # its record (the format, the document of an encrypted copy) is written before the
+        # copy is made, and put in place once it is
+        record = self.state.prepare_volume(StoredVolume(target.name, new, clone.config,
+                                                        clone.meta, fmt))
         target.reserved.add(new)
         target.busy_volumes += 1
         try:
-            async with self._volume_op(vol):
+            async with self._volume_op(vol, f"clone to '{new}'"):
                 report = self._progress(vol, "clone")
-                info = await target.backend.clone_volume(vol.info, spec, report)
-            clone = Volume(target, new, info)
-            if info.encrypted and vol.config is not None:
-                # the copy is encrypted with the same secret: keep the <encryption> on record
-                clone.config = self.renamed_config(vol, new, target)
-                self.state.save_volume(StoredVolume(target.name, new, clone.config, clone.meta))
+                clone.info = await target.backend.clone_volume(vol.info, spec, report)
+            record.commit()
             target.volumes[new] = clone
+        except BaseException:
+            record.abort()
+            raise
         finally:
             target.reserved.discard(new)
             target.busy_volumes -= 1
@@ -210,7 +236,8 @@ class VolumeCommands:
 
     async def _wipe(self: Manager, vol: Volume, cmd: Command) -> None:
         algorithm = cmd.args[0] if cmd.args else "zero"
-        async with self._volume_op(vol):
+        await self.check_chain(vol)  # re-making a qcow2 opens its backing file
+        async with self._volume_op(vol, "wipe"):
             report = self._progress(vol, "wipe")
             vol.info = await vol.pool.backend.wipe_volume(vol.info, algorithm, report)
 
@@ -223,13 +250,17 @@ class VolumeCommands:
             raise NotSupported(f"internal snapshots need qcow2; '{vol.name}' is "
                                f"{vol.info.format}")
         check_snapshot_name(name)
-        vol.info = await vol.pool.backend.volume_details(vol.info)  # the current snapshots
-        taken = {s.name for s in vol.info.snapshots}
-        if op == "create" and name in taken:
-            raise Exists(f"snapshot '{name}' already exists")
-        if op != "create" and name not in taken:
-            raise NotFound(f"no snapshot '{name}' in volume '{vol.name}'")
-        async with self._volume_op(vol):
+        what = {"create": "snapshot", "revert": "revert", "delete": "delete-snapshot"}[op]
+        if op == "create" and vol.busy == f"snapshot {name}":
+            raise Exists(f"snapshot '{name}' already exists")  # being made right now
+        async with self._volume_op(vol, f"{what} {name}"):
+            vol.info = await vol.pool.backend.volume_details(vol.info)  # current snapshots
+            await self.check_chain(vol)  # qemu-img snapshot opens the backing chain
+            taken = {s.name for s in vol.info.snapshots}
+            if op == "create" and name in taken:
+                raise Exists(f"snapshot '{name}' already exists")
+            if op != "create" and name not in taken:
+                raise NotFound(f"no snapshot '{name}' in volume '{vol.name}'")
             vol.info = await vol.pool.backend.snapshot_volume(vol.info, op, name)
 
     async def mkdir_snapshot(self: Manager, pool: str, vol: str, name: str) -> None:

@@ -1,9 +1,9 @@
 """Shared fixtures. The real-mount fixture `mounted` runs `storagefs mount
 --foreground` on a mountpoint and state directory under tmp_path, waits for
 the tree while checking the process is alive, and tears down with `storagefs
-unmount` (exit 0 required from it and from the server). Any "Traceback" in
-the server's log fails the test: a bad input must never reach pyfuse3 as an
-exception.
+unmount` (exit 0 required from it and from the server). Any "Traceback" or
+"internal error" in the server's log fails the test: a bad input must never
+reach pyfuse3 as an exception, nor end in EIO without a reason.
 """
 
 from __future__ import annotations
@@ -73,6 +73,10 @@ def _finish(m: Mount, request) -> list[str]:
     log = m.log()
     if "Traceback" in log:
         problems.append(f"'Traceback' in the storagefs log {m.log_path}")
+    if "internal error" in log:
+        # an exception that was not a StorageError reached the FUSE layer (EIO, no
+        # error line): every refusal must end in a fitting errno and its reason
+        problems.append(f"'internal error' in the storagefs log {m.log_path}")
     failed = getattr(request.node, "rep_call", None)
     if problems or (failed is not None and failed.failed):
         print(f"----- storagefs log {m.log_path} (last 200 lines) -----")

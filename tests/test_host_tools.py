@@ -39,6 +39,7 @@ from mount_helpers import (
     ls_names,
     qemu_info,
     read,
+    run,
     volume_xml,
     write,
     write_errno,
@@ -286,6 +287,8 @@ def test_same_pool_serves_while_qemu_img_resize_hangs(mount_factory, shims):
     m = mount_factory(env=shims.env(cap=6))
     os.mkdir(m.vol("a.qcow2"))
     assert capacity(m.vol("a.qcow2")) == GiB
+    # a guest wrote to it: a document now resizes it (a pristine one would be re-made)
+    run(["qemu-io", "-f", "qcow2", "-c", "write 0 64k", m.images / "a.qcow2"])
     shims.arm()
     doc = volume_xml("a.qcow2", 2 * GiB, fmt="qcow2")
     hung = Timed(lambda: write_in_other_process(m.vol("a.qcow2") / "config.xml", doc))

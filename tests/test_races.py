@@ -243,7 +243,13 @@ def test_race_same_snapshot_one_wins(mounted, how):
         totals.update(got)
         names = snapshot_names(m.images / "q.qcow2")
         assert names.count(snap) == 1, f"round {n}: snapshots in the image: {names}"
-        assert got == {"ok": 1, "EEXIST": RACERS - 1}, f"round {n}: {dict(got)}"
+        if how == "control":
+            # a writer that opens control while the winner's snapshot runs is refused at
+            # once (EBUSY, issue 10 item 14); one that comes after finds the name taken
+            assert got["ok"] == 1 and got["EEXIST"] + got["EBUSY"] == RACERS - 1 and \
+                len(got) <= 3, f"round {n}: {dict(got)}"
+        else:
+            assert got == {"ok": 1, "EEXIST": RACERS - 1}, f"round {n}: {dict(got)}"
         assert ls_names(v / "snapshots") >= {snap}
     print(f"\nRACE same snapshot ({how}): rounds={ROUNDS} outcomes={dict(totals)}")
 

@@ -9,7 +9,7 @@ creates something removes its own partial result when it fails.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
@@ -46,6 +46,9 @@ class VolumeInfo:
     ctime_ns: int = 0
     backing_path: str | None = None
     backing_format: str | None = None
+    #: other files qemu opens with the image: a qcow2 external data file, the extents
+    #: of a vmdk descriptor (part of the chain that SPEC's "Never trust guest bytes" checks)
+    data_files: list[str] = field(default_factory=list)
     encrypted: bool = False
     #: qcow2 internal snapshots (fileops.Snapshot), from qemu-img info
     snapshots: list = field(default_factory=list)
@@ -70,6 +73,11 @@ class VolumeSpec:
     #: "luks" to encrypt; the passphrase is in ``secret_file`` while the operation runs
     encryption: str | None = None
     secret_file: str | None = None
+    #: qemu's LUKS options from <cipher>/<ivgen> (cipher-alg, cipher-mode, hash-alg ...)
+    encrypt_options: dict[str, str] = field(default_factory=dict)
+    #: update_volume: the volume never held data, so re-make it to match in full
+    #: (smaller capacity, another format, encryption) instead of changing it in place
+    remake: bool = False
 
 
 POOL_OPS = ("build", "start", "stop", "delete", "refresh")
@@ -78,6 +86,9 @@ VOLUME_OPS = ("create_volume", "delete_volume", "resize_volume", "update_volume"
 
 class PoolBackend:
     type: ClassVar[str] = ""
+    #: space is really taken when a volume is made (partitions, LVs): without a default
+    #: capacity in the pool XML, mkdir makes a pending volume that its document creates
+    takes_space: ClassVar[bool] = False
 
     def __init__(self, definition: PoolDef) -> None:
         self.definition = definition
@@ -107,7 +118,10 @@ class PoolBackend:
     async def delete(self) -> None:
         raise self._unsupported("delete")
 
-    async def refresh(self) -> tuple[PoolInfo, list[VolumeInfo]]:
+    async def refresh(self, formats: Mapping[str, str] | None = None,
+                      ) -> tuple[PoolInfo, list[VolumeInfo]]:
+        """The pool's sizes and volumes. ``formats``: the recorded format of the volumes
+        storagefs made or was told about, used instead of what their bytes say."""
         raise NotImplementedError
 
     def pool_info(self) -> PoolInfo | None:
@@ -119,8 +133,9 @@ class PoolBackend:
         return None
 
     # volume operations
-    async def probe_volume(self, name: str) -> VolumeInfo | None:
-        """Look at one volume after an event; None when it is not (or no longer) there."""
+    async def probe_volume(self, name: str, fmt: str | None = None) -> VolumeInfo | None:
+        """Look at one volume after an event; None when it is not (or no longer) there.
+        ``fmt``: its recorded format (else the backend probes it)."""
         return None
 
     async def volume_details(self, info: VolumeInfo) -> VolumeInfo:
@@ -134,6 +149,16 @@ class PoolBackend:
     def stat_volume(self, info: VolumeInfo) -> VolumeInfo | None:
         """Refresh fast-changing figures with syscalls only; None if the volume vanished."""
         return info
+
+    def signature(self, info: VolumeInfo) -> list[int] | None:
+        """What changes whenever anything writes to the volume (cheap syscalls only), or
+        None where that cannot be told: such volumes are never taken as pristine."""
+        return None
+
+    def check_volume_name(self, name: str) -> None:
+        """Refuse (EINVAL) a name this pool type can never give a volume (cheap checks
+        only, no host tool): a pending volume is refused at mkdir, not at its document."""
+        return None
 
     async def create_volume(self, spec: VolumeSpec) -> VolumeInfo:
         raise self._unsupported("creating volumes")

@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 
-from ..errors import Busy, InvalidArgument, NoSpace, NotFound, from_oserror
+from ..errors import Busy, InvalidArgument, NotFound, from_oserror
 from .base import PoolBackend, PoolInfo, VolumeInfo, VolumeSpec
 from .filevol import FileVolumes
 
 DEFAULT_DIR_MODE = 0o711
+
+
+def make_parents(path: str, mode: int = 0o755) -> None:
+    """``mkdir -p`` with an explicit mode for each directory made (storagefs runs with
+    umask 077; the directories above a pool stay traversable, as libvirt makes them)."""
+    missing = []
+    while not os.path.lexists(path) and path not in ("/", ""):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, mode)
+        except FileExistsError:
+            continue
+        os.chmod(d, mode)
 
 
 class DirBackend(PoolBackend):
@@ -40,7 +54,7 @@ class DirBackend(PoolBackend):
         perms = self.definition.target_permissions
         mode = perms.mode if perms and perms.mode is not None else DEFAULT_DIR_MODE
         try:
-            os.makedirs(self.target, mode=0o755, exist_ok=True)
+            make_parents(self.target)
             if not self._is_dir():
                 raise InvalidArgument(f"target '{self.target}' exists and is not a directory")
             os.chmod(self.target, mode)
@@ -75,13 +89,15 @@ class DirBackend(PoolBackend):
         available = vfs.f_frsize * vfs.f_bavail
         return PoolInfo(capacity, capacity - vfs.f_frsize * vfs.f_bfree, available)
 
-    async def refresh(self) -> tuple[PoolInfo, list[VolumeInfo]]:
+    async def refresh(self, formats=None) -> tuple[PoolInfo, list[VolumeInfo]]:
         if not self._is_dir():
             raise NotFound(f"cannot open directory '{self.target}': No such file or directory")
         files = self.files
+        formats = formats or {}
         vols = []
         for name in files.scan_names():
-            info = await files.probe(name, deep=False)  # details later, in the background
+            # details later, in the background
+            info = await files.probe(name, deep=False, fmt=formats.get(name))
             if info is not None:
                 vols.append(info)
         return self.pool_info() or PoolInfo(), vols
@@ -89,8 +105,8 @@ class DirBackend(PoolBackend):
     def watch_dir(self) -> str | None:
         return self.target
 
-    async def probe_volume(self, name: str) -> VolumeInfo | None:
-        return await self.files.probe(name)
+    async def probe_volume(self, name: str, fmt: str | None = None) -> VolumeInfo | None:
+        return await self.files.probe(name, fmt=fmt)
 
     async def volume_details(self, info: VolumeInfo) -> VolumeInfo:
         return await self.files.details(info)
@@ -101,12 +117,11 @@ class DirBackend(PoolBackend):
     def unchanged(self, info: VolumeInfo) -> bool:
         return self.files.unchanged(info)
 
+    def signature(self, info: VolumeInfo) -> list[int] | None:
+        return self.files.signature(info)
+
     async def create_volume(self, spec: VolumeSpec) -> VolumeInfo:
-        free = shutil.disk_usage(self.target).free if spec.allocation else 0
-        if spec.allocation and spec.allocation > free:
-            raise NoSpace(f"not enough space for {spec.allocation} bytes "
-                          f"({free} available)")
-        return await self.files.create(spec)
+        return await self.files.create(spec)  # checks the free space of an allocation
 
     async def delete_volume(self, info: VolumeInfo) -> None:
         await self.files.delete(info)
@@ -120,7 +135,7 @@ class DirBackend(PoolBackend):
     async def update_volume(self, info: VolumeInfo, spec: VolumeSpec) -> VolumeInfo:
         if self.files.stat(info) is None:
             raise Busy(f"volume '{info.name}' is no longer there")
-        return await self.files.update(info, spec)
+        return await self.files.update(info, spec)  # room is checked before any change
 
     async def clone_volume(self, src: VolumeInfo, spec: VolumeSpec, report) -> VolumeInfo:
         return await self.files.clone(src, spec, report)

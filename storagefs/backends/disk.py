@@ -189,6 +189,7 @@ def normal_format(fmt: str | None) -> str:
 
 class DiskBackend(PoolBackend):
     type = "disk"
+    takes_space = True
 
     def __init__(self, definition) -> None:
         super().__init__(definition)
@@ -412,12 +413,16 @@ class DiskBackend(PoolBackend):
     def pool_info(self) -> PoolInfo | None:
         return self._info
 
-    async def refresh(self) -> tuple[PoolInfo, list[VolumeInfo]]:
+    async def refresh(self, formats=None) -> tuple[PoolInfo, list[VolumeInfo]]:
+        # a partition's format is its type in the table, which the guest cannot write
         async with self._lock:
             layout = await self._layout()
         return self._info or PoolInfo(), [self._volume(p) for p in layout.parts]
 
     # ---- volumes --------------------------------------------------------------------------
+    def check_volume_name(self, name: str) -> None:
+        self._number(name)
+
     def stat_volume(self, info: VolumeInfo) -> VolumeInfo | None:
         number = None
         with contextlib.suppress(StorageError):
@@ -481,13 +486,7 @@ class DiskBackend(PoolBackend):
                 raise InvalidArgument(f"invalid partition name '{spec.name}', expected "
                                       f"'{expected}' (the next partition of "
                                       f"'{self.device}')")
-            try:
-                first, last = self._place(layout, kind, spec.capacity)
-            except NoSpace as exc:
-                if self.definition.default_volume_capacity is None:
-                    exc.reason += ("; mkdir makes volumes of the pool's default capacity: "
-                                   "set one with <storagefs:volume-defaults capacity='...'/>")
-                raise
+            first, last = self._place(layout, kind, spec.capacity)
             words = [kind] if layout.label == "msdos" else ["primary"]
             if fmt in FORMAT_FS_TYPE:
                 words.append(FORMAT_FS_TYPE[fmt])
@@ -587,12 +586,21 @@ class DiskBackend(PoolBackend):
             return self._volume(new)
 
     async def update_volume(self, info: VolumeInfo, spec: VolumeSpec) -> VolumeInfo:
+        """Grow, change the type flag, set permissions: everything that can be refused is
+        checked before anything changes (a document is never half applied)."""
         want, have = normal_format(spec.format), normal_format(info.format)
+        if want != have and (want not in FLAG_FORMATS or have not in FLAG_FORMATS):
+            raise NotSupported(f"cannot change the partition type of '{info.name}' from "
+                               f"{have} to {want}; delete and re-create it")
+        size = round_up(spec.capacity, 512) if spec.capacity else info.capacity
+        if size < info.capacity:
+            raise InvalidArgument(
+                f"capacity {spec.capacity} is below the current {info.capacity}; "
+                "shrinking needs 'resize --shrink'")
+        if size > info.capacity:  # the step most likely refused (ENOSPC) goes first
+            info = await self.resize_volume(info, spec.capacity)
+        number = self._number(info.name)
         if want != have:
-            if want not in FLAG_FORMATS or have not in FLAG_FORMATS:
-                raise NotSupported(f"cannot change the partition type of '{info.name}' from "
-                                   f"{have} to {want}; delete and re-create it")
-            number = self._number(info.name)
             async with self._lock:
                 for fmt, flag in FORMAT_FLAG.items():
                     if fmt in (want, have):
@@ -603,14 +611,6 @@ class DiskBackend(PoolBackend):
                 if p is None:
                     raise NotFound(f"partition {number} of '{self.device}' is gone")
                 info = self._volume(p)
-        sector = 512
-        if spec.capacity and round_up(spec.capacity, sector) > info.capacity:
-            info = await self.resize_volume(info, spec.capacity)
-        elif spec.capacity and round_up(spec.capacity, sector) < info.capacity:
-            raise InvalidArgument(
-                f"capacity {spec.capacity} is below the current {info.capacity}; "
-                "shrinking needs 'resize --shrink'")
-        number = self._number(info.name)
         _set_node_perms(info, self._node(number), spec)
         return info
 

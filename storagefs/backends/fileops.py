@@ -5,10 +5,13 @@ with a fraction in [0, 1]; a failure or cancellation leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
+import hashlib
 import os
 import re
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +40,15 @@ class _Cancel:
         self.event = threading.Event()
 
 
+def temp_name(what: str, name: str) -> str:
+    """``.storagefs-WHAT-NAME``, our temp file beside volume NAME in its directory; for a
+    name too long for that, a digest of it (a volume name may have 255 bytes)."""
+    tmp = f".storagefs-{what}-{name}"
+    if len(os.fsencode(tmp)) <= 255:
+        return tmp
+    return f".storagefs-{what}-{hashlib.sha256(os.fsencode(name)).hexdigest()}"
+
+
 def try_reflink(src_fd: int, dst_fd: int) -> bool:
     """O(1) copy on xfs/btrfs (FICLONE); False where the filesystem cannot."""
     try:
@@ -49,9 +61,33 @@ def try_reflink(src_fd: int, dst_fd: int) -> bool:
         raise
 
 
+#: copy_file_range cannot copy between these two files (another filesystem, an old
+#: kernel, a filesystem without it): copy through user space instead
+_NO_COPY_RANGE = (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL)
+
+
+def _copy_range(src_fd: int, dst_fd: int, n: int, off: int, in_kernel: list[bool]) -> int:
+    """Copy n bytes at off: copy_file_range while it works, else pread/pwrite."""
+    if in_kernel[0]:
+        try:
+            return os.copy_file_range(src_fd, dst_fd, n, off, off)
+        except OSError as exc:
+            if exc.errno not in _NO_COPY_RANGE:
+                raise
+            in_kernel[0] = False
+    data = os.pread(src_fd, n, off)
+    view = memoryview(data)
+    done = 0
+    while done < len(data):
+        done += os.pwrite(dst_fd, view[done:], off + done)
+    return len(data)
+
+
 def sparse_copy(src_fd: int, dst_fd: int, size: int, report: Progress, cancel: _Cancel) -> None:
-    """Copy only the data extents (SEEK_DATA/SEEK_HOLE): holes stay holes."""
+    """Copy only the data extents (SEEK_DATA/SEEK_HOLE): holes stay holes, also across
+    filesystems (where copy_file_range says EXDEV, the bytes go through user space)."""
     os.ftruncate(dst_fd, size)
+    in_kernel = [True]
     pos = 0
     while pos < size:
         if cancel.event.is_set():
@@ -67,7 +103,7 @@ def sparse_copy(src_fd: int, dst_fd: int, size: int, report: Progress, cancel: _
         while off < hole:
             if cancel.event.is_set():
                 raise InterruptedError
-            n = os.copy_file_range(src_fd, dst_fd, min(CHUNK, hole - off), off, off)
+            n = _copy_range(src_fd, dst_fd, min(CHUNK, hole - off), off, in_kernel)
             if n <= 0:
                 break
             off += n
@@ -97,18 +133,34 @@ async def in_thread(fn: Callable[[_Cancel], None]) -> None:
         raise
 
 
+def create_private(path: str) -> int:
+    """A new file only root can read (O_EXCL, no symlink followed), whatever the umask:
+    what is being copied into it is not readable before it is complete."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
+
+
+def same_access(fd: int, st: os.stat_result) -> None:
+    """Give the file at fd the owner, group and mode of ``st`` (the source's): a copy is
+    never more readable than what it copies. Owner first: chown clears setuid bits."""
+    os.fchown(fd, st.st_uid, st.st_gid)
+    os.fchmod(fd, stat.S_IMODE(st.st_mode))
+
+
 async def copy_file(src: str, dst: str, size: int, report: Progress) -> None:
-    """Reflink when possible, else a sparse copy; dst is created (O_EXCL)."""
+    """Reflink when possible, else a sparse copy; dst is created (O_EXCL, 0600 while the
+    copy runs) and then gets the source's owner and mode."""
     def work(cancel: _Cancel) -> None:
         sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
         try:
-            dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            dfd = create_private(dst)
             try:
                 if not try_reflink(sfd, dfd):
                     sparse_copy(sfd, dfd, size, report, cancel)
                 else:
                     report(1.0)
-                os.fchmod(dfd, os.fstat(sfd).st_mode & 0o7777)
+                same_access(dfd, os.fstat(sfd))
             finally:
                 os.close(dfd)
         finally:
@@ -121,9 +173,23 @@ async def copy_file(src: str, dst: str, size: int, report: Progress) -> None:
 
 
 async def qemu_convert(src: VolumeInfo, dst: str, fmt: str, report: Progress) -> None:
-    """qemu-img convert -p, progress parsed from its '(12.34/100%)' output."""
+    """qemu-img convert -p, progress parsed from its '(12.34/100%)' output. dst is made
+    by us first (0600; qemu-img keeps the mode of a file it writes into) and gets the
+    source's owner and mode once complete. The caller removes dst on failure."""
+    try:
+        os.close(create_private(dst))
+    except OSError as exc:
+        raise from_oserror(exc, f"cannot create '{dst}'") from None
     argv = [QEMU_IMG, "convert", "-p", "-f", src.format, "-O", fmt, src.path, dst]
     await hostcmd.run_progress(argv, _PERCENT, report, timeout=24 * 3600)
+    try:
+        fd = os.open(dst, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            same_access(fd, os.stat(src.path, follow_symlinks=False))
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise from_oserror(exc, f"cannot set the permissions of '{dst}'") from None
 
 
 async def wipe_file(info: VolumeInfo, algorithm: str, report: Progress) -> None:
@@ -191,15 +257,21 @@ def fallocate_punch(fd: int, size: int) -> None:
 
 async def _recreate_empty(info: VolumeInfo) -> None:
     """Zero a qcow2-like image: a fresh image of the same size and format."""
-    tmp = os.path.join(os.path.dirname(info.path), f".storagefs-wipe-{os.path.basename(info.path)}")
+    tmp = os.path.join(os.path.dirname(info.path), temp_name("wipe", os.path.basename(info.path)))
     argv = [QEMU_IMG, "create", "-q", "-f", info.format]
     if info.backing_path:
         argv += ["-b", info.backing_path, "-F", info.backing_format or "raw"]
     try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)  # left by an interrupted wipe
+        os.close(create_private(tmp))  # 0600 until it is the volume
         await hostcmd.run([*argv, tmp, str(info.capacity)], timeout=600)
         st = os.lstat(info.path)
-        os.chown(tmp, st.st_uid, st.st_gid)
-        os.chmod(tmp, st.st_mode & 0o7777)
+        fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            same_access(fd, st)
+        finally:
+            os.close(fd)
         os.replace(tmp, info.path)
     except BaseException:
         with trio.CancelScope(shield=True):
@@ -208,6 +280,14 @@ async def _recreate_empty(info: VolumeInfo) -> None:
             except OSError:
                 pass
         raise
+
+
+def image_opts(fmt: str, path: str, **extra: str) -> str:
+    """An --image-opts string that names the format and the file (commas in the path
+    doubled, as qemu's option syntax wants, so a name cannot add options)."""
+    opts = [f"driver={fmt}", "file.driver=file", f"file.filename={path.replace(',', ',,')}"]
+    opts += [f"{k}={v}" for k, v in extra.items()]
+    return ",".join(opts)
 
 
 @dataclass
@@ -220,9 +300,17 @@ class Snapshot:
 
 
 def snapshots_from_info(data: dict) -> list[Snapshot]:
-    """Internal snapshots from ``qemu-img info --output=json``."""
+    """Internal snapshots from ``qemu-img info --output=json``. A snapshot whose name
+    cannot be a directory name (a file made elsewhere can hold any: '/', '..', over
+    255 bytes) is left out of the tree."""
+    from ..names import check_name
+
     out = []
     for s in data.get("snapshots", []) or []:
+        try:
+            check_name(str(s.get("name", "")), "snapshot name")
+        except InvalidArgument:
+            continue
         secs = int(s.get("date-sec", 0))
         out.append(Snapshot(name=str(s.get("name", "")), id=str(s.get("id", "")),
                             date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(secs)),
@@ -234,7 +322,9 @@ def snapshots_from_info(data: dict) -> list[Snapshot]:
 async def snapshot_op(info: VolumeInfo, flag: str, name: str) -> None:
     if info.format != "qcow2":
         raise NotSupported(f"internal snapshots need qcow2; '{info.name}' is {info.format}")
-    await hostcmd.run([QEMU_IMG, "snapshot", flag, name, info.path],
+    # qemu-img snapshot has no -f: the format is named through --image-opts
+    await hostcmd.run([QEMU_IMG, "snapshot", "--image-opts", flag, name,
+                       image_opts("qcow2", info.path)],
                       timeout=600, errno_map={"already exists": errno.EEXIST,
                                               "not found": errno.ENOENT,
                                               "Can't find": errno.ENOENT,

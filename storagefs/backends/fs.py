@@ -147,9 +147,9 @@ class FsBackend(DirBackend):
             return None
         return super().pool_info()
 
-    async def refresh(self) -> tuple[PoolInfo, list[VolumeInfo]]:
+    async def refresh(self, formats=None) -> tuple[PoolInfo, list[VolumeInfo]]:
         self._require_mounted()
-        return await super().refresh()
+        return await super().refresh(formats)
 
     # ---- volumes: as dir, but only while the filesystem is mounted ------------------
     async def create_volume(self, spec: VolumeSpec) -> VolumeInfo:

@@ -93,6 +93,7 @@ def _int(row: dict, key: str) -> int:
 
 class LogicalBackend(PoolBackend):
     type = "logical"
+    takes_space = True
 
     def __init__(self, definition) -> None:
         super().__init__(definition)
@@ -250,7 +251,8 @@ class LogicalBackend(PoolBackend):
     def pool_info(self) -> PoolInfo | None:
         return self._info
 
-    async def refresh(self) -> tuple[PoolInfo, list[VolumeInfo]]:
+    async def refresh(self, formats=None) -> tuple[PoolInfo, list[VolumeInfo]]:
+        # logical volumes are raw: nothing is probed from their bytes
         async with self._lock:
             row = await self._vg_row()
             if row is None:
@@ -287,11 +289,14 @@ class LogicalBackend(PoolBackend):
             self._info = PoolInfo(size, size - free, free)
             self._extent = _int(row, "vg_extent_size") or self._extent
 
-    async def create_volume(self, spec: VolumeSpec) -> VolumeInfo:
-        name, vg = spec.name, self.vg
+    def check_volume_name(self, name: str) -> None:
         if not _LVM_NAME.fullmatch(name) or name in (".", ".."):
             raise InvalidArgument(f"Logical volume name \"{name}\" is invalid: use letters, "
                                   "digits and + _ . - only")
+
+    async def create_volume(self, spec: VolumeSpec) -> VolumeInfo:
+        name, vg = spec.name, self.vg
+        self.check_volume_name(name)
         if getattr(spec, "encryption", None):
             raise NotSupported("encrypted logical volumes are not supported yet")
         if spec.backing_path:

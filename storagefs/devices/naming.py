@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 
+from ..names import fit_name
+
 __all__ = ["COMPUTER", "MAX_NAME", "devnode_key", "node_device_name", "sanitize", "unique_name"]
 
 #: the fictional root device libvirt creates for the host itself
@@ -69,4 +71,4 @@ def devnode_key(devnode: str) -> str:
     ``cciss!c0d0``) so that ``/dev/dri/card0`` is ``dri!card0`` and two USB
     nodes ``/dev/bus/usb/001/002`` and ``/dev/bus/usb/002/002`` do not clash."""
     rel = devnode[len("/dev/"):] if devnode.startswith("/dev/") else devnode.lstrip("/")
-    return rel.replace("/", "!")
+    return fit_name(rel.replace("/", "!"))

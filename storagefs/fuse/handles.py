@@ -62,7 +62,7 @@ class Handle:
         return None
 
     def truncate(self, size: int) -> None:
-        raise FUSEError(errno.EINVAL)
+        raise InvalidArgument("this file cannot be truncated")
 
 
 class ReadHandle(Handle):
@@ -106,7 +106,8 @@ class ScratchHandle(Handle):
 
     def truncate(self, size: int) -> None:
         if size > MAX_SCRATCH_BYTES:
-            raise FUSEError(errno.EFBIG)
+            raise StorageError(f"a scratch file holds at most {MAX_SCRATCH_BYTES} bytes",
+                               errno.EFBIG)
         data = self.scratch.data
         if size < len(data):
             del data[size:]
@@ -168,7 +169,8 @@ class DocumentHandle(Handle):
 
     def truncate(self, size: int) -> None:
         if size != 0 or self.written:
-            raise FUSEError(errno.EINVAL)
+            raise InvalidArgument("config.xml is truncated only to 0, before a document is "
+                                  "written")
 
 
 class CommandHandle(Handle):
@@ -271,4 +273,5 @@ class ValueHandle(Handle):
 
     def truncate(self, size: int) -> None:
         if size != 0 or self.data:
-            raise FUSEError(errno.EINVAL)
+            raise InvalidArgument("a secret value is truncated only to 0, before it is "
+                                  "written")

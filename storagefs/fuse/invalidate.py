@@ -44,6 +44,8 @@ class Invalidator:
         self.pollers: dict[tuple[str, str], list[pyfuse3.PollHandle]] = {}
         #: (parent inode, name) the kernel is removing itself (rmdir/unlink in flight)
         self.vfs_removing: set[tuple[int, str]] = set()
+        #: called with the path of an object that went away
+        self.on_removed: Callable[[tuple[str, ...]], None] = lambda path: None
 
     def progress(self, pool: str, volume: str) -> None:
         for handle in self.pollers.pop((pool, volume), []):
@@ -94,6 +96,7 @@ class Invalidator:
         self._links(LINK_DIRS)
 
     def removed(self, pool: str, volume: str | None = None) -> None:
+        self.on_removed(_path(pool, volume))
         inode = self.table.find(_path(pool, volume))
         if inode is not None:
             self._drop(inode)

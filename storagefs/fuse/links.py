@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..errors import NotFound
-from ..names import systemd_escape_path
+from ..names import fit_name, systemd_escape_path
+from ..pathrules import normal
 from .node import Caller, Dir, LinkTable, Node
 
 if TYPE_CHECKING:
@@ -33,26 +34,31 @@ def pools_by_uuid(t: Tree) -> Table:
         p.uuid: f"../{p.name}" for p in t.core.pools.values() if p.defined and p.uuid})
 
 
+# Link names: escaped paths (systemd-escape --path) of the resolved target, or of the
+# normal volume path (so two spellings of one place never make two links), cut to
+# NAME_MAX with a hash of the whole (names.fit_name).
 def pools_by_path(t: Tree) -> Table:
     return _cached(t, "by-path", lambda: {
-        systemd_escape_path(p.target): f"../{p.name}"
+        fit_name(systemd_escape_path(p.real_target or normal(p.target))): f"../{p.name}"
         for p in t.core.pools.values() if p.defined and p.target})
 
 
 def _all_volumes(t: Tree):
     for pool in t.core.pools.values():
-        yield from pool.volumes.values()
+        yield from (v for v in pool.volumes.values() if not v.pending)
 
 
 def volumes_by_key(t: Tree) -> Table:
     return _cached(t, "by-key", lambda: {
-        systemd_escape_path(v.info.key) if "/" in v.info.key else v.info.key:
+        fit_name(systemd_escape_path(normal(v.info.key)) if "/" in v.info.key
+                 else v.info.key):
         f"../../pools/{v.pool.name}/volumes/{v.name}" for v in _all_volumes(t)})
 
 
 def volumes_by_path(t: Tree) -> Table:
     return _cached(t, "vol-by-path", lambda: {
-        systemd_escape_path(v.info.path): f"../../pools/{v.pool.name}/volumes/{v.name}"
+        fit_name(systemd_escape_path(normal(v.info.path))):
+        f"../../pools/{v.pool.name}/volumes/{v.name}"
         for v in _all_volumes(t) if v.info.path})
 
 

@@ -78,6 +78,7 @@ class Operations(pyfuse3.Operations):
         self.handles: dict[int, tuple[Inode, Handle]] = {}
         self.dirs: dict[int, tuple[Inode, list[str], Caller]] = {}
         self._fh = itertools.count(1)
+        self.inval.on_removed = self.tree.forget_under
         core.listener = self.inval
 
     # ---- helpers -------------------------------------------------------------
@@ -238,6 +239,7 @@ class Operations(pyfuse3.Operations):
         gone = parent.children.get(text)
         if gone is not None:
             self.table.detach(gone)
+        self.tree.forget_under((*parent.path, text))
 
     # ---- files ----------------------------------------------------------------
     def _new_handle(self, inode: Inode, handle: Handle, *, direct_io: bool,

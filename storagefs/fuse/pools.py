@@ -78,7 +78,10 @@ class PoolDir(_OfPool, ObjectDir):
 
     def object_names(self) -> list[str]:
         pool = self.pool
-        if not pool.defined:  # a pending pool: its config.xml (and why it was refused)
+        if not pool.defined:
+            if pool.broken:  # its record is unreadable: inaccessible, and why
+                return ["config.xml", "state", "error"]
+            # a pending pool: its config.xml (and why it was refused)
             return ["config.xml", "error"] if pool.error else ["config.xml"]
         return [*POOL_FILES, "volumes"]
 
@@ -87,6 +90,8 @@ class PoolDir(_OfPool, ObjectDir):
         if name == "config.xml":
             return PoolConfig(self.t, path, pool)
         if name == "error" and (pool.defined or pool.error):
+            return PoolFile(self.t, path, pool)
+        if name == "state" and pool.broken:
             return PoolFile(self.t, path, pool)
         if not pool.defined:
             raise NotFound(name)
@@ -116,7 +121,8 @@ class PoolFile(_OfPool, Generated):
 
     def alive(self) -> bool:
         return self.pool_alive() and (self.pool.defined or self.name in ("config.xml",
-                                                                        "error"))
+                                                                        "error")
+                                      or (self.name == "state" and bool(self.pool.broken)))
 
     def version(self) -> object:
         return None if self.name in FIGURES else self.pool.version

@@ -115,6 +115,14 @@ class Tree:
             self.scratch.pop((*directory, name), None)
         return entry
 
+    def forget_under(self, path: Path) -> None:
+        """An object directory went away: its scratch entries, modes and times go too
+        (a new object of the same name starts clean)."""
+        n = len(path)
+        for table in (self.scratch, self.file_meta, self.dir_times, self._hidden):
+            for key in [k for k in table if k[:n] == path]:
+                del table[key]
+
     def root(self) -> Node:
         return Root(self, ())
 

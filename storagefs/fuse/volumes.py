@@ -79,6 +79,8 @@ class VolumeDir(_OfVolume, ObjectDir):
         self.vol = vol
 
     def object_names(self) -> list[str]:
+        if self.vol.pending:  # a pending volume: its config.xml (and why it was refused)
+            return ["config.xml", "error"] if self.vol.error else ["config.xml"]
         names = list(VOL_FILES)
         if self.vol.info.path:
             names.insert(2, "path")
@@ -88,6 +90,8 @@ class VolumeDir(_OfVolume, ObjectDir):
         vol, path = self.vol, (*self.path, name)
         if name == "config.xml":
             return VolumeConfig(self.t, path, vol)
+        if vol.pending and not (name == "error" and vol.error):
+            raise NotFound(name)
         if name == "control":
             return VolumeControl(self.t, path, vol)
         if name == "progress":
