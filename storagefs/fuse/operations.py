@@ -386,10 +386,10 @@ class Operations(pyfuse3.Operations):
         with self.refusing(recorder, f"rename {old} to {new}"):
             if flags & pyfuse3.RENAME_EXCHANGE:
                 raise InvalidArgument("renames that exchange two names are not supported")
+            if subject.kind == "dir" and not isinstance(subject, ScratchDirNode):
+                raise NotPermitted(f"{old} cannot be renamed: pools, volumes, secrets and "
+                                   "the directories of the tree keep their names")
             if src_dir is not dst_dir:
-                if subject.kind == "dir":
-                    raise NotPermitted(f"{old} cannot be moved: pools, volumes and secrets "
-                                       "keep their names")
                 raise StorageError("files are renamed only within their directory",
                                    errno.EXDEV)
             if not hasattr(src_dir.node, "rename"):
@@ -475,19 +475,19 @@ class Operations(pyfuse3.Operations):
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
         parent = self.inode(parent_inode)
         with self.refusing(parent.node, f"mknod {os.fsdecode(name)}"):
-            raise NotPermitted("device nodes cannot be made here")
+            raise NotPermitted("device nodes, fifos and sockets cannot be made here")
 
     @fuse_op
     async def symlink(self, parent_inode, name, target, ctx):
         parent = self.inode(parent_inode)
         with self.refusing(parent.node, f"symlink {os.fsdecode(name)}"):
-            raise NotPermitted("links cannot be made here")
+            raise NotPermitted("symbolic links cannot be made here")
 
     @fuse_op
     async def link(self, inode, new_parent_inode, new_name, ctx):
         parent = self.inode(new_parent_inode)
         with self.refusing(parent.node, f"link {os.fsdecode(new_name)}"):
-            raise NotPermitted("links cannot be made here")
+            raise NotPermitted("hard links cannot be made here")
 
     @fuse_op
     async def setxattr(self, inode, name, value, ctx):
