@@ -21,7 +21,8 @@ import stat
 from dataclasses import dataclass, field
 
 from .backends.base import VolumeInfo
-from .backends.filevol import FileVolumes, probe_header, vmdk_extents
+from .backends.filevol import FileVolumes
+from .backends.imagefmt import probe_header, vmdk_extents
 from .errors import StorageError
 from .pathrules import normal
 

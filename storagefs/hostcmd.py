@@ -66,6 +66,8 @@ def first_line(text: str) -> str:
 
 #: prctl(2): the signal a child gets when the thread that started it dies
 PR_SET_PDEATHSIG = 1
+#: how long a killed tool is waited for before it is left to a reaper task
+REAP_SECONDS = 3.0
 #: at most this much of a tool's stderr is kept (its first lines say why it failed)
 MAX_STDERR = 65536
 
@@ -109,6 +111,11 @@ async def _exited(proc: subprocess.Popen) -> int:
     finally:
         os.close(fd)
     return proc.wait()
+
+
+async def _reap(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(Exception):
+        await _exited(proc)
 
 
 async def _drain(stream: trio.lowlevel.FdStream, sink: Callable[[bytes], None]) -> None:
@@ -176,7 +183,14 @@ async def _run_tool(argv: list[str], env: Mapping[str, str], timeout: float,
     except BaseException as exc:
         _kill_group(proc)
         with trio.CancelScope(shield=True):
-            await _exited(proc)
+            # a tool sleeping on storage that hangs cannot die until the storage answers:
+            # the caller is not kept waiting for that (SPEC "No call waits on storage")
+            with trio.move_on_after(REAP_SECONDS):
+                await _exited(proc)
+            if proc.returncode is None:
+                log.warning("%s (pid %d) killed but not gone after %g s: it is waiting on "
+                            "storage; reaped when it exits", argv[0], proc.pid, REAP_SECONDS)
+                trio.lowlevel.spawn_system_task(_reap, proc)
             for s in (in_s, out_s, err_s):
                 if s is not None:
                     await s.aclose()

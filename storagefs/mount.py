@@ -1,4 +1,4 @@
-"""Wiring: state directory, manager, FUSE session, background tasks, signals."""
+"""Wiring: state directory, core, FUSE session, background tasks, signals."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from .core import Registry
 from .devices import DeviceIndex
 from .fuse.operations import Operations
-from .manager import Manager
+from .fuse.render import README
 from .names import systemd_escape_path
-from .render import README
 from .state import StateDir
 
 log = logging.getLogger(__name__)
@@ -104,18 +104,18 @@ def load_devices() -> DeviceIndex | None:
 
 
 async def make_core(state_dir: str, *, devices: bool = False,
-                    mountpoint: str | None = None) -> Manager:
+                    mountpoint: str | None = None) -> Registry:
     """The core over a state directory, loaded (pools defined and started again);
     raises StorageError when the state directory cannot be used."""
     state = StateDir(state_dir)
-    manager = Manager(state, mountpoint=canonical(mountpoint) if mountpoint else None)
+    core = Registry(state, mountpoint=canonical(mountpoint) if mountpoint else None)
     try:
-        await manager.load()
+        await core.load()
     except BaseException:
         state.close()
         raise
-    manager.devices = load_devices() if devices else None
-    return manager
+    core.devices = load_devices() if devices else None
+    return core
 
 
 async def serve(mountpoint: str, state_dir: str, *, allow_other: bool,
@@ -124,12 +124,12 @@ async def serve(mountpoint: str, state_dir: str, *, allow_other: bool,
     ``ready(reason)`` if it cannot start."""
     os.umask(UMASK)
     try:
-        manager = await make_core(state_dir, devices=True, mountpoint=mountpoint)
+        core = await make_core(state_dir, devices=True, mountpoint=mountpoint)
     except Exception as exc:
         ready(str(exc))
         return
-    state = manager.state
-    ops = Operations(manager, README)
+    state = core.state
+    ops = Operations(core, README)
     pidfile = pidfile_for(mountpoint)  # before mounting: realpath stats the mountpoint
     options = set(pyfuse3.default_options) | {"fsname=storagefs", "subtype=storagefs"}
     if allow_other:
@@ -145,10 +145,10 @@ async def serve(mountpoint: str, state_dir: str, *, allow_other: bool,
         RUN_DIR.mkdir(parents=True, exist_ok=True)
         pidfile.write_text(f"{os.getpid()}\n")
         async with trio.open_nursery() as nursery:
-            await manager.run_background(nursery)
+            await core.run_background(nursery)
             nursery.start_soon(_signals, nursery.cancel_scope)
-            if manager.devices is not None:
-                nursery.start_soon(manager.devices.run, ops.inval.devices_changed)
+            if core.devices is not None:
+                nursery.start_soon(core.devices.run, ops.inval.devices_changed)
             ops.inval.enabled = True
             ready(None)
             await pyfuse3.main()

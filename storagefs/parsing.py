@@ -154,7 +154,7 @@ def parse_pool_command(line: str | bytes, valid_now: list[str] | None = None
             "commands: start, stop, refresh, build [overwrite], delete, create NAME CAPACITY"
         raise InvalidArgument(f"unknown command '{' '.join((verb, *args))}'; {hint}")
     if verb == "create":
-        return _parse_create(args)
+        return parse_create(args)
     if verb == "build":
         if args not in ((), ("overwrite",), ("--overwrite",)):
             raise InvalidArgument(f"build takes only 'overwrite', not '{' '.join(args)}'")
@@ -164,21 +164,49 @@ def parse_pool_command(line: str | bytes, valid_now: list[str] | None = None
     return PoolCommand(verb)
 
 
-CREATE_USAGE = "create NAME CAPACITY [--format FMT] [--allocation SIZE]"
+CREATE_USAGE = "create NAME CAPACITY [--format F] [--allocation A]"
+#: what a host adds to a fully allocated volume (file system blocks, image metadata such
+#: as qcow2's L2 and refcount tables): ``virsh vol-dumpxml`` reports <allocation> that
+#: much above <capacity>, and such a document must still be accepted
+ALLOCATION_SLACK = 1 << 20
 
 
-def _parse_create(args: tuple[str, ...]) -> CreateVolume:
-    words, opts = _options(args, ("--format", "--allocation"), CREATE_USAGE)
+def check_allocation(capacity: int, allocation: int | None) -> None:
+    """EINVAL for an <allocation> above <capacity> (beyond what vol-dumpxml reports for a
+    fully allocated volume: 1 MiB plus 1/256 of the capacity)."""
+    if allocation is not None and allocation > capacity + ALLOCATION_SLACK + capacity // 256:
+        raise InvalidArgument(f"allocation {allocation} is above the capacity {capacity}")
+
+
+def parse_create(args: tuple[str, ...]) -> CreateVolume:
+    """The arguments of a create line, all checked (EINVAL with the reason otherwise).
+    Options may come anywhere and as ``--opt=value``; each at most once."""
+    words, opts = [], {}
+    rest = list(args)
+    while rest:
+        word = rest.pop(0)
+        if not word.startswith("--"):
+            words.append(word)
+            continue
+        key, eq, value = word.partition("=")
+        if key not in ("--format", "--allocation"):
+            raise InvalidArgument(f"unknown option {key!r}; usage: {CREATE_USAGE}")
+        if not eq:
+            if not rest:
+                raise InvalidArgument(f"{key} needs a value; usage: {CREATE_USAGE}")
+            value = rest.pop(0)
+        if key in opts:
+            raise InvalidArgument(f"{key} given twice")
+        opts[key] = value
     if len(words) != 2:
         raise InvalidArgument(f"usage: {CREATE_USAGE}")
     name = check_name(words[0], "volume name")
     capacity = _size(words[1])
     allocation = _size(opts["--allocation"]) if "--allocation" in opts else None
-    if allocation is not None and allocation > capacity:
-        raise InvalidArgument(f"allocation {allocation} is above the capacity {capacity}")
     fmt = opts.get("--format")
-    if fmt is not None and (not fmt or not fmt.replace("-", "").isalnum()):
-        raise InvalidArgument(f"unknown volume format type {fmt!r}")
+    if fmt is not None and (not fmt or not fmt.isprintable() or len(fmt) > 64):
+        raise InvalidArgument(f"bad format {fmt!r}")
+    check_allocation(capacity, allocation)
     return CreateVolume(name, capacity, fmt, allocation)
 
 

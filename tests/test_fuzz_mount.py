@@ -44,7 +44,7 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 from mount_helpers import MiB, command, define_pool, qemu_info, read, volume_xml, write
 
-from storagefs.commands import parse_command
+from storagefs.parsing import split_line
 from storagefs.units import parse_size
 from storagefs.xml.pool import parse_pool
 from storagefs.xml.volume import parse_volume
@@ -936,20 +936,21 @@ def command_is_safe(data: bytes) -> bool:
     lines = data.split(b"\n")
     for i, line in enumerate(lines):
         try:
-            cmd = parse_command(line)
+            cmd = split_line(line)
         except Exception:  # noqa: BLE001
             return True  # the handle stops at the first refused line
-        if cmd is None or cmd.verb != "resize":
+        if cmd is None or cmd[0] != "resize":
             continue
+        verb, args = cmd
         big = False
-        for arg in cmd.args:
+        for arg in args:
             if arg.startswith("-"):
                 continue
             try:
                 big = big or parse_size(arg) > HOST_LIMIT
             except ValueError:
                 pass
-        if big and ("--allocate" in cmd.args or any(x.strip() for x in lines[i + 1:])):
+        if big and ("--allocate" in args or any(x.strip() for x in lines[i + 1:])):
             return False
     return True
 

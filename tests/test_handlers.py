@@ -17,8 +17,8 @@ from pyfuse3 import FUSEError
 
 from storagefs.fuse import operations as ops_mod
 from storagefs.fuse.operations import Operations
+from storagefs.fuse.render import README
 from storagefs.mount import make_core
-from storagefs.render import README
 
 ROOT = pyfuse3.ROOT_INODE
 

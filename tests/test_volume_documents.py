@@ -37,7 +37,7 @@ from mount_helpers import (
 )
 
 from storagefs.errors import InvalidArgument
-from storagefs.pool_cmds import CREATE_USAGE, check_pool_command, parse_create
+from storagefs.parsing import CREATE_USAGE, parse_create, parse_pool_command
 from storagefs.units import LLONG_MAX, UNITS
 
 SECRET = "8a3e1b6e-0c1e-4d55-9d3b-6d2a3c4b5e6f"
@@ -339,8 +339,7 @@ def test_create_line_parser_reads_what_was_written(name, number, unit, fmt, allo
     if alloc is not None and alloc <= capacity:
         opts.append(f"--allocation={alloc}")
     words = [*opts, name, f"{number}{unit}"] if order else [name, f"{number}{unit}", *opts]
-    cmd = check_pool_command(" ".join(shlex.quote(w) for w in ["create", *words]))
-    args = parse_create(cmd.args)
+    args = parse_pool_command(" ".join(shlex.quote(w) for w in ["create", *words]))
     assert (args.name, args.capacity, args.format) == (name, capacity, fmt)
     assert args.allocation == (alloc if alloc is not None and alloc <= capacity else None)
 

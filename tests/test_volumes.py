@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 import stat
 import subprocess
 
@@ -302,7 +303,19 @@ def test_qemu_img_check_passes_on_created_qcow2(mounted):
     assert res.returncode == 0, res.stdout + res.stderr
 
 
-def test_allocation_follows_guest_writes_without_delay(mounted):
+def until(predicate, seconds: float = 3.0) -> bool:
+    """Poll predicate until it holds or ``seconds`` pass (for figures SPEC lets lag)."""
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_allocation_follows_guest_writes_within_a_second(mounted):
+    """SPEC "Generated files tell the truth": figures that move with guest I/O may lag
+    by at most 1 s (a writer that keeps the file open, as a guest does, included)."""
     os.mkdir(mounted.vol("disk1"))
     v = mounted.vol("disk1")
     assert int(read(v / "allocation")) < MiB
@@ -310,6 +323,8 @@ def test_allocation_follows_guest_writes_without_delay(mounted):
         f.write(os.urandom(4 * MiB))
         f.flush()
         os.fsync(f.fileno())
+        # still open: only IN_MODIFY tells
+        assert until(lambda: int(read(v / "allocation")) >= 4 * MiB), read(v / "allocation")
     text = read(v / "allocation")
     assert int(text) >= 4 * MiB
     assert os.stat(v / "allocation").st_size == len(text)

@@ -125,7 +125,9 @@ def punch_hole(fd: int, offset: int, length: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
-def _allocate(fd: int, offset: int, length: int, size_before: int) -> None:
+def allocate_sync(fd: int, offset: int, length: int, size_before: int) -> None:
+    """posix_fallocate of [offset, offset+length); when it fails the file is left with
+    the blocks and the size (``size_before``) it had."""
     gaps = holes(fd, offset, min(offset + length, size_before))
     try:
         os.posix_fallocate(fd, offset, length)
@@ -150,7 +152,7 @@ def undo(fd: int, gaps: list[tuple[int, int]], size_before: int) -> None:
         log.error("cannot give back the space of a failed allocation: %s", exc.strerror)
 
 
-def _reserve(fd: int, length: int, size_before: int) -> None:
+def reserve_sync(fd: int, length: int, size_before: int | None = None) -> None:
     """fallocate(FALLOC_FL_KEEP_SIZE) of the file's first ``length`` bytes: holes inside
     are allocated (they still read as zeros), the rest is reserved past the end, which
     the file grows into as data is written; the size and every byte stay as they were,
@@ -158,10 +160,12 @@ def _reserve(fd: int, length: int, size_before: int) -> None:
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    if size_before is None:
+        size_before = os.fstat(fd).st_size
     if length <= size_before:
         # inside the file: posix_fallocate, which glibc emulates where the filesystem
         # cannot fallocate (ext4 without extents)
-        _allocate(fd, 0, length, size_before)
+        allocate_sync(fd, 0, length, size_before)
         return
     gaps = holes(fd, 0, size_before)
     if _libc.fallocate(fd, FALLOC_FL_KEEP_SIZE, ctypes.c_longlong(0),
@@ -174,10 +178,8 @@ def _reserve(fd: int, length: int, size_before: int) -> None:
 
 
 async def reserve(fd: int, length: int, size_before: int | None = None) -> None:
-    """_reserve in a worker thread (``size_before``: default the file's size now)."""
-    if size_before is None:
-        size_before = os.fstat(fd).st_size
-    await trio.to_thread.run_sync(_reserve, fd, length, size_before)
+    """reserve_sync in a worker thread (``size_before``: default the file's size now)."""
+    await trio.to_thread.run_sync(reserve_sync, fd, length, size_before)
 
 
 async def allocate(fd: int, offset: int, length: int,
@@ -187,4 +189,4 @@ async def allocate(fd: int, offset: int, length: int,
     now) it had."""
     if size_before is None:
         size_before = os.fstat(fd).st_size
-    await trio.to_thread.run_sync(_allocate, fd, offset, length, size_before)
+    await trio.to_thread.run_sync(allocate_sync, fd, offset, length, size_before)

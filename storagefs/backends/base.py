@@ -1,22 +1,63 @@
-"""The interface every pool type implements (libvirt's virStorageBackend, typed).
+"""The interface every pool type implements: libvirt's virStorageBackend, typed and
+storage-neutral.
 
-One backend instance serves one pool definition. Only :meth:`refresh` is
-required; every other operation raises ENOTSUP from this base class, and
-:meth:`supports` tells the tree which commands ``control`` offers.
-Methods raise only :class:`~storagefs.errors.StorageError`; a method that
+One backend instance serves one pool definition, through a PoolContext: its storage
+calls (``self.io``: a worker thread of the pool's own with a time limit, so that storage
+that hangs holds up only this pool) and its secrets (CHAP passwords, cephx keys resolved
+by uuid or usage). Methods raise only :class:`~storagefs.errors.StorageError`; one that
 creates something removes its own partial result when it fails.
+
+Point by point against libvirt's ``struct _virStorageBackend``
+(src/storage/storage_backend.h)::
+
+    libvirt                 storagefs                     missing op
+    type                    type                          -
+    findPoolSources         find_sources (classmethod)    no sources offered
+    checkPool               check                         "not started"
+    startPool               start                         no-op (libvirt: no-op)
+    buildPool               build(overwrite)              ENOTSUP
+    buildPoolFrom           -                             (no use in libvirt either)
+    refreshPool             refresh (required)            -
+    stopPool                stop                          no-op (libvirt: no-op)
+    deletePool              delete                        ENOTSUP
+    buildVol / createVol    create_volume                 ENOTSUP
+    buildVolFrom            clone_volume                  ENOTSUP
+    refreshVol              probe_volume, volume_details  cheap / slow halves
+    deleteVol               delete_volume                 ENOTSUP
+    resizeVol               resize_volume                 ENOTSUP
+    wipeVol                 wipe_volume                   ENOTSUP
+    uploadVol/downloadVol   - (guests and tools use the volume's path or URL)
+    -                       update_volume                 config.xml of a volume
+    -                       snapshot_volume               internal snapshots
+    -                       pool_info                     figures, refreshed in the
+                                                          background (never on a read)
+    -                       policy (VolumePolicy)         what used to be if-chains in
+                                                          the manager: formats, wipe
+                                                          algorithms, snapshots, listing
+
+libvirt's driver checks each op for NULL at every call site; here the base class
+answers: ENOTSUP for what changes storage, a no-op for start/stop (as libvirt treats a
+missing startPool/stopPool), and ``supports(op)`` tells ``control`` what to offer.
+
+Volumes may have a local path (a file or a device node: the ``path`` link), a URL
+(iscsi://, gluster://, rbd:) or both; file metadata is optional (``VolumeInfo.file``).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from ..errors import NotSupported
+from ..parsing import WIPE_ALGORITHMS
 
 if TYPE_CHECKING:
+    from ..core.runner import PoolRunner
     from ..xml.pool import PoolDef
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -24,6 +65,25 @@ class PoolInfo:
     capacity: int = 0
     allocation: int = 0
     available: int = 0
+    #: the target directory's (mode, uid, gid), for status.xml's <permissions>
+    target_perms: tuple[int, int, int] | None = None
+
+
+@dataclass(slots=True)
+class FileStat:
+    """Owner, mode and times of a volume that is a file or a device node."""
+
+    mode: int = 0o600
+    uid: int = 0
+    gid: int = 0
+    atime_ns: int = 0
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileStat:
+        return cls(st.st_mode & 0o7777, st.st_uid, st.st_gid, st.st_atime_ns, st.st_mtime_ns,
+                   st.st_ctime_ns)
 
 
 @dataclass
@@ -31,28 +91,27 @@ class VolumeInfo:
     """What the storage says about one volume (refreshed by operations and events)."""
 
     name: str
-    path: str
+    #: the local node (file or device), when there is one
+    path: str | None
     key: str
     format: str = "raw"
     type: str = "file"
     capacity: int = 0
     allocation: int = 0
     physical: int = 0
-    mode: int = 0o600
-    uid: int = 0
-    gid: int = 0
-    atime_ns: int = 0
-    mtime_ns: int = 0
-    ctime_ns: int = 0
+    #: how a guest reaches it over the network (iscsi://, gluster://, rbd:POOL/IMAGE)
+    url: str | None = None
+    #: owner, mode and times where it is a file or a node
+    file: FileStat | None = None
     backing_path: str | None = None
     backing_format: str | None = None
     #: other files qemu opens with the image: a qcow2 external data file, the extents
     #: of a vmdk descriptor (part of the chain that SPEC's "Never trust guest bytes" checks)
     data_files: list[str] = field(default_factory=list)
     encrypted: bool = False
-    #: qcow2 internal snapshots (fileops.Snapshot), from qemu-img info
+    #: snapshots (fileops.Snapshot: qcow2 internal ones, or the engine's)
     snapshots: list = field(default_factory=list)
-    #: qcow2 creation options qemu-img reports (compat, lazy_refcounts)
+    #: qcow2 creation options qemu-img reports (compat, lazy_refcounts), encryption
     options: dict[str, str] = field(default_factory=dict)
 
 
@@ -80,18 +139,85 @@ class VolumeSpec:
     remake: bool = False
 
 
-POOL_OPS = ("build", "start", "stop", "delete", "refresh")
-VOLUME_OPS = ("create_volume", "delete_volume", "resize_volume", "update_volume")
+@dataclass(frozen=True)
+class VolumePolicy:
+    """What volumes of a pool type can be, declared by the backend (no if-chains on
+    pool types in the core)."""
+
+    #: formats a volume can be made in ("" none: the engine fixes it, e.g. raw for LVs)
+    formats: tuple[str, ...] = ()
+    default_format: str = "raw"
+    #: a name's suffix implies a format (disk1.qcow2)
+    suffixes: Mapping[str, str] = field(default_factory=dict)
+    wipe_algorithms: tuple[str, ...] = ()
+    #: volume format -> kinds of snapshots ("internal": qcow2's; "engine": zfs, rbd)
+    snapshots: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: space is really taken when a volume is made (partitions, LVs, LUNs): without a
+    #: default capacity in the pool XML, mkdir makes a pending volume its document creates
+    takes_space: bool = False
+    #: volumes are entries of watch_dir() (inotify); else, with a poll_interval, they
+    #: are listed again that often while someone reads the pool (remote storage); with
+    #: neither, only a refresh lists them (local block pools)
+    watchable: bool = False
+    poll_interval: float | None = None
+
+    def format_for_name(self, name: str) -> str | None:
+        return self.suffixes.get(os.path.splitext(name)[1].lower())
+
+    def snapshots_for(self, fmt: str) -> tuple[str, ...]:
+        return self.snapshots.get(fmt, self.snapshots.get("*", ()))
+
+
+class PoolContext:
+    """What a backend may use beyond its definition: the pool's runner (storage calls
+    with time limits) and the secret store (values by uuid or usage)."""
+
+    def __init__(self, runner: PoolRunner | None = None, secrets: Any = None) -> None:
+        self.runner = runner
+        self.secrets = secrets
+
+
+FILE_SUFFIXES = {".qcow2": "qcow2", ".vmdk": "vmdk", ".vdi": "vdi", ".vhd": "vpc",
+                 ".raw": "raw", ".img": "raw", ".qed": "qed"}
+FILE_POLICY = VolumePolicy(
+    formats=("raw", "qcow", "qcow2", "qed", "vmdk", "vdi", "vpc"),
+    suffixes=FILE_SUFFIXES,
+    wipe_algorithms=tuple(a for a in WIPE_ALGORITHMS if a != "trim"),
+    snapshots={"qcow2": ("internal",)},
+    watchable=True)
 
 
 class PoolBackend:
     type: ClassVar[str] = ""
-    #: space is really taken when a volume is made (partitions, LVs): without a default
-    #: capacity in the pool XML, mkdir makes a pending volume that its document creates
-    takes_space: ClassVar[bool] = False
+    policy: ClassVar[VolumePolicy] = VolumePolicy()
+    #: its <source><device>s are its own: no other pool that claims devices may use them
+    claims_devices: ClassVar[bool] = False
 
-    def __init__(self, definition: PoolDef) -> None:
+    def __init__(self, definition: PoolDef, ctx: PoolContext | None = None) -> None:
         self.definition = definition
+        self.ctx = ctx or PoolContext()
+
+    # ---- the context ---------------------------------------------------------------
+    async def io(self, fn: Callable[..., T], *args: Any, what: str = "",
+                 timeout: float | None = None) -> T:
+        """fn(*args) on the pool's storage: in a worker thread of the pool's own, within
+        the storage time limit (EIO and the pool marked when it hangs)."""
+        runner = self.ctx.runner
+        if runner is None:  # no pool yet (a definition being checked): a plain call
+            return fn(*args)
+        return await runner.io(fn, *args, what=what, timeout=timeout)
+
+    @classmethod
+    def source_key(cls, definition: PoolDef) -> tuple | None:
+        """What a remote source is, for libvirt's source conflicts: two pools whose keys
+        are equal use the same storage (None: nothing to compare)."""
+        return None
+
+    @classmethod
+    async def find_sources(cls, query: str | None = None) -> list[str]:
+        """Pool documents (XML) of storage that could become a pool of this type
+        (virsh find-storage-pool-sources); ``query`` a host for remote types."""
+        return []
 
     def supports(self, op: str) -> bool:
         """True when this backend overrides ``op`` (so ``control`` lists it)."""
@@ -101,7 +227,7 @@ class PoolBackend:
     def _unsupported(self, what: str) -> NotSupported:
         return NotSupported(f"{what} is not supported for pools of type '{self.type}'")
 
-    # pool operations
+    # ---- pool operations --------------------------------------------------------------
     async def check(self) -> bool:
         """Is the pool's storage available and started (used after a restart)?"""
         return False
@@ -110,10 +236,10 @@ class PoolBackend:
         raise self._unsupported("build")
 
     async def start(self) -> None:
-        raise self._unsupported("start")
+        return None
 
     async def stop(self) -> None:
-        raise self._unsupported("stop")
+        return None
 
     async def delete(self) -> None:
         raise self._unsupported("delete")
@@ -124,15 +250,24 @@ class PoolBackend:
         storagefs made or was told about, used instead of what their bytes say."""
         raise NotImplementedError
 
-    def pool_info(self) -> PoolInfo | None:
-        """Current sizes from cheap syscalls only (statvfs), or None if unknown."""
+    async def pool_info(self) -> PoolInfo | None:
+        """Current sizes (statvfs, an engine's report), or None if unknown. Called in
+        the background, never for a read; raises when the storage is gone."""
+        return None
+
+    async def target_perms(self) -> tuple[int, int, int] | None:
+        """(mode, uid, gid) of the target directory, for status.xml (None: none)."""
+        return None
+
+    def degraded_reason(self) -> str | None:
+        """Why the running pool is degraded (None: it is not)."""
         return None
 
     def watch_dir(self) -> str | None:
         """A directory whose entries are the volumes, watched with inotify."""
         return None
 
-    # volume operations
+    # ---- volume operations ------------------------------------------------------------
     async def probe_volume(self, name: str, fmt: str | None = None) -> VolumeInfo | None:
         """Look at one volume after an event; None when it is not (or no longer) there.
         ``fmt``: its recorded format (else the backend probes it)."""
@@ -142,17 +277,13 @@ class PoolBackend:
         """Add what is slow to learn (a host tool's report) to a refreshed volume."""
         return info
 
-    def unchanged(self, info: VolumeInfo) -> bool:
+    async def unchanged(self, info: VolumeInfo) -> bool:
         """True when a cheap check shows the volume is as ``info`` describes it."""
         return False
 
-    def stat_volume(self, info: VolumeInfo) -> VolumeInfo | None:
-        """Refresh fast-changing figures with syscalls only; None if the volume vanished."""
-        return info
-
-    def signature(self, info: VolumeInfo) -> list[int] | None:
-        """What changes whenever anything writes to the volume (cheap syscalls only), or
-        None where that cannot be told: such volumes are never taken as pristine."""
+    async def signature(self, info: VolumeInfo) -> list[int] | None:
+        """What changes whenever anything writes to the volume (a fresh look, one
+        syscall), or None where that cannot be told: such volumes are never pristine."""
         return None
 
     def check_volume_name(self, name: str) -> None:
@@ -186,5 +317,5 @@ class PoolBackend:
         raise self._unsupported("wiping volumes")
 
     async def snapshot_volume(self, info: VolumeInfo, op: str, name: str) -> VolumeInfo:
-        """op: 'create', 'revert' or 'delete' an internal snapshot."""
-        raise self._unsupported("internal snapshots")
+        """op: 'create', 'revert' or 'delete' a snapshot."""
+        raise self._unsupported("snapshots")

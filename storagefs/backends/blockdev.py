@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from .. import hostcmd
 from ..errors import Busy, InvalidArgument, NotFound, StorageError, ToolError
-from .base import VolumeInfo
+from .base import FileStat, VolumeInfo
 
 BLKID = "blkid"
 WIPEFS = "wipefs"
@@ -260,7 +260,5 @@ def stat_node(info: VolumeInfo, node: str) -> VolumeInfo:
     except OSError:
         return info
     if stat.S_ISBLK(st.st_mode):
-        info.mode = stat.S_IMODE(st.st_mode)
-        info.uid, info.gid = st.st_uid, st.st_gid
-        info.atime_ns, info.mtime_ns, info.ctime_ns = st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns
+        info.file = FileStat.of(st)
     return info

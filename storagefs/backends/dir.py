@@ -1,12 +1,15 @@
-"""``dir`` pools: a directory of image files (libvirt's storage_backend_fs.c, dir part)."""
+"""``dir`` pools: a directory of image files (libvirt's storage_backend_fs.c, dir part).
+Every syscall on the directory runs through ``io`` (the pool's worker threads)."""
 
 from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Mapping
 
 from ..errors import Busy, InvalidArgument, NotFound, from_oserror
-from .base import PoolBackend, PoolInfo, VolumeInfo, VolumeSpec
+from . import imagefmt
+from .base import FILE_POLICY, PoolBackend, PoolInfo, VolumeInfo, VolumeSpec
 from .filevol import FileVolumes
 
 DEFAULT_DIR_MODE = 0o711
@@ -27,8 +30,56 @@ def make_parents(path: str, mode: int = 0o755) -> None:
         os.chmod(d, mode)
 
 
+def is_dir(path: str) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def dir_info(path: str) -> PoolInfo:
+    """Sizes of the filesystem the directory is on, and the directory's permissions;
+    NotFound when it is gone."""
+    try:
+        vfs = os.statvfs(path)
+        st = os.stat(path)
+    except OSError as exc:
+        raise from_oserror(exc, f"cannot open directory '{path}'") from None
+    capacity = vfs.f_frsize * vfs.f_blocks
+    return PoolInfo(capacity, capacity - vfs.f_frsize * vfs.f_bfree, vfs.f_frsize * vfs.f_bavail,
+                    (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid))
+
+
+def _build(path: str, mode: int, owner: int | None, group: int | None) -> None:
+    try:
+        make_parents(path)
+        if not is_dir(path):
+            raise InvalidArgument(f"target '{path}' exists and is not a directory")
+        os.chmod(path, mode)
+        if owner is not None or group is not None:
+            os.chown(path, -1 if owner is None else owner, -1 if group is None else group)
+    except OSError as exc:
+        raise from_oserror(exc, f"cannot create directory '{path}'") from None
+
+
+def _start(path: str) -> None:
+    if not is_dir(path):
+        raise NotFound(f"cannot open directory '{path}': No such file or directory")
+    imagefmt.remove_leftovers(path)
+
+
+def _delete(path: str) -> None:
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise from_oserror(exc, f"failed to remove pool '{path}'") from None
+
+
 class DirBackend(PoolBackend):
     type = "dir"
+    policy = FILE_POLICY
 
     @property
     def target(self) -> str:
@@ -39,68 +90,41 @@ class DirBackend(PoolBackend):
 
     @property
     def files(self) -> FileVolumes:
-        return FileVolumes(self.target)
-
-    def _is_dir(self) -> bool:
-        try:
-            return stat.S_ISDIR(os.stat(self.target).st_mode)
-        except OSError:
-            return False
+        return FileVolumes(self.target, self.io)
 
     async def check(self) -> bool:
-        return self._is_dir()
+        return await self.io(is_dir, self.target, what=f"stat {self.target}")
 
     async def build(self, overwrite: bool = False) -> None:
         perms = self.definition.target_permissions
         mode = perms.mode if perms and perms.mode is not None else DEFAULT_DIR_MODE
-        try:
-            make_parents(self.target)
-            if not self._is_dir():
-                raise InvalidArgument(f"target '{self.target}' exists and is not a directory")
-            os.chmod(self.target, mode)
-            if perms and (perms.owner is not None or perms.group is not None):
-                os.chown(self.target, -1 if perms.owner is None else perms.owner,
-                         -1 if perms.group is None else perms.group)
-        except OSError as exc:
-            raise from_oserror(exc, f"cannot create directory '{self.target}'") from None
+        await self.io(_build, self.target, mode, perms.owner if perms else None,
+                      perms.group if perms else None, what=f"mkdir {self.target}")
 
     async def start(self) -> None:
-        if not self._is_dir():
-            raise NotFound(f"cannot open directory '{self.target}': No such file or directory")
-        self.files.remove_leftovers()
-
-    async def stop(self) -> None:
-        return None
+        await self.io(_start, self.target, what=f"open {self.target}")
 
     async def delete(self) -> None:
-        try:
-            os.rmdir(self.target)
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise from_oserror(exc, f"failed to remove pool '{self.target}'") from None
+        await self.io(_delete, self.target, what=f"rmdir {self.target}")
 
-    def pool_info(self) -> PoolInfo | None:
-        try:
-            vfs = os.statvfs(self.target)
-        except OSError:
-            return None
-        capacity = vfs.f_frsize * vfs.f_blocks
-        available = vfs.f_frsize * vfs.f_bavail
-        return PoolInfo(capacity, capacity - vfs.f_frsize * vfs.f_bfree, available)
+    async def target_perms(self) -> tuple[int, int, int] | None:
+        def perms(path: str) -> tuple[int, int, int] | None:
+            try:
+                st = os.stat(path)
+            except OSError:
+                return None
+            return stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
 
-    async def refresh(self, formats=None) -> tuple[PoolInfo, list[VolumeInfo]]:
-        if not self._is_dir():
-            raise NotFound(f"cannot open directory '{self.target}': No such file or directory")
-        files = self.files
-        formats = formats or {}
-        vols = []
-        for name in files.scan_names():
-            # details later, in the background
-            info = await files.probe(name, deep=False, fmt=formats.get(name))
-            if info is not None:
-                vols.append(info)
-        return self.pool_info() or PoolInfo(), vols
+        return await self.io(perms, self.target, what=f"stat {self.target}")
+
+    async def pool_info(self) -> PoolInfo | None:
+        return await self.io(dir_info, self.target, what=f"statvfs {self.target}")
+
+    async def refresh(self, formats: Mapping[str, str] | None = None,
+                      ) -> tuple[PoolInfo, list[VolumeInfo]]:
+        info = await self.pool_info()
+        # details (qemu-img) follow later, in the background
+        return info or PoolInfo(), await self.files.scan(formats or {})
 
     def watch_dir(self) -> str | None:
         return self.target
@@ -111,14 +135,11 @@ class DirBackend(PoolBackend):
     async def volume_details(self, info: VolumeInfo) -> VolumeInfo:
         return await self.files.details(info)
 
-    def stat_volume(self, info: VolumeInfo) -> VolumeInfo | None:
-        return self.files.stat(info)
+    async def unchanged(self, info: VolumeInfo) -> bool:
+        return await self.files.unchanged(info)
 
-    def unchanged(self, info: VolumeInfo) -> bool:
-        return self.files.unchanged(info)
-
-    def signature(self, info: VolumeInfo) -> list[int] | None:
-        return self.files.signature(info)
+    async def signature(self, info: VolumeInfo) -> list[int] | None:
+        return await self.files.signature(info)
 
     async def create_volume(self, spec: VolumeSpec) -> VolumeInfo:
         return await self.files.create(spec)  # checks the free space of an allocation
@@ -133,7 +154,7 @@ class DirBackend(PoolBackend):
                                        secret_file=secret_file)
 
     async def update_volume(self, info: VolumeInfo, spec: VolumeSpec) -> VolumeInfo:
-        if self.files.stat(info) is None:
+        if await self.files.probe(info.name, deep=False, fmt=info.format) is None:
             raise Busy(f"volume '{info.name}' is no longer there")
         return await self.files.update(info, spec)  # room is checked before any change
 

@@ -29,7 +29,7 @@ from ..errors import Busy, InvalidArgument, NoSpace, NotFound, NotSupported, Sto
 from ..xml.poolsource import FreeExtent
 from ..xml.pooltypes import DISK_VOLUME_FORMATS
 from . import blockdev
-from .base import PoolBackend, PoolInfo, VolumeInfo, VolumeSpec
+from .base import PoolBackend, PoolInfo, VolumeInfo, VolumePolicy, VolumeSpec
 
 log = logging.getLogger(__name__)
 
@@ -189,10 +189,12 @@ def normal_format(fmt: str | None) -> str:
 
 class DiskBackend(PoolBackend):
     type = "disk"
-    takes_space = True
+    policy = VolumePolicy(formats=DISK_VOLUME_FORMATS, default_format="raw",
+                          takes_space=True)
+    claims_devices = True
 
-    def __init__(self, definition) -> None:
-        super().__init__(definition)
+    def __init__(self, definition, ctx=None) -> None:
+        super().__init__(definition, ctx)
         self._lock = trio.Lock()
         self._info: PoolInfo | None = None
 
@@ -410,7 +412,7 @@ class DiskBackend(PoolBackend):
     async def stop(self) -> None:
         return None  # nothing to undo: the partitions stay as they are
 
-    def pool_info(self) -> PoolInfo | None:
+    async def pool_info(self) -> PoolInfo | None:
         return self._info
 
     async def refresh(self, formats=None) -> tuple[PoolInfo, list[VolumeInfo]]:
@@ -422,12 +424,6 @@ class DiskBackend(PoolBackend):
     # ---- volumes --------------------------------------------------------------------------
     def check_volume_name(self, name: str) -> None:
         self._number(name)
-
-    def stat_volume(self, info: VolumeInfo) -> VolumeInfo | None:
-        number = None
-        with contextlib.suppress(StorageError):
-            number = self._number(info.name)
-        return blockdev.stat_node(info, self._node(number)) if number is not None else info
 
     def _plan(self, layout: Layout, fmt: str) -> tuple[str, int]:
         """The kind of partition to make and the number parted will give it."""

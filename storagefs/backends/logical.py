@@ -28,7 +28,7 @@ import trio
 from .. import hostcmd
 from ..errors import Busy, Exists, InvalidArgument, NotFound, NotSupported, StorageError
 from . import blockdev
-from .base import PoolBackend, PoolInfo, VolumeInfo, VolumeSpec
+from .base import PoolBackend, PoolInfo, VolumeInfo, VolumePolicy, VolumeSpec
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +93,11 @@ def _int(row: dict, key: str) -> int:
 
 class LogicalBackend(PoolBackend):
     type = "logical"
-    takes_space = True
+    policy = VolumePolicy(formats=(), default_format="raw", takes_space=True)
+    claims_devices = True
 
-    def __init__(self, definition) -> None:
-        super().__init__(definition)
+    def __init__(self, definition, ctx=None) -> None:
+        super().__init__(definition, ctx)
         self._activation_error: str | None = None
         self._partial: str | None = None
         self._info: PoolInfo | None = None
@@ -248,7 +249,7 @@ class LogicalBackend(PoolBackend):
             log.info("%s", exc.reason)  # nothing was active without device-mapper
         self._activation_error = None
 
-    def pool_info(self) -> PoolInfo | None:
+    async def pool_info(self) -> PoolInfo | None:
         return self._info
 
     async def refresh(self, formats=None) -> tuple[PoolInfo, list[VolumeInfo]]:
@@ -269,9 +270,6 @@ class LogicalBackend(PoolBackend):
         return self._info, [self._volume(r) for r in rows if self._listed(r)]
 
     # ---- volumes ---------------------------------------------------------------------------
-    def stat_volume(self, info: VolumeInfo) -> VolumeInfo | None:
-        return blockdev.stat_node(info, info.path)
-
     async def _probe(self, name: str) -> VolumeInfo | None:
         try:
             rows = await self._lv_rows(name)

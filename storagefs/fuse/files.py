@@ -27,7 +27,7 @@ class DocumentFile(Generated):
         return owner.meta if owner is not None else None
 
     def refused(self, exc: StorageError) -> None:
-        self.t.core.note_refusal(self.owner(), "define", exc)
+        self.t.core.rec.note_refusal(self.owner(), "define", exc)
 
     def open_write(self, caller: Caller) -> Handle:
         return DocumentHandle(self.content(), lambda data: self.apply(data, None), self.refused)
@@ -51,21 +51,22 @@ class CommandFile(Generated):
     writable = True
     __slots__ = ()
 
-    def check(self, line: bytes) -> Any:
-        """Raise StorageError when a line can never be valid (before any line runs)."""
+    def parse(self, line: bytes) -> Any:
+        """The typed command of a line (parsing.py), None for a comment; StorageError
+        when it can never be valid (before any line runs)."""
+        raise NotImplementedError
+
+    def check_all(self, cmds: list[Any]) -> None:
         return None
 
-    def check_all(self, lines: list[bytes]) -> None:
-        return None
-
-    async def run(self, line: bytes) -> None:
+    async def run(self, cmd: Any) -> None:
         raise NotImplementedError
 
     def refused(self, exc: StorageError) -> None:
-        self.t.core.note_refusal(self.owner(), self.name, exc)
+        self.t.core.rec.note_refusal(self.owner(), self.name, exc)
 
     def open_write(self, caller: Caller) -> Handle:
-        return CommandHandle(self.content(), self.run, self.check, self.refused,
+        return CommandHandle(self.content(), self.run, self.parse, self.refused,
                              self.check_all)
 
     async def replace_with(self, scratch: Scratch) -> None:

@@ -11,11 +11,12 @@ from __future__ import annotations
 import errno
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from pyfuse3 import FUSEError
 
+from ..core.objects import now_ns
 from ..errors import InvalidArgument, StorageError
-from ..objects import now_ns
 from ..state import FileMeta
 from ..xml.safe import MAX_DOCUMENT_BYTES, IncrementalDocument
 
@@ -176,17 +177,18 @@ class DocumentHandle(Handle):
 class CommandHandle(Handle):
     """control, state, autostart: each complete line is run in the write() carrying it.
 
-    All complete lines of one write() are checked before any runs, so a write
-    with a malformed line changes nothing; blank lines are ignored."""
+    Every line is parsed once, here (``parse`` returns the typed command, None for a
+    comment), and all complete lines of one write() are checked before any runs, so a
+    write with a malformed line changes nothing; blank lines are ignored."""
 
-    def __init__(self, snapshot: bytes, apply: Apply, check: Check | None = None,
-                 refused: Refused | None = None,
-                 check_all: Callable[[list[bytes]], None] | None = None) -> None:
+    def __init__(self, snapshot: bytes, apply: Callable[[Any], Awaitable[None]],
+                 parse: Callable[[bytes], Any], refused: Refused | None = None,
+                 check_all: Callable[[list], None] | None = None) -> None:
         super().__init__(snapshot)
         self.apply = apply
-        self.check = check
-        #: checks the lines of one write together (e.g. each command against the pool
-        #: state the ones before it leave)
+        self.parse = parse
+        #: checks the commands of one write together (e.g. each against the pool state
+        #: the ones before it leave)
         self.check_all = check_all
         self.refused = refused
         self.pending = b""
@@ -198,41 +200,40 @@ class CommandHandle(Handle):
         if len(pending) > 65536:
             self._fail(InvalidArgument("command longer than 65536 bytes"))
         *lines, rest = pending.split(b"\n")
-        lines = [line for line in lines if line.strip()]
-        self._check(lines)
+        cmds = self._parse([line for line in lines if line.strip()])
         if rest.strip():
             # the write ends inside a line: run its lines with that one, once it is whole
             # (next newline or close), so what one write() carries is checked as a whole
             self.pending = pending
             return len(buf)
         self.pending = b""
-        await self._run_all(lines)
+        await self._run_all(cmds)
         return len(buf)
 
-    def _check(self, lines: list[bytes]) -> None:
-        if self.check is not None and lines:
-            try:
-                for line in lines:
-                    self.check(line)
-                if self.check_all is not None:
-                    self.check_all(lines)
-            except StorageError as exc:
-                self._fail(exc)
+    def _parse(self, lines: list[bytes]) -> list[Any]:
+        try:
+            cmds = [c for c in (self.parse(line) for line in lines) if c is not None]
+            if self.check_all is not None and cmds:
+                self.check_all(cmds)
+            return cmds
+        except StorageError as exc:
+            self._fail(exc)
+            raise  # unreachable: _fail raises
 
-    async def _run_all(self, lines: list[bytes]) -> None:
-        for line in lines:
-            await self._run(line)
+    async def _run_all(self, cmds: list[Any]) -> None:
+        for cmd in cmds:
+            await self._run(cmd)
 
     def _fail(self, exc: StorageError) -> None:
         self.failed = exc.errno
         self.pending = b""
-        if self.refused is not None:
+        if self.refused is not None and not exc.recorded:
             self.refused(exc)
         raise exc
 
-    async def _run(self, line: bytes) -> None:
+    async def _run(self, cmd: Any) -> None:
         try:
-            await self.apply(line)
+            await self.apply(cmd)
         except StorageError as exc:
             self.failed = exc.errno
             self.pending = b""
@@ -242,8 +243,7 @@ class CommandHandle(Handle):
         if self.failed is None and self.pending.strip():
             lines = [line for line in self.pending.split(b"\n") if line.strip()]
             self.pending = b""
-            self._check(lines)
-            await self._run_all(lines)
+            await self._run_all(self._parse(lines))
 
     def truncate(self, size: int) -> None:
         return None  # O_TRUNC on a command file means nothing

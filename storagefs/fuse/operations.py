@@ -21,8 +21,8 @@ from typing import Any
 import pyfuse3
 from pyfuse3 import FUSEError
 
+from ..core.objects import now_ns
 from ..errors import Busy, InvalidArgument, NotFound, NotPermitted, StorageError
-from ..objects import now_ns
 from ..state import FileMeta
 from .files import DocumentFile
 from .handles import Handle, LiveHandle, ScratchHandle
@@ -103,7 +103,7 @@ class Operations(pyfuse3.Operations):
             yield
         except StorageError as exc:
             if not getattr(exc, "recorded", False):
-                self.core.note_refusal(node.owner(), op, exc)
+                self.core.rec.note_refusal(node.owner(), op, exc)
             raise
 
     def attrs(self, inode: Inode) -> pyfuse3.EntryAttributes:
@@ -306,7 +306,7 @@ class Operations(pyfuse3.Operations):
                                    lambda: self._interrupted(inode))
 
     def _interrupted(self, inode: Inode) -> None:
-        self.core.note_refusal(inode.node.owner(), "write", StorageError(
+        self.core.rec.note_refusal(inode.node.owner(), "write", StorageError(
             "interrupted by a signal; the operation was undone", errno.EINTR))
 
     @fuse_op

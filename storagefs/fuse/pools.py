@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import render
-from ..commands import parse_yes_no
+from ..core.objects import Pool
 from ..errors import NotFound
-from ..objects import Pool
-from ..pool_cmds import check_pool_command, check_state_word
+from ..parsing import parse_pool_command, parse_state, parse_yes_no
 from ..state import FileMeta
+from . import render
 from .files import CommandFile, DocumentFile
 from .links import pools_by_path, pools_by_uuid
 from .node import Caller, Dir, Generated, LinkTable, Node
@@ -18,9 +17,6 @@ from .objdir import ObjectDir
 POOL_FILES = ("config.xml", "status.xml", "state", "autostart", "control", "uuid", "type",
               "capacity", "allocation", "available", "error")
 LINK_DIRS = ("by-uuid", "by-path")
-#: files whose bytes follow the pool's figures (rendered at every read until the core
-#: keeps them cached)
-FIGURES = ("status.xml", "capacity", "allocation", "available")
 
 
 class PoolsDir(Dir):
@@ -40,14 +36,14 @@ class PoolsDir(Dir):
         return PoolDir(self.t, (*self.path, name), pool)
 
     async def mkdir(self, name: str, mode: int, caller: Caller) -> Node:
-        self.t.core.mkdir_pool(name)
+        self.t.core.defs.mkdir(name)
         return self.child(name, caller)
 
     async def rmdir(self, name: str, caller: Caller) -> None:
         node = self.child(name, caller)
         if not isinstance(node, PoolDir):
             await super().rmdir(name, caller)
-        await self.t.core.undefine_pool(name)
+        await self.t.core.defs.undefine(name)
 
 
 class _OfPool:
@@ -124,9 +120,6 @@ class PoolFile(_OfPool, Generated):
                                                                         "error")
                                       or (self.name == "state" and bool(self.pool.broken)))
 
-    def version(self) -> object:
-        return None if self.name in FIGURES else self.pool.version
-
     def render(self) -> bytes:
         return render.pool_file(self.t.core, self.pool, self.name)
 
@@ -145,7 +138,7 @@ class PoolConfig(_OfPool, DocumentFile):
         return self.pool.config
 
     async def apply(self, data: bytes, meta: FileMeta | None) -> None:
-        await self.t.core.define_pool(self.pool.name, data, meta)
+        await self.t.core.defs.define(self.pool.name, data, meta)
 
 
 class _PoolCommandFile(_OfPool, CommandFile):
@@ -165,34 +158,34 @@ class _PoolCommandFile(_OfPool, CommandFile):
 class PoolState(_PoolCommandFile):
     __slots__ = ()
 
-    def check(self, line: bytes) -> Any:
-        return check_state_word(line)
+    def parse(self, line: bytes) -> Any:
+        return parse_state(line)
 
-    def check_all(self, lines: list[bytes]) -> None:
-        self.t.core.check_pool_lines(self.pool, lines, True)
+    def check_all(self, cmds: list) -> None:
+        self.t.core.life.check_series(self.pool, cmds, True)
 
-    async def run(self, line: bytes) -> None:
-        await self.t.core.set_pool_state(self.pool.name, line)
+    async def run(self, word: str) -> None:
+        await self.t.core.life.set_state(self.pool, word)
 
 
 class PoolAutostart(_PoolCommandFile):
     __slots__ = ()
 
-    def check(self, line: bytes) -> Any:
+    def parse(self, line: bytes) -> Any:
         return parse_yes_no(line)
 
-    async def run(self, line: bytes) -> None:
-        await self.t.core.set_autostart(self.pool.name, line)
+    async def run(self, value: bool) -> None:
+        await self.t.core.life.set_autostart(self.pool, value)
 
 
 class PoolControl(_PoolCommandFile):
     __slots__ = ()
 
-    def check(self, line: bytes) -> Any:
-        return check_pool_command(line)
+    def parse(self, line: bytes) -> Any:
+        return parse_pool_command(line, self.t.core.life.valid_commands(self.pool))
 
-    def check_all(self, lines: list[bytes]) -> None:
-        self.t.core.check_pool_lines(self.pool, lines, False)
+    def check_all(self, cmds: list) -> None:
+        self.t.core.life.check_series(self.pool, cmds)
 
-    async def run(self, line: bytes) -> None:
-        await self.t.core.pool_command(self.pool.name, line)
+    async def run(self, cmd) -> None:
+        await self.t.core.life.command(self.pool, cmd)

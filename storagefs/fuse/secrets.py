@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..core.objects import Secret
 from ..errors import NotFound
-from ..secrets import Secret
 from ..state import FileMeta
 from .files import DocumentFile
 from .handles import Handle, Scratch, ValueHandle
@@ -29,12 +29,12 @@ class SecretsDir(Dir):
         return SecretDir(self.t, (*self.path, name), s)
 
     async def mkdir(self, name: str, mode: int, caller: Caller) -> Node:
-        self.t.core.mkdir_secret(name)
+        self.t.core.secrets.mkdir(name)
         return self.child(name, caller)
 
     async def rmdir(self, name: str, caller: Caller) -> None:
         self.child(name, caller)
-        await self.t.core.undefine_secret(name)
+        await self.t.core.secrets.undefine(name)
 
 
 class _OfSecret:
@@ -86,7 +86,7 @@ class SecretConfig(_OfSecret, DocumentFile):
         return self.secret.config
 
     async def apply(self, data: bytes, meta: FileMeta | None) -> None:
-        await self.t.core.define_secret(self.secret.uuid, data, meta)
+        await self.t.core.secrets.define(self.secret.uuid, data, meta)
 
 
 class SecretError(_OfSecret, Generated):
@@ -122,7 +122,7 @@ class SecretValue(_OfSecret, File):
         return not self.secret.private
 
     async def apply(self, data: bytes) -> None:
-        await self.t.core.set_secret_value(self.secret.uuid, data)
+        await self.t.core.secrets.set_value(self.secret.uuid, data)
 
     def open_write(self, caller: Caller) -> Handle:
         return ValueHandle(self.apply)

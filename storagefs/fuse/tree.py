@@ -8,8 +8,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core.objects import now_ns
 from ..errors import NotFound
-from ..objects import now_ns
 from ..state import FileMeta
 from .handles import Scratch
 from .node import Caller, Dir, Node, Static

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from .. import render
+from ..core.objects import Pool, Volume
 from ..errors import NotFound
-from ..objects import Pool, Volume
+from ..parsing import parse_volume_command
 from ..state import FileMeta
-from ..volume_cmds import check_volume_command
+from . import render
 from .files import CommandFile, DocumentFile
 from .handles import Handle, LiveHandle
 from .node import Caller, Dir, File, Generated, Link, Node, Static
@@ -17,8 +18,6 @@ from .objdir import ObjectDir
 VOL_FILES = ("config.xml", "status.xml", "capacity", "allocation", "format", "key",
              "control", "progress", "error")
 SNAP_FILES = ("id", "date", "vm-state-size", "vm-clock")
-#: files whose bytes follow figures that move with guest I/O
-FIGURES = ("status.xml", "capacity", "allocation")
 
 
 class VolumesDir(Dir):
@@ -38,6 +37,7 @@ class VolumesDir(Dir):
         return self.t.core.pools.get(self.pool.name) is self.pool and self.pool.defined
 
     def names(self, caller: Caller) -> list[str]:
+        self.pool.last_read = time.monotonic()
         return sorted(self.pool.volumes)
 
     def child(self, name: str, caller: Caller) -> Node:
@@ -47,12 +47,12 @@ class VolumesDir(Dir):
         return VolumeDir(self.t, (*self.path, name), vol)
 
     async def mkdir(self, name: str, mode: int, caller: Caller) -> Node:
-        await self.t.core.create_volume(self.pool.name, name)
+        await self.t.core.vols.create(self.pool, name)
         return self.child(name, caller)
 
     async def rmdir(self, name: str, caller: Caller) -> None:
-        self.child(name, caller)
-        await self.t.core.delete_volume(self.pool.name, name)
+        node = self.child(name, caller)
+        await self.t.core.vols.delete(node.vol)  # type: ignore[attr-defined]
 
 
 class _OfVolume:
@@ -127,7 +127,8 @@ class VolumeFile(_OfVolume, Generated):
         self.vol = vol
 
     def version(self) -> object:
-        return None if self.name in FIGURES else self.vol.version
+        return (self.vol.version, self.vol.pool.version) if self.name == "control" \
+            else self.vol.version
 
     def render(self) -> bytes:
         return render.volume_file(self.t.core, self.vol, self.name)
@@ -141,10 +142,10 @@ class VolumeConfig(_OfVolume, DocumentFile):
         self.vol = vol
 
     def render(self) -> bytes:
-        return render.volume_config_xml(self.t.core, self.vol)
+        return render.volume_config_xml(self.vol)
 
     async def apply(self, data: bytes, meta: FileMeta | None) -> None:
-        await self.t.core.define_volume(self.vol.pool.name, self.vol.name, data, meta)
+        await self.t.core.vols.define(self.vol, data, meta)
 
 
 class VolumeControl(_OfVolume, CommandFile):
@@ -157,11 +158,14 @@ class VolumeControl(_OfVolume, CommandFile):
     def render(self) -> bytes:
         return render.volume_file(self.t.core, self.vol, "control")
 
-    def check(self, line: bytes) -> Any:
-        return check_volume_command(line)
+    def version(self) -> object:
+        return (self.vol.version, self.vol.pool.version)
 
-    async def run(self, line: bytes) -> None:
-        await self.t.core.volume_command(self.vol.pool.name, self.vol.name, line)
+    def parse(self, line: bytes) -> Any:
+        return parse_volume_command(line, self.t.core.vcmds.valid_commands(self.vol))
+
+    async def run(self, cmd) -> None:
+        await self.t.core.vcmds.command(self.vol, cmd)
 
 
 class VolumeProgress(_OfVolume, File):
@@ -199,12 +203,12 @@ class SnapshotsDir(_OfVolume, Dir):
         return SnapshotDir(self.t, (*self.path, name), self.vol, snap)
 
     async def mkdir(self, name: str, mode: int, caller: Caller) -> Node:
-        await self.t.core.mkdir_snapshot(self.vol.pool.name, self.vol.name, name)
+        await self.t.core.vcmds.mkdir_snapshot(self.vol, name)
         return self.child(name, caller)
 
     async def rmdir(self, name: str, caller: Caller) -> None:
         self.child(name, caller)
-        await self.t.core.rmdir_snapshot(self.vol.pool.name, self.vol.name, name)
+        await self.t.core.vcmds.rmdir_snapshot(self.vol, name)
 
 
 class SnapshotDir(_OfVolume, Dir):

@@ -1,4 +1,4 @@
-"""Secrets: libvirt secret XML plus a value (CHAP passwords, LUKS passphrases).
+"""Secrets: libvirt secret XML plus a value (CHAP passwords, LUKS passphrases, Ceph keys).
 
 A value lives in memory and, unless the secret is ephemeral, in
 STATE/secrets/UUID.value (0600, in a 0700 directory). It never goes into a log
@@ -13,49 +13,23 @@ import logging
 import os
 import tempfile
 import uuid as uuidlib
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING
 
 import trio
 
-from .errors import Exists, InvalidArgument, NotFound, NotPermitted, from_oserror
-from .objects import new_meta, now_ns
-from .state import FileMeta, merge_meta
+from ..errors import Exists, InvalidArgument, NotFound, NotPermitted, from_oserror
+from ..state import FileMeta, StateDir, merge_meta
+from ..xml.secret import parse_secret
+from .objects import Secret
+from .recording import Recorder, error_line
 
 if TYPE_CHECKING:
-    from .manager import Manager
+    from ..xml.common import SecretRef
 
 log = logging.getLogger(__name__)
 
 MAX_VALUE_BYTES = 64 * 1024
-
-
-@dataclass(eq=False)
-class Secret:
-    uuid: str
-    definition: object | None = None   # xml.secret.SecretDef once a document is accepted
-    config: bytes = b""
-    meta: FileMeta = field(default_factory=new_meta)
-    value: bytes | None = None
-    error: str = ""
-    changed_ns: int = field(default_factory=now_ns)
-    #: bumped by every change: generated files are rendered again only when it moves
-    version: int = 0
-    #: why the stored record could not be used at start ("" when it could)
-    broken: str = ""
-
-    @property
-    def private(self) -> bool:
-        return bool(getattr(self.definition, "private", False))
-
-    @property
-    def ephemeral(self) -> bool:
-        return bool(getattr(self.definition, "ephemeral", False))
-
-    def touch(self) -> None:
-        self.changed_ns = now_ns()
-        self.version += 1
 
 
 def canonical_uuid(text: str) -> str:
@@ -66,17 +40,32 @@ def canonical_uuid(text: str) -> str:
             from None
 
 
-class SecretOps:
-    secrets: dict[str, Secret]
+class SecretStore:
+    """The secrets by uuid (``get``, ``in``, iteration as a dict of uuids)."""
 
-    def load_secrets(self: Manager) -> None:
-        from .manager import error_line
-        from .xml.secret import parse_secret
+    def __init__(self, state: StateDir, recorder: Recorder) -> None:
+        self.state = state
+        self.rec = recorder
+        self.by_uuid: dict[str, Secret] = {}
 
-        self.secrets = {}
+    # ---- as a mapping ----------------------------------------------------------
+    def get(self, uid: str) -> Secret | None:
+        return self.by_uuid.get(uid)
+
+    def __contains__(self, uid: str) -> bool:
+        return uid in self.by_uuid
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.by_uuid)
+
+    def values(self):
+        return self.by_uuid.values()
+
+    def load(self) -> None:
+        self.by_uuid = {}
         for rec in self.state.load_secrets():
             s = Secret(rec.uuid, None, rec.config, rec.meta, rec.value, broken=rec.broken)
-            self.secrets[rec.uuid] = s
+            self.by_uuid[rec.uuid] = s
             if not s.broken:
                 try:
                     s.definition = parse_secret(rec.config)
@@ -88,29 +77,37 @@ class SecretOps:
                 # defines it again (keeping its value), rmdir drops it
                 s.error = error_line("load", s.broken)
 
-    def secret(self: Manager, uid: str) -> Secret:
-        s = self.secrets.get(uid)
+    def secret(self, uid: str) -> Secret:
+        s = self.by_uuid.get(uid)
         if s is None:
             raise NotFound(f"no secret with matching uuid '{uid}'")
         return s
 
-    def mkdir_secret(self: Manager, name: str) -> Secret:
-        with self.recording(None, f"mkdir secrets/{name}"):
+    def resolve(self, ref: SecretRef, usage_type: str) -> Secret:
+        """The secret a document names, by uuid or by usage (``<secret usage='...'/>``)."""
+        if ref.uuid:
+            return self.secret(ref.uuid)
+        for s in self.by_uuid.values():
+            d = s.definition
+            if d is not None and d.usage_type == usage_type and d.usage_id == ref.usage:
+                return s
+        raise NotFound(f"no secret with usage {usage_type} '{ref.usage}'")
+
+    # ---- the tree's operations ----------------------------------------------------
+    def mkdir(self, name: str) -> Secret:
+        with self.rec.recording(None, f"mkdir secrets/{name}"):
             uid = canonical_uuid(name)
             if uid != name:
                 raise InvalidArgument(f"write the UUID in its canonical form: {uid}")
-            if uid in self.secrets:
+            if uid in self.by_uuid:
                 raise Exists(f"secret {uid} already exists")
             s = Secret(uid)
-            self.secrets[uid] = s
+            self.by_uuid[uid] = s
         return s
 
-    async def define_secret(self: Manager, uid: str, data: bytes,
-                            meta: FileMeta | None = None) -> bool:
-        from .xml.secret import parse_secret
-
+    async def define(self, uid: str, data: bytes, meta: FileMeta | None = None) -> bool:
         s = self.secret(uid)
-        with self.recording(s, "define"):
+        with self.rec.recording(s, "define"):
             if s.definition is not None and data == s.config:
                 if meta is not None:
                     new_meta = merge_meta(s.meta, meta, content_changed=False)
@@ -126,14 +123,14 @@ class SecretOps:
             old = s.definition
             if old is not None and old.private and not defn.private:
                 raise NotPermitted("a private secret cannot be made readable")
-            for other in self.secrets.values():
+            for other in self.by_uuid.values():
                 d = other.definition
                 if other is not s and d is not None and defn.usage_type and \
                         (d.usage_type, d.usage_id) == (defn.usage_type, defn.usage_id):
                     raise Exists(f"secret {other.uuid} already has usage "
                                  f"{defn.usage_type} {defn.usage_id}")
             new_meta = merge_meta(s.meta, meta, content_changed=True)
-            self._store_secret(s, defn, data, new_meta)
+            self._store(s, defn, data, new_meta)
             s.definition, s.config, s.meta = defn, data, new_meta
             if s.broken:
                 self.state.delete_secret_aside(uid)
@@ -141,7 +138,7 @@ class SecretOps:
             s.touch()
         return True
 
-    def _store_secret(self: Manager, s: Secret, defn, data: bytes, meta: FileMeta) -> None:
+    def _store(self, s: Secret, defn, data: bytes, meta: FileMeta) -> None:
         """Record a new definition (before memory changes): an ephemeral one leaves no
         file; a persistent one writes its record, and its value when that was only in
         memory (both written in full before either is put in place)."""
@@ -160,9 +157,16 @@ class SecretOps:
             value.commit()
         record.commit()
 
-    async def set_secret_value(self: Manager, uid: str, value: bytes) -> None:
+    def set_meta(self, s: Secret, meta: FileMeta) -> None:
+        with self.rec.recording(s, "setattr config.xml"):
+            if s.definition is not None and not s.ephemeral:
+                self.state.save_secret(s.uuid, s.config, meta)
+            s.meta = meta
+        self.rec.notify_changed(s)
+
+    async def set_value(self, uid: str, value: bytes) -> None:
         s = self.secret(uid)
-        with self.recording(s, "set value"):
+        with self.rec.recording(s, "set value"):
             if s.definition is None:
                 raise NotFound(f"secret {uid} has no definition yet: write config.xml first")
             if len(value) > MAX_VALUE_BYTES:
@@ -176,16 +180,17 @@ class SecretOps:
             s.value = value
             s.touch()
 
-    async def undefine_secret(self: Manager, uid: str) -> None:
+    async def undefine(self, uid: str) -> None:
         s = self.secret(uid)
-        with self.recording(s, "undefine"):
+        with self.rec.recording(s, "undefine"):
             self.state.delete_secret(uid)
-            del self.secrets[uid]
+            del self.by_uuid[uid]
 
+    # ---- values for host tools ------------------------------------------------------
     @contextlib.asynccontextmanager
-    async def secret_file(self: Manager, uid: str) -> AsyncIterator[str]:
+    async def value_file(self, uid: str) -> AsyncIterator[str]:
         """The value in a 0600 file that exists only while the block runs
-        (qemu-img --object secret,file=...)."""
+        (qemu-img --object secret,file=..., rbd --keyfile, iscsi CHAP)."""
         s = self.secret(uid)
         if s.value is None:
             raise NotFound(f"secret {uid} has no value")
@@ -211,9 +216,9 @@ class SecretOps:
                 os.unlink(path)
 
     @contextlib.asynccontextmanager
-    async def optional_secret_file(self: Manager, uid: str | None) -> AsyncIterator[str | None]:
+    async def optional_file(self, uid: str | None) -> AsyncIterator[str | None]:
         if uid is None:
             yield None
             return
-        async with self.secret_file(uid) as path:
+        async with self.value_file(uid) as path:
             yield path

@@ -1,4 +1,9 @@
-"""The live objects the manager owns: pools and their volumes."""
+"""The live objects the core owns: pools, their volumes, secrets.
+
+Each object carries a ``version`` that every change bumps (``touch``): generated files
+are rendered again only when it moves. ``claim`` runs one operation at a time on a pool
+or a volume and refuses another at once (EBUSY) instead of making it wait.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,10 @@ from dataclasses import dataclass, field
 
 import trio
 
-from .backends.base import PoolBackend, PoolInfo, VolumeInfo
-from .errors import Busy
-from .state import FileMeta
+from ..backends.base import PoolBackend, PoolInfo, VolumeInfo
+from ..errors import Busy
+from ..state import FileMeta
+from .runner import PoolRunner
 
 #: pool states as SPEC lists them
 INACTIVE, BUILDING, RUNNING, DEGRADED, INACCESSIBLE = (
@@ -95,6 +101,12 @@ class Pool:
     #: load): what conflicts and by-path/ compare
     real_target: str | None = None
     real_sources: tuple[str, ...] = ()
+    #: its storage calls and background tasks (runner.py)
+    runner: PoolRunner | None = None
+    #: monotonic time of the last refresh of its figures (metrics: their age)
+    refreshed: float = 0.0
+    #: monotonic time someone last listed its volumes (remote pools are polled then)
+    last_read: float = 0.0
     changed_ns: int = field(default_factory=now_ns)
     #: bumped by every change: generated files are rendered again only when it moves
     version: int = 0
@@ -118,6 +130,35 @@ class Pool:
 
     def busy_reason(self) -> str:
         return f"storage pool '{self.name}' is busy: {self.busy or 'an operation'} running"
+
+
+@dataclass(eq=False)
+class Secret:
+    uuid: str
+    definition: object | None = None   # xml.secret.SecretDef once a document is accepted
+    config: bytes = b""
+    meta: FileMeta = field(default_factory=new_meta)
+    value: bytes | None = None
+    error: str = ""
+    changed_ns: int = field(default_factory=now_ns)
+    version: int = 0
+    #: why the stored record could not be used at start ("" when it could)
+    broken: str = ""
+
+    @property
+    def private(self) -> bool:
+        return bool(getattr(self.definition, "private", False))
+
+    @property
+    def ephemeral(self) -> bool:
+        return bool(getattr(self.definition, "ephemeral", False))
+
+    def touch(self) -> None:
+        self.changed_ns = now_ns()
+        self.version += 1
+
+
+Owner = Pool | Volume | Secret
 
 
 @contextlib.contextmanager

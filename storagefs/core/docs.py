@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import stat
 
-from .backends.base import PoolInfo, VolumeInfo
-from .xml.common import Permissions
-from .xml.pool import PoolDef, format_pool
+from ..backends.base import FileStat, PoolInfo, VolumeInfo
+from ..xml.common import Permissions
+from ..xml.pool import PoolDef, format_pool
 
 
 def pool_status(defn: PoolDef, uuid: str, info: PoolInfo) -> bytes:
-    """``virsh pool-dumpxml``: uuid, sizes and the target's real permissions."""
+    """``virsh pool-dumpxml``: uuid, sizes and the target's real permissions (from the
+    figures last refreshed in the background)."""
     perms = defn.target_permissions
-    if defn.target_path:
-        try:
-            st = os.stat(defn.target_path)
-            perms = Permissions(stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
-                                perms.label if perms else None)
-        except OSError:
-            pass
+    if defn.target_path and info.target_perms is not None:
+        mode, uid, gid = info.target_perms
+        perms = Permissions(mode, uid, gid, perms.label if perms else None)
     shown = dataclasses.replace(defn, uuid=uuid, target_permissions=perms)
     return format_pool(shown, capacity=info.capacity, allocation=info.allocation,
                        available=info.available, extensions=False).encode()
@@ -34,8 +29,8 @@ def shown_format(info: VolumeInfo) -> str:
 def volume_encryption(info: VolumeInfo, config: bytes | None, defn: PoolDef):
     """The <encryption> of an encrypted volume, as ``virsh vol-dumpxml`` shows it: the
     format the image has, with the secret named by the document on record (if any)."""
-    from .xml.encryption import Encryption
-    from .xml.volume import parse_volume
+    from ..xml.encryption import Encryption
+    from ..xml.volume import parse_volume
 
     if not (info.encrypted or info.format == "luks"):
         return None
@@ -59,13 +54,16 @@ def volume_doc(defn: PoolDef, info: VolumeInfo, *, live: bool,
                config: bytes | None = None) -> bytes:
     """A volume's XML: the definition (live=False) or ``virsh vol-dumpxml`` (live=True);
     ``config`` is the document on record (it names an encrypted volume's secret)."""
-    from .xml import volume as xv
+    from ..xml import volume as xv
 
-    perms = Permissions(info.mode, info.uid, info.gid)
+    f = info.file
+    if f is None and info.type in ("file", "block"):
+        f = FileStat()  # a node that is not there (yet): libvirt's defaults
+    perms = Permissions(f.mode, f.uid, f.gid) if f is not None else None
     ts = None
-    if live:
-        ts = xv.Timestamps(atime=_ts(info.atime_ns), mtime=_ts(info.mtime_ns),
-                           ctime=_ts(info.ctime_ns), btime="0")
+    if live and f is not None:
+        ts = xv.Timestamps(atime=_ts(f.atime_ns), mtime=_ts(f.mtime_ns),
+                           ctime=_ts(f.ctime_ns), btime="0")
     backing = None
     if info.backing_path:
         backing = xv.BackingStore(path=info.backing_path, format=info.backing_format)

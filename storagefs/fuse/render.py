@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from .docs import pool_status, shown_format, volume_doc
-from .manager import Manager
-from .objects import INACCESSIBLE, Pool, Volume
+from typing import TYPE_CHECKING
+
+from ..core.docs import pool_status, shown_format, volume_doc
+from ..core.objects import INACCESSIBLE, Pool, Volume
+
+if TYPE_CHECKING:
+    from ..core.registry import Registry
 
 README = b"""storagefs: the host's storage as files (libvirt's storage model)
 
@@ -61,11 +65,9 @@ def line(value: object) -> bytes:
     return f"{value}\n".encode()
 
 
-def pool_status_xml(m: Manager, pool: Pool) -> bytes:
-    return pool_status(pool.definition, pool.uuid, m.pool_info(pool))
-
-
-def pool_file(m: Manager, pool: Pool, name: str) -> bytes:
+def pool_file(reg: Registry, pool: Pool, name: str) -> bytes:
+    """A pool's generated file, from what the core knows (figures are cached: nothing
+    here touches the storage)."""
     if name == "config.xml":
         return pool.config
     if name == "error":
@@ -73,22 +75,21 @@ def pool_file(m: Manager, pool: Pool, name: str) -> bytes:
     if not pool.defined:
         return line(INACCESSIBLE) if name == "state" and pool.broken else b""
     if name == "status.xml":
-        return pool_status_xml(m, pool)
+        return pool_status(pool.definition, pool.uuid, pool.info)
     if name == "state":
         return line(pool.state)
     if name == "autostart":
         return line("yes" if pool.autostart else "no")
     if name == "control":
-        return "".join(f"{c}\n" for c in m.valid_pool_commands(pool)).encode()
+        return "".join(f"{c}\n" for c in reg.life.valid_commands(pool)).encode()
     if name == "uuid":
         return line(pool.uuid)
     if name == "type":
         return line(pool.definition.type)
-    info = m.pool_info(pool)
-    return line(getattr(info, name))
+    return line(getattr(pool.info, name))
 
 
-def volume_config_xml(m: Manager, vol: Volume) -> bytes:
+def volume_config_xml(vol: Volume) -> bytes:
     """The stored document if a user wrote one, else the volume as it was made."""
     if vol.config is not None:
         return vol.config
@@ -97,22 +98,18 @@ def volume_config_xml(m: Manager, vol: Volume) -> bytes:
     return volume_doc(vol.pool.definition, vol.info, live=False)
 
 
-def volume_status_xml(m: Manager, vol: Volume) -> bytes:
-    return volume_doc(vol.pool.definition, m.volume_info(vol), live=True, config=vol.config)
-
-
-def volume_file(m: Manager, vol: Volume, name: str) -> bytes:
+def volume_file(reg: Registry, vol: Volume, name: str) -> bytes:
     if name == "config.xml":
-        return volume_config_xml(m, vol)
+        return volume_config_xml(vol)
     if name == "status.xml":
-        return volume_status_xml(m, vol)
+        return volume_doc(vol.pool.definition, vol.info, live=True, config=vol.config)
     if name == "error":
         return vol.error.encode()
     if name == "control":
-        return "".join(f"{c}\n" for c in m.valid_volume_commands(vol)).encode()
+        return "".join(f"{c}\n" for c in reg.vcmds.valid_commands(vol)).encode()
     if name == "progress":
         return vol.progress.encode()
-    info = m.volume_info(vol)
+    info = vol.info
     if name in ("capacity", "allocation"):
         return line(getattr(info, name))
     if name == "format":

@@ -1,0 +1,343 @@
+"""The live volume index and the figures cache: what lookup, readdir and read answer
+from (SPEC "No call waits on storage", "Generated files tell the truth").
+
+``pool.volumes`` is filled by a refresh, changed by storagefs's own operations, and
+kept current between them by the backend's way of listing: inotify on the pool's
+directory (a probe per changed name, coalesced, so figures that move with guest I/O
+lag by at most a second) or polling at the backend's interval while someone reads the
+pool. Each running pool has a task of its own, in its own task group (runner.py), that
+refreshes its figures with a time limit: storage that stops answering makes that pool
+inaccessible ("not responding for N s") and holds up nothing else. Every exception a
+backend raises in these workers is recorded on the object, never ends the mount.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import trio
+
+from ..backends.base import VolumeInfo
+from ..errors import Busy, StorageError
+from ..names import check_name
+from ..watch import DirWatcher
+from .objects import Pool, Volume
+from .recording import error_line
+from .volspec import stored_format
+
+if TYPE_CHECKING:
+    from .registry import Registry
+
+log = logging.getLogger(__name__)
+
+#: a changed name is probed at most this often (guest I/O sends an event per write)
+PROBE_EVERY = 0.5
+#: a watched pool's figures are refreshed at least this often (and soon after changes)
+FIGURES_EVERY = 2.0
+#: a polled pool is listed while someone read it within this many seconds
+READERS_WITHIN = 30.0
+
+
+class VolumeIndex:
+    def __init__(self, reg: Registry) -> None:
+        self.reg = reg
+        self.watcher: DirWatcher | None = None
+        self.nursery: trio.Nursery | None = None
+        self._dirty: dict[str, set[str | None]] = {}
+        self._dirty_event = trio.Event()
+        #: volumes refreshed from their headers only, waiting for qemu-img's details
+        self._details: dict[str, set[str]] = {}
+        self._details_event = trio.Event()
+        self._details_running: tuple[str, trio.CancelScope] | None = None
+        #: pools whose figures should be refreshed soon (after a change)
+        self._figures_due: dict[str, trio.Event] = {}
+
+    # ---- background tasks ----------------------------------------------------------
+    async def run_background(self, nursery: trio.Nursery) -> None:
+        self.nursery = nursery
+        self.watcher = DirWatcher(self._on_dir_event)
+        nursery.start_soon(self.watcher.run)
+        nursery.start_soon(self._probe_worker)
+        nursery.start_soon(self._details_worker)
+        for pool in list(self.reg.pools.values()):
+            if pool.active:
+                self.started(pool)
+
+    def started(self, pool: Pool) -> None:
+        """The pool runs (again): watch it, and give it its task group and figures task."""
+        if self.nursery is None or pool.runner is None:
+            return
+        self.stopped(pool)
+        self.nursery.start_soon(self._pool_tasks, pool)
+
+    async def _pool_tasks(self, pool: Pool) -> None:
+        runner = pool.runner
+        await self.nursery.start(runner.serve)
+        runner.start_soon(self._watch, pool)
+        runner.start_soon(self._figures_task, pool)
+
+    async def _watch(self, pool: Pool) -> None:
+        d = pool.backend.watch_dir() if pool.backend.policy.watchable else None
+        if d and self.watcher is not None:
+            try:  # inotify_add_watch resolves the path: storage that hangs would hang it
+                await pool.runner.io(self.watcher.add, d, what=f"watch {d}")
+            except StorageError as exc:
+                log.warning("pool %s: cannot watch %s: %s", pool.name, d, exc.reason)
+
+    def stopped(self, pool: Pool) -> None:
+        """The pool stopped or its storage went away: no more watching or refreshing."""
+        if self.watcher is not None and pool.backend is not None:
+            d = pool.backend.watch_dir()
+            if d:
+                self.watcher.remove(d)
+        if pool.runner is not None:
+            pool.runner.stop_tasks()
+        self._details.pop(pool.name, None)
+        self._figures_due.pop(pool.name, None)
+
+    async def stopping(self, pool: Pool) -> None:
+        """Before a pool stops: no more background probes of its volumes, and the one
+        under way (if any) cancelled and finished (its tool killed)."""
+        self._details.pop(pool.name, None)
+        with trio.move_on_after(10):
+            while self._details_running is not None and self._details_running[0] == pool.name:
+                self._details_running[1].cancel()
+                await trio.sleep(0.01)
+
+    # ---- figures --------------------------------------------------------------------
+    def figures_changed(self, pool: Pool) -> None:
+        """Something in the pool changed: its figures are refreshed soon (coalesced)."""
+        due = self._figures_due.get(pool.name)
+        if due is not None:
+            due.set()
+
+    async def _figures_task(self, pool: Pool) -> None:
+        policy = pool.backend.policy
+        while True:
+            due = self._figures_due[pool.name] = trio.Event()
+            interval = FIGURES_EVERY if policy.watchable else policy.poll_interval
+            with trio.move_on_after(interval):
+                await due.wait()
+            if not pool.active or pool.runner.stuck:
+                continue
+            try:
+                if not policy.watchable and self._read_lately(pool):
+                    await self._poll(pool)
+                await self.refresh_figures(pool)
+            except StorageError as exc:
+                if pool.runner.stuck or exc.errno in (2, 5, 107, 110, 112, 113):
+                    self.reg.life.lost_storage(pool, exc)
+                    return
+                log.warning("pool %s: figures not refreshed: %s", pool.name, exc.reason)
+            except Exception:
+                log.exception("pool %s: figures refresh failed", pool.name)
+            await trio.sleep(0.2)  # coalesce bursts of changes
+
+    async def refresh_figures(self, pool: Pool) -> None:
+        info = await pool.backend.pool_info()
+        if info is not None and info != pool.info:
+            pool.info = info
+            pool.touch()
+            self.reg.listener.changed(pool.name)
+        pool.refreshed = time.monotonic()
+
+    async def refresh_perms(self, pool: Pool) -> None:
+        """The target's permissions for status.xml of a pool that is not running (a
+        running one has them with its figures); best effort, within the time limit."""
+        try:
+            perms = await pool.backend.target_perms()
+        except StorageError:
+            return
+        if perms != pool.info.target_perms:
+            pool.info = dataclasses.replace(pool.info, target_perms=perms)
+            pool.touch()
+            self.reg.listener.changed(pool.name)
+
+    @staticmethod
+    def _read_lately(pool: Pool) -> bool:
+        return time.monotonic() - pool.last_read < READERS_WITHIN
+
+    async def _poll(self, pool: Pool) -> None:
+        """A pool that cannot be watched: listed again (new and gone volumes)."""
+        if pool.busy:
+            return
+        await self.reg.life.refresh_quietly(pool)
+
+    # ---- watched directories ------------------------------------------------------------
+    def _on_dir_event(self, directory: str, name: str | None, gone: bool) -> None:
+        pool = self.reg.defs.by_target(directory)
+        if pool is None or not pool.active:
+            return
+        self._dirty.setdefault(pool.name, set()).add(name)
+        self._dirty_event.set()
+
+    async def _probe_worker(self) -> None:
+        while True:
+            await self._dirty_event.wait()
+            self._dirty_event = trio.Event()
+            dirty, self._dirty = self._dirty, {}
+            for pool_name, names in dirty.items():
+                pool = self.reg.pools.get(pool_name)
+                if pool is None or not pool.active or pool.runner.stuck:
+                    continue
+                if None in names:
+                    await self._rescan(pool)
+                    continue
+                for name in names:
+                    try:
+                        await self._probe_one(pool, name)
+                    except StorageError as exc:
+                        log.info("pool %s: probe of %s: %s", pool.name, name, exc.reason)
+                    except Exception:
+                        log.exception("pool %s: probe of %s failed", pool.name, name)
+                self.figures_changed(pool)
+            await trio.sleep(PROBE_EVERY)  # events of the next half second come together
+
+    async def _rescan(self, pool: Pool) -> None:
+        try:
+            await self.reg.life.refresh(pool)
+        except Busy:
+            if pool.active and pool.busy and self.nursery is not None:
+                # a user's operation runs: rescan once it is done
+                self.nursery.start_soon(self._rescan_later, pool.name)
+        except StorageError as exc:
+            # the pool is inaccessible until its storage is back
+            self.reg.rec.note_refusal(pool, "refresh", exc)
+
+    async def _rescan_later(self, pool_name: str) -> None:
+        await trio.sleep(0.5)
+        self._dirty.setdefault(pool_name, set()).add(None)
+        self._dirty_event.set()
+
+    async def _probe_one(self, pool: Pool, name: str) -> None:
+        if name in pool.reserved or name.startswith("."):
+            return
+        vol = pool.volumes.get(name)
+        if vol is not None and vol.lock.locked():
+            return  # our own operation updates it
+        if vol is not None and await pool.backend.unchanged(vol.info):
+            return  # the event was our own write, or a touch: nothing to probe
+        fmt = vol.recorded_format if vol is not None else None
+        info = await pool.backend.probe_volume(name, fmt)
+        if not pool.active or name in pool.reserved:
+            return
+        vol = pool.volumes.get(name)
+        if info is None:
+            if vol is not None and not vol.lock.locked() and not vol.pending:
+                del pool.volumes[name]
+                # its record goes with it: a file of that name found later is probed
+                self.reg.state.delete_volume(pool.name, name)
+                self.reg.listener.removed(pool.name, name)
+            return
+        if vol is None:
+            try:
+                check_name(name)
+            except StorageError:
+                return
+            pool.volumes[name] = Volume(pool, name, info)
+            self.reg.listener.added(pool.name, name)
+        elif not vol.lock.locked():
+            vol.pending = False
+            self.update(vol, info)
+
+    def update(self, vol: Volume, info: VolumeInfo) -> None:
+        vol.info = info
+        vol.touch()
+        self.reg.listener.changed(vol.pool.name, vol.name)
+
+    # ---- details (what only a host tool tells) --------------------------------------------
+    async def _details_worker(self) -> None:
+        """Fill in what a refresh left out (backing store, snapshots ...) one volume at
+        a time, after the fact: a slow or hung qemu-img never delays a mount or an ls."""
+        while True:
+            await self._details_event.wait()
+            self._details_event = trio.Event()
+            pending, self._details = self._details, {}
+            for pool_name, names in pending.items():
+                for name in sorted(names):
+                    pool = self.reg.pools.get(pool_name)
+                    vol = pool.volumes.get(name) if pool is not None else None
+                    if vol is None or vol.lock.locked() or not pool.active or \
+                            pool.runner.stuck:
+                        continue
+                    # a stop cancels this (the probe must not keep the pool's files busy)
+                    with trio.CancelScope() as scope:
+                        self._details_running = (pool_name, scope)
+                        try:
+                            await self.fill_details(vol)
+                        finally:
+                            self._details_running = None
+
+    async def fill_details(self, vol: Volume) -> None:
+        pool, name = vol.pool, vol.name
+        try:
+            info = await pool.backend.volume_details(dataclasses.replace(vol.info))
+        except StorageError as exc:
+            self.reg.rec.note_refusal(vol, "refresh", exc)
+            return
+        except Exception:
+            log.exception("volume %s/%s: details failed", pool.name, name)
+            return
+        if pool.volumes.get(name) is vol and not vol.lock.locked():
+            self.update(vol, info)
+
+    def want_details(self, pool: Pool, names: list[str]) -> None:
+        if names:
+            self._details.setdefault(pool.name, set()).update(names)
+            self._details_event.set()
+
+    # ---- a whole refresh ----------------------------------------------------------------
+    async def load(self, pool: Pool, deep: bool = False) -> None:
+        """Refresh the pool from its storage; keep Volume objects that still exist.
+
+        Volumes come from cheap probes (headers); qemu-img's details follow in the
+        background, or at once when ``deep`` (a refresh the user asked for)."""
+        reg = self.reg
+        stored = reg.state.load_volumes(pool.name)
+        formats = {n: f for n, f in ((n, stored_format(pool, sv))
+                                     for n, sv in stored.items()) if f}
+        formats.update({n: v.recorded_format for n, v in pool.volumes.items()
+                        if v.recorded_format})
+        info, found = await pool.backend.refresh(formats)
+        pool.info = info
+        pool.refreshed = time.monotonic()
+        seen = set()
+        for vinfo in found:
+            seen.add(vinfo.name)
+            vol = pool.volumes.get(vinfo.name)
+            if vol is None:
+                vol = Volume(pool, vinfo.name, vinfo)
+                sv = stored.get(vinfo.name)
+                if sv is not None and sv.broken:
+                    vol.error = error_line("load", sv.broken)
+                elif sv is not None:
+                    vol.config, vol.meta, vol.made = sv.config, sv.meta, sv.made
+                    vol.recorded_format = formats.get(vinfo.name)
+                pool.volumes[vinfo.name] = vol
+                if pool.active:
+                    reg.listener.added(pool.name, vinfo.name)
+            elif not vol.lock.locked():
+                vol.info = vinfo
+                vol.pending = False  # made outside storagefs meanwhile
+                vol.touch()
+        for name in [n for n, v in pool.volumes.items()
+                     if n not in seen and n not in pool.reserved and not v.pending]:
+            del pool.volumes[name]
+            reg.listener.removed(pool.name, name)
+        for name, sv in stored.items():
+            if name not in seen and not sv.broken:
+                try:  # the record of a volume that is gone: tidied, not required
+                    reg.state.delete_volume(pool.name, name)
+                except StorageError as exc:
+                    log.warning("pool %s: %s", pool.name, exc.reason)
+        slow = [v.name for v in found if v.format != "raw"]
+        if not deep:
+            self.want_details(pool, slow)
+            return
+        for name in slow:
+            vol = pool.volumes.get(name)
+            if vol is not None and not vol.lock.locked():
+                await self.fill_details(vol)

@@ -1,0 +1,111 @@
+"""Refusals on record: one line in the object's ``error`` file, one in the log
+(SPEC "Errors are errno, with the reason on record"), and the listener told, so that the
+kernel's caches of that object are dropped at once."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+from ..errors import InvalidArgument, StorageError
+from .objects import Owner, Pool, Secret, Volume
+
+log = logging.getLogger("storagefs.core")
+
+#: refusals are a normal outcome of bad input, not trouble in storagefs: they are
+#: logged at this level, between INFO and WARNING (WARNING and ERROR are kept for
+#: what an administrator must look at)
+REFUSED = 25
+logging.addLevelName(REFUSED, "REFUSED")
+
+
+class Listener(Protocol):
+    """What the FUSE layer (kernel cache invalidation) and the event stream hear."""
+
+    def progress(self, pool: str, volume: str) -> None: ...
+    def links_changed(self) -> None: ...
+    def changed_dir(self, path: tuple[str, ...]) -> None: ...
+    def changed(self, pool: str, volume: str | None = None) -> None: ...
+    def added(self, pool: str, volume: str | None = None) -> None: ...
+    def removed(self, pool: str, volume: str | None = None) -> None: ...
+
+
+class NullListener:
+    def changed(self, pool: str, volume: str | None = None) -> None:
+        pass
+
+    added = removed = changed
+
+    def progress(self, pool: str, volume: str) -> None:
+        pass
+
+    def changed_dir(self, path: tuple[str, ...]) -> None:
+        pass
+
+    def links_changed(self) -> None:
+        pass
+
+
+def one_line(op: str, reason: str) -> str:
+    """'op: reason' on one line, whatever it holds (names and documents carry newlines)."""
+    text = f"{op}: {reason}"
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)[:2000]
+
+
+def error_line(op: str, reason: str) -> str:
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} {one_line(op, reason)}\n"
+
+
+def describe(obj: Owner | None) -> str:
+    if isinstance(obj, Secret):
+        return f"secret {obj.uuid}"
+    if isinstance(obj, Volume):
+        return f"volume {obj.pool.name}/{obj.name}"
+    if isinstance(obj, Pool):
+        return f"pool {obj.name}"
+    return "storagefs"
+
+
+class Recorder:
+    """Turns refusals into error lines; ``listener`` is looked up at each use (the FUSE
+    layer sets it once the tree exists)."""
+
+    def __init__(self, listener: Callable[[], Listener]) -> None:
+        self._listener = listener
+
+    @contextlib.contextmanager
+    def recording(self, obj: Owner | None, op: str) -> Iterator[None]:
+        """Turn a refusal into: one line in obj.error, one log line, a StorageError."""
+        try:
+            try:
+                yield
+            except ValueError as exc:  # XmlError and size parsing
+                raise InvalidArgument(str(exc)) from None
+        except StorageError as exc:
+            if not exc.recorded:
+                self.note_refusal(obj, op, exc)
+            raise
+
+    def note_refusal(self, obj: Owner | None, op: str, exc: StorageError) -> None:
+        """One line in the object's error file, one in the log."""
+        exc.recorded = True
+        log.log(REFUSED, "%s: refused %s", describe(obj), one_line(op, exc.reason))
+        if obj is not None:
+            self.set_error(obj, error_line(op, exc.reason))
+
+    def set_error(self, obj: Owner, line: str) -> None:
+        obj.error = line
+        obj.touch()
+        self.notify_changed(obj)
+
+    def notify_changed(self, obj: Owner) -> None:
+        listener = self._listener()
+        if isinstance(obj, Secret):
+            listener.changed_dir(("secrets", obj.uuid))
+        elif isinstance(obj, Volume):
+            listener.changed(obj.pool.name, obj.name)
+        else:
+            listener.changed(obj.name)
