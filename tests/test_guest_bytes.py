@@ -304,7 +304,7 @@ def test_backing_store_outside_the_pools_is_refused(mounted, secret):
 
 
 def test_vmdk_descriptor_extents_are_read_without_qemu(tmp_path):
-    from storagefs.backends.filevol import vmdk_extents
+    from storagefs.backends.imagefmt import vmdk_extents
 
     desc = tmp_path / "d.vmdk"
     desc.write_text('# Disk DescriptorFile\ncreateType="twoGbMaxExtentFlat"\n'
@@ -322,7 +322,7 @@ def test_vmdk_descriptor_extents_are_read_without_qemu(tmp_path):
                               min_size=1, max_size=40), max_size=5),
        junk=st.lists(st.text(max_size=30).filter(lambda s: '"' not in s), max_size=4))
 def test_vmdk_extents_parser_finds_every_extent(tmp_path_factory, names, junk):
-    from storagefs.backends.filevol import vmdk_extents
+    from storagefs.backends.imagefmt import vmdk_extents
 
     d = tmp_path_factory.mktemp("vmdk")
     lines = ["# Disk DescriptorFile", *[f"# {j}" for j in junk]]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import errno
 import os
-import time
 import stat
 import subprocess
+import time
 
 import pytest
 from mount_helpers import (

@@ -134,7 +134,8 @@ class MountedBackend(DirBackend):
             return
         held = await self.io(holders, self.real_target(), what="list holders")
         if held:
-            raise Busy(f"cannot unmount '{self.target}': in use by {', '.join(held[:5])}"
+            raise Busy(f"cannot unmount '{self.target}': it is busy, in use by "
+                       f"{', '.join(held[:5])}"
                        + (f" and {len(held) - 5} more" if len(held) > 5 else ""))
         try:
             await hostcmd.run([UMOUNT, self.target], timeout=120,

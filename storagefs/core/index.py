@@ -14,6 +14,7 @@ backend raises in these workers is recorded on the object, never ends the mount.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -39,6 +40,9 @@ PROBE_EVERY = 0.5
 FIGURES_EVERY = 2.0
 #: a polled pool is listed while someone read it within this many seconds
 READERS_WITHIN = 30.0
+#: errnos of storage that is gone (the pool becomes inaccessible)
+LOST = (errno.ENOENT, errno.EIO, errno.ENOTCONN, errno.ETIMEDOUT, errno.EHOSTDOWN,
+        errno.EHOSTUNREACH, errno.ESTALE)
 
 
 class VolumeIndex:
@@ -115,26 +119,39 @@ class VolumeIndex:
             due.set()
 
     async def _figures_task(self, pool: Pool) -> None:
+        """Refresh the pool's figures soon after a change and every FIGURES_EVERY (or
+        poll a pool that cannot be watched); storage that fails or stops answering
+        makes the pool inaccessible. Never raises (the mount must not end)."""
         policy = pool.backend.policy
+        polled = not policy.watchable and policy.poll_interval is not None
         while True:
             due = self._figures_due[pool.name] = trio.Event()
-            interval = FIGURES_EVERY if policy.watchable else policy.poll_interval
-            with trio.move_on_after(interval):
+            with trio.move_on_after(policy.poll_interval if polled else FIGURES_EVERY):
                 await due.wait()
             if not pool.active or pool.runner.stuck:
                 continue
             try:
-                if not policy.watchable and self._read_lately(pool):
+                if polled and self._read_lately(pool):
                     await self._poll(pool)
                 await self.refresh_figures(pool)
             except StorageError as exc:
-                if pool.runner.stuck or exc.errno in (2, 5, 107, 110, 112, 113):
+                if pool.runner.stuck or exc.errno in LOST:
                     self.reg.life.lost_storage(pool, exc)
                     return
                 log.warning("pool %s: figures not refreshed: %s", pool.name, exc.reason)
             except Exception:
                 log.exception("pool %s: figures refresh failed", pool.name)
             await trio.sleep(0.2)  # coalesce bursts of changes
+
+    async def settle(self, pool: Pool) -> None:
+        """After storagefs's own operation: the pool's figures are refreshed before the
+        operation returns (the next cat sees them), best effort within the time limit."""
+        if not pool.active or pool.runner.stuck:
+            return
+        try:
+            await self.refresh_figures(pool)
+        except StorageError as exc:
+            log.info("pool %s: figures not refreshed: %s", pool.name, exc.reason)
 
     async def refresh_figures(self, pool: Pool) -> None:
         info = await pool.backend.pool_info()

@@ -129,7 +129,7 @@ class PoolLifecycle:
         with claim(pool, "start"):
             if pool.active:
                 raise Busy(f"storage pool '{pool.name}' is already active")
-            pool.runner.check()
+            await pool.runner.recovered()
             # again: a directory on the way may have become a symlink since the define
             await reg.defs.check_paths(pool, pool.definition)
             save = record and not pool.stored_active
@@ -188,6 +188,8 @@ class PoolLifecycle:
         with claim(pool, "refresh"):
             if not pool.active:
                 raise Busy(f"storage pool '{pool.name}' is not active")
+            if pool.state == INACCESSIBLE:
+                await pool.runner.recovered()
             try:
                 await self.reg.index.load(pool, deep=True)
             except StorageError as exc:
@@ -218,14 +220,18 @@ class PoolLifecycle:
             pool.state = RUNNING
 
     def lost_storage(self, pool: Pool, exc: StorageError) -> None:
-        """The storage of a started pool is gone or hangs: inaccessible, volumes unlisted
-        (they come back with a refresh); the reason in its error file."""
+        """The storage of a started pool is gone or hangs: inaccessible, the reason in its
+        error file. Gone: its volumes are unlisted (a refresh brings them back). Hung:
+        they stay, with what storagefs last knew, and operations on them fail at once."""
         if pool.state != INACCESSIBLE:
             log.error("pool %s: storage became inaccessible: %s", pool.name, exc.reason)
             pool.state = INACCESSIBLE
             pool.error = error_line("refresh", exc.reason)
             pool.touch()
         self.reg.index.stopped(pool)
+        if pool.runner.stuck:
+            self.reg.listener.changed(pool.name)
+            return
         names = list(pool.volumes)
         pool.volumes.clear()
         for vol in names:

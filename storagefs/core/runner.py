@@ -66,6 +66,14 @@ class PoolRunner:
         if self._overdue:
             raise StorageError(self.stuck_reason(), errno.EIO)
 
+    async def recovered(self, grace: float = 2.0) -> None:
+        """For an explicit start or refresh: calls that were hung may be returning right
+        now (the storage is back): give them ``grace`` seconds, then check()."""
+        with trio.move_on_after(grace):
+            while self._overdue:
+                await trio.sleep(0.05)
+        self.check()
+
     async def io(self, fn: Callable[..., T], *args: Any, what: str = "",
                  timeout: float | None = None) -> T:
         """fn(*args) in one of the pool's threads, within the storage time limit."""
@@ -116,8 +124,17 @@ class PoolRunner:
         self.nursery = None
 
     def start_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run fn(*args) in the pool's task group; an exception it lets out is logged
+        (a pool's trouble never ends the mount)."""
         if self.nursery is not None:
-            self.nursery.start_soon(fn, *args)
+            self.nursery.start_soon(self._guarded, fn, *args)
+
+    async def _guarded(self, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            await fn(*args)
+        except Exception:
+            log.exception("pool %s: background task %s failed", self.name,
+                          getattr(fn, "__name__", fn))
 
     def stop_tasks(self) -> None:
         if self._scope is not None:

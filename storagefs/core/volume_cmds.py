@@ -14,6 +14,8 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
+import trio
+
 from ..backends.base import VolumeSpec
 from ..errors import Exists, NotFound, NotSupported
 from ..parsing import Clone, Resize, Snapshot, VolumeCommand, Wipe, check_snapshot_name
@@ -83,12 +85,12 @@ class VolumeCommands:
         vol.progress_version += 1
         self.reg.listener.progress(vol.pool.name, vol.name)
 
-    def _done(self, vol: Volume) -> None:
+    async def _done(self, vol: Volume) -> None:
         vol.progress = ""
         vol.touch()
         self.progress_changed(vol)
         self.reg.listener.changed(vol.pool.name, vol.name)
-        self.reg.index.figures_changed(vol.pool)
+        await self.reg.index.settle(vol.pool)
 
     @contextlib.asynccontextmanager
     async def _op(self, vol: Volume, op: str) -> AsyncIterator[None]:
@@ -104,7 +106,8 @@ class VolumeCommands:
                 yield
             finally:
                 vol.pool.busy_volumes -= 1
-                self._done(vol)
+                with trio.CancelScope(shield=True):
+                    await self._done(vol)
 
     def secret_of(self, vol: Volume) -> str | None:
         """The secret of an encrypted volume, from the <encryption> of its config.xml."""
@@ -186,7 +189,7 @@ class VolumeCommands:
         target.touch()
         reg.listener.added(target.name, new)
         reg.listener.changed(target.name)
-        reg.index.figures_changed(target)
+        await reg.index.settle(target)
 
     async def wipe(self, vol: Volume, cmd: Wipe) -> None:
         algorithms = vol.pool.backend.policy.wipe_algorithms

@@ -121,7 +121,7 @@ class Volumes:
         pool.touch()
         reg.listener.added(pool.name, name)
         reg.listener.changed(pool.name)
-        reg.index.figures_changed(pool)
+        await reg.index.settle(pool)
         return vol
 
     def _make_pending(self, pool: Pool, name: str) -> Volume:
@@ -168,7 +168,7 @@ class Volumes:
         await self.remember_made(vol, True)
         reg.listener.changed(pool.name, vol.name)
         reg.listener.links_changed()
-        reg.index.figures_changed(pool)
+        await reg.index.settle(pool)
 
     # ---- rmdir ------------------------------------------------------------------------
     async def delete(self, vol: Volume) -> None:
@@ -195,7 +195,7 @@ class Volumes:
                 pool.touch()
         reg.listener.removed(pool.name, name)
         reg.listener.changed(pool.name)
-        reg.index.figures_changed(pool)
+        await reg.index.settle(pool)
 
     # ---- config.xml -------------------------------------------------------------------
     async def define(self, vol: Volume, data: bytes, meta: FileMeta | None = None) -> bool:
@@ -245,7 +245,7 @@ class Volumes:
             vol.recorded_format = fmt
             await self.remember_made(vol, spec.remake)  # a re-made volume is pristine still
         reg.listener.changed(pool.name, vol.name)
-        reg.index.figures_changed(pool)
+        await reg.index.settle(pool)
         return True
 
     def set_meta(self, vol: Volume, meta: FileMeta) -> None:

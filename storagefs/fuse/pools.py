@@ -87,16 +87,14 @@ class PoolDir(_OfPool, ObjectDir):
             return PoolConfig(self.t, path, pool)
         if name == "error" and (pool.defined or pool.error):
             return PoolFile(self.t, path, pool)
-        if name == "state" and pool.broken:
-            return PoolFile(self.t, path, pool)
+        if name == "state" and (pool.defined or pool.broken):
+            return PoolState(self.t, path, pool)  # a broken pool's says inaccessible
         if not pool.defined:
             raise NotFound(name)
         if name == "volumes":
             from .volumes import VolumesDir
 
             return VolumesDir(self.t, path, pool)
-        if name == "state":
-            return PoolState(self.t, path, pool)
         if name == "autostart":
             return PoolAutostart(self.t, path, pool)
         if name == "control":
@@ -157,6 +155,9 @@ class _PoolCommandFile(_OfPool, CommandFile):
 
 class PoolState(_PoolCommandFile):
     __slots__ = ()
+
+    def alive(self) -> bool:
+        return self.pool_alive() and (self.pool.defined or bool(self.pool.broken))
 
     def parse(self, line: bytes) -> Any:
         return parse_state(line)
