@@ -64,7 +64,7 @@ class Chains:
                                            not vol.info.data_files):
                 return
             info = await vol.pool.backend.volume_details(dataclasses.replace(vol.info))
-            if not vol.lock.locked():
+            if not vol.busy:
                 self.reg.index.update(vol, info)
         where = await chain.escape(info, self.trusted_places(),
                                    self.named_backing(vol) if named is None else named)

@@ -233,7 +233,7 @@ class VolumeIndex:
         if name in pool.reserved or name.startswith("."):
             return
         vol = pool.volumes.get(name)
-        if vol is not None and vol.lock.locked():
+        if vol is not None and vol.busy:
             return  # our own operation updates it
         if vol is not None and await pool.backend.unchanged(vol.info):
             return  # the event was our own write, or a touch: nothing to probe
@@ -243,8 +243,8 @@ class VolumeIndex:
             return
         vol = pool.volumes.get(name)
         if info is None:
-            if vol is not None and not vol.lock.locked() and not vol.pending:
-                del pool.volumes[name]
+            if vol is not None and not vol.busy and not vol.pending:
+                pool.drop_volume(name)
                 # its record goes with it: a file of that name found later is probed
                 self.reg.state.delete_volume(pool.name, name)
                 self.reg.listener.removed(pool.name, name)
@@ -256,7 +256,7 @@ class VolumeIndex:
                 return
             pool.volumes[name] = Volume(pool, name, info)
             self.reg.listener.added(pool.name, name)
-        elif not vol.lock.locked():
+        elif not vol.busy:
             vol.pending = False
             self.update(vol, info)
 
@@ -277,7 +277,7 @@ class VolumeIndex:
                 for name in sorted(names):
                     pool = self.reg.pools.get(pool_name)
                     vol = pool.volumes.get(name) if pool is not None else None
-                    if vol is None or vol.lock.locked() or not pool.active or \
+                    if vol is None or vol.busy or not pool.active or \
                             pool.runner.stuck:
                         continue
                     # a stop cancels this (the probe must not keep the pool's files busy)
@@ -298,7 +298,7 @@ class VolumeIndex:
         except Exception:
             log.exception("volume %s/%s: details failed", pool.name, name)
             return
-        if pool.volumes.get(name) is vol and not vol.lock.locked():
+        if pool.volumes.get(name) is vol and not vol.busy:
             self.update(vol, info)
 
     def want_details(self, pool: Pool, names: list[str]) -> None:
@@ -336,13 +336,13 @@ class VolumeIndex:
                 pool.volumes[vinfo.name] = vol
                 if pool.active:
                     reg.listener.added(pool.name, vinfo.name)
-            elif not vol.lock.locked():
+            elif not vol.busy:
                 vol.info = vinfo
                 vol.pending = False  # made outside storagefs meanwhile
                 vol.touch()
         for name in [n for n, v in pool.volumes.items()
                      if n not in seen and n not in pool.reserved and not v.pending]:
-            del pool.volumes[name]
+            pool.drop_volume(name)
             reg.listener.removed(pool.name, name)
         for name, sv in stored.items():
             if name not in seen and not sv.broken:
@@ -356,5 +356,5 @@ class VolumeIndex:
             return
         for name in slow:
             vol = pool.volumes.get(name)
-            if vol is not None and not vol.lock.locked():
+            if vol is not None and not vol.busy:
                 await self.fill_details(vol)

@@ -141,7 +141,7 @@ class PoolLifecycle:
                 if save:
                     reg.defs.save(pool, active=True)
             except BaseException:
-                pool.volumes.clear()  # never listed: the pool was not active yet
+                pool.drop_volumes()  # never listed: the pool was not active yet
                 with trio.CancelScope(shield=True), contextlib.suppress(StorageError):
                     await pool.backend.stop()
                 raise
@@ -178,7 +178,7 @@ class PoolLifecycle:
             reg.index.stopped(pool)
             pool.state = INACTIVE
             names = list(pool.volumes)
-            pool.volumes.clear()
+            pool.drop_volumes()
             pool.touch()
         for vol in names:
             reg.listener.removed(pool.name, vol)
@@ -233,7 +233,7 @@ class PoolLifecycle:
             self.reg.listener.changed(pool.name)
             return
         names = list(pool.volumes)
-        pool.volumes.clear()
+        pool.drop_volumes()
         for vol in names:
             self.reg.listener.removed(pool.name, vol)
         self.reg.listener.changed(pool.name)

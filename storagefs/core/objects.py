@@ -12,10 +12,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import trio
-
 from ..backends.base import PoolBackend, PoolInfo, VolumeInfo
-from ..errors import Busy
+from ..errors import Busy, NotFound
 from ..state import FileMeta
 from .runner import PoolRunner
 
@@ -33,7 +31,7 @@ def new_meta(mode: int = 0o644) -> FileMeta:
     return FileMeta(mode=mode, atime_ns=t, mtime_ns=t, ctime_ns=t)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Volume:
     pool: Pool
     name: str
@@ -48,9 +46,10 @@ class Volume:
     #: what long operation runs now ("" when idle), and a counter of its changes
     progress: str = ""
     progress_version: int = 0
-    lock: trio.Lock = field(default_factory=trio.Lock)
-    #: the operation holding the lock ("" when none): named when another is refused
+    #: the operation that runs on it ("" when none): named when another is refused
     busy: str = ""
+    #: deleted: a handle still holding it gets ENOENT instead of acting on it
+    gone: bool = False
     changed_ns: int = field(default_factory=now_ns)
     #: bumped by every change: generated files are rendered again only when it moves
     version: int = 0
@@ -87,9 +86,10 @@ class Pool:
     volumes: dict[str, Volume] = field(default_factory=dict)
     #: names being created right now (taken, but not listed yet)
     reserved: set[str] = field(default_factory=set)
-    lock: trio.Lock = field(default_factory=trio.Lock)
-    #: the pool operation holding the lock ("" when none)
+    #: the pool operation that runs ("" when none)
     busy: str = ""
+    #: undefined: a handle still holding it gets ENOENT instead of acting on it
+    gone: bool = False
     #: volume operations under way; stop/delete wait for none
     busy_volumes: int = 0
     #: whether the record in the state directory says the pool runs (start/stop save it)
@@ -127,6 +127,14 @@ class Pool:
     def touch(self) -> None:
         self.changed_ns = now_ns()
         self.version += 1
+
+    def drop_volume(self, name: str) -> None:
+        self.volumes.pop(name).gone = True
+
+    def drop_volumes(self) -> None:
+        for vol in self.volumes.values():
+            vol.gone = True
+        self.volumes.clear()
 
     def busy_reason(self) -> str:
         return f"storage pool '{self.name}' is busy: {self.busy or 'an operation'} running"
@@ -166,13 +174,13 @@ def claim(obj: Pool | Volume, op: str) -> Iterator[None]:
     """Run ``op`` on ``obj`` alone, or refuse at once with EBUSY naming the operation
     that runs (SPEC "No call waits on storage": a caller never queues on a lock, so
     an rmdir never holds the kernel's lock of the directory while it waits)."""
-    try:
-        obj.lock.acquire_nowait()
-    except trio.WouldBlock:
-        raise Busy(obj.busy_reason()) from None
-    obj.busy = op
+    if obj.gone:
+        kind = "storage pool" if isinstance(obj, Pool) else "storage volume"
+        raise NotFound(f"no {kind} with matching name '{obj.name}'")
+    if obj.busy:
+        raise Busy(obj.busy_reason())
+    obj.busy = op  # one thread runs the core: nothing comes between the check and this
     try:
         yield
     finally:
         obj.busy = ""
-        obj.lock.release()

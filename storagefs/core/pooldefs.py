@@ -108,6 +108,8 @@ class PoolDefinitions:
     def save(self, pool: Pool, **changes) -> None:
         """Save the record with ``changes``; callers apply them in memory only after this
         returned (check, save, then apply)."""
+        if pool.gone:  # undefined while a handle held it: no record comes back
+            raise NotFound(f"no storage pool with matching name '{pool.name}'")
         stored = self.record(pool, **changes)
         self.reg.state.save_pool(stored)
         pool.stored_active = stored.active
@@ -193,4 +195,5 @@ class PoolDefinitions:
                 if pool.defined or pool.broken:
                     reg.state.delete_pool(name)
                 del reg.pools[name]
+                pool.gone = True
         reg.listener.removed(name)

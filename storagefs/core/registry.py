@@ -138,6 +138,8 @@ class Registry:
 
     @staticmethod
     def need_definition(pool: Pool) -> None:
+        if pool.gone:
+            raise NotFound(f"no storage pool with matching name '{pool.name}'")
         if pool.defined:
             return
         if pool.broken:

@@ -57,7 +57,10 @@ class Volumes:
 
     @staticmethod
     def record_of(vol: Volume, **change) -> StoredVolume:
-        """The volume's state record as it is (or with ``change`` applied)."""
+        """The volume's state record as it is (or with ``change`` applied); refused for
+        a volume deleted while a handle held it, so no record outlives it."""
+        if vol.gone:
+            raise NotFound(f"no storage volume with matching name '{vol.name}'")
         fields = {"config": vol.config, "meta": vol.meta, "format": vol.recorded_format,
                   "made": vol.made, **change}
         return StoredVolume(vol.pool.name, vol.name, **fields)
@@ -191,7 +194,7 @@ class Volumes:
                     finally:
                         pool.busy_volumes -= 1
                 record.commit()
-                del pool.volumes[name]
+                pool.drop_volume(name)
                 pool.touch()
         reg.listener.removed(pool.name, name)
         reg.listener.changed(pool.name)
