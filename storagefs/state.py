@@ -31,9 +31,8 @@ import json
 import logging
 import os
 import stat
-import time
 import uuid as uuidlib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict
 from pathlib import Path
 
 from .durable import (
@@ -46,169 +45,28 @@ from .durable import (
     remove_file,
 )
 from .errors import Busy, StorageError
-from .names import MAX_NAME_BYTES, check_name, fit_name
+from .records import (  # noqa: F401 -- the record types are part of what state offers
+    BROKEN,
+    BadRecord,
+    FileMeta,
+    StoredPool,
+    StoredSecret,
+    StoredVolume,
+    decode_bytes,
+    encode_bytes,
+    field_of,
+    load_json,
+    merge_meta,
+    meta_of,
+    named_in,
+    record_name,
+    salvage,
+    stem_of,
+    uuid_of,
+)
 
 log = logging.getLogger(__name__)
 
-BROKEN = ".broken"
-
-
-@dataclass
-class FileMeta:
-    """Mode, owner and times of a writable file such as config.xml (they round-trip)."""
-
-    mode: int = 0o644
-    uid: int = 0
-    gid: int = 0
-    atime_ns: int = 0
-    mtime_ns: int = 0
-    ctime_ns: int = 0
-
-
-def merge_meta(old: FileMeta, given: FileMeta | None, content_changed: bool) -> FileMeta:
-    """config.xml's metadata after a write or a rename onto it.
-
-    ``given`` (a renamed scratch file's mode, owner and times) wins; mtime moves
-    to now only when the content changed and no time was given explicitly, so
-    writing the same document again leaves mtime alone.
-    """
-    new = FileMeta(**vars(given if given is not None else old))
-    now = time.time_ns()
-    if content_changed and new.mtime_ns == old.mtime_ns:
-        new.mtime_ns = now
-    new.ctime_ns = now
-    return new
-
-
-@dataclass
-class StoredPool:
-    name: str
-    config: bytes
-    uuid: str
-    autostart: bool = False
-    active: bool = False
-    meta: FileMeta = field(default_factory=FileMeta)
-    #: why the record could not be used ("" when it is fine); config holds what
-    #: could be salvaged from it
-    broken: str = ""
-
-
-@dataclass
-class StoredVolume:
-    pool: str
-    name: str
-    #: the accepted config.xml; None when only the format is on record
-    config: bytes | None
-    meta: FileMeta = field(default_factory=FileMeta)
-    #: the format storagefs made the volume with or was told (None in older records)
-    format: str | None = None
-    broken: str = ""
-    #: see objects.Volume.made
-    made: list[int] | None = None
-
-
-@dataclass
-class StoredSecret:
-    uuid: str
-    config: bytes
-    meta: FileMeta = field(default_factory=FileMeta)
-    value: bytes | None = None
-    broken: str = ""
-
-
-def record_name(name: str) -> str:
-    """The file name of an object's record: NAME.json, its temp file .NAME.json.tmp;
-    a name too long for that is shortened (names.fit_name: the record itself holds
-    the name)."""
-    return fit_name(name, MAX_NAME_BYTES - len(".json") - len("..tmp") - len(BROKEN)) + ".json"
-
-
-def _enc(data: bytes) -> str:
-    return data.decode("utf-8", "surrogateescape")
-
-
-def _dec(text: str) -> bytes:
-    return text.encode("utf-8", "surrogateescape")
-
-
-class BadRecord(ValueError):
-    """A record that cannot be used; ``salvage`` holds the fields that were fine."""
-
-    def __init__(self, reason: str, salvage: dict | None = None) -> None:
-        super().__init__(reason)
-        self.salvage = salvage or {}
-
-
-def _load_json(path: Path) -> dict:
-    try:
-        data = read_record(path)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise BadRecord("it is a symbolic link (not followed)") from None
-        raise BadRecord(exc.strerror or str(exc)) from None
-    if not data:
-        raise BadRecord("it is empty")
-    try:
-        raw = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise BadRecord(f"not valid JSON ({len(data)} bytes; truncated?): {exc}") from None
-    if not isinstance(raw, dict):
-        raise BadRecord("not a JSON object")
-    return raw
-
-
-def _field(raw: dict, key: str, kind: type, default=None, required: bool = True):
-    if key not in raw:
-        if required:
-            raise BadRecord(f"field '{key}' is missing", _salvage(raw))
-        return default
-    value = raw[key]
-    if type(value) is not kind:  # bool is not an int here
-        raise BadRecord(f"field '{key}' is {type(value).__name__}, not {kind.__name__}",
-                        _salvage(raw))
-    return value
-
-
-def _salvage(raw: dict) -> dict:
-    return {"config": raw["config"]} if isinstance(raw.get("config"), str) else {}
-
-
-def _meta(raw: dict) -> FileMeta:
-    given = _field(raw, "meta", dict, {}, required=False)
-    names = {f.name for f in fields(FileMeta)}
-    for key, value in given.items():
-        if key not in names or type(value) is not int:
-            raise BadRecord(f"meta field '{key}' is not a known integer field", _salvage(raw))
-    return FileMeta(**given)
-
-
-def _uuid(raw: dict) -> str:
-    value = _field(raw, "uuid", str)
-    try:
-        ok = str(uuidlib.UUID(value)) == value
-    except ValueError:
-        ok = False
-    if not ok:
-        raise BadRecord(f"uuid {value[:80]!r} is not a canonical UUID", _salvage(raw))
-    return value
-
-
-def _named(raw: dict, stem: str) -> str:
-    """The object's name in a record found as STEM.json (long names are shortened in
-    file names: see record_name)."""
-    name = _field(raw, "name", str)
-    if record_name(name) != f"{stem}.json":
-        raise BadRecord(f"it names '{name[:300]}', not '{stem}'", _salvage(raw))
-    return name
-
-
-def _stem(entry: Path, suffix: str) -> str | None:
-    name = entry.name[:-len(suffix)]
-    try:
-        return check_name(name)
-    except StorageError:
-        log.error("ignoring %s: '%s' is not a valid name", entry, name)
-        return None
 
 
 class StateDir:
@@ -320,25 +178,25 @@ class StateDir:
             {e.name[:-12] for e in self.pools_dir.glob("*.json" + BROKEN)}
         for name in sorted(names):
             entry = self.pools_dir / f"{name}.json"
-            if _stem(entry, ".json") is None:
+            if stem_of(entry, ".json") is None:
                 continue
             if not entry.exists() and not entry.is_symlink():
                 pools[name] = self._earlier_broken_pool(name)
                 continue
             try:
-                raw = _load_json(entry)
-                name = _named(raw, name)
+                raw = load_json(entry)
+                name = named_in(raw, name)
                 stored = StoredPool(
-                    name=name, config=_dec(_field(raw, "config", str)), uuid=_uuid(raw),
-                    autostart=_field(raw, "autostart", bool, False, required=False),
-                    active=_field(raw, "active", bool, False, required=False),
-                    meta=_meta(raw))
+                    name=name, config=decode_bytes(field_of(raw, "config", str)), uuid=uuid_of(raw),
+                    autostart=field_of(raw, "autostart", bool, False, required=False),
+                    active=field_of(raw, "active", bool, False, required=False),
+                    meta=meta_of(raw))
                 if stored.uuid in uuids:
                     raise BadRecord(f"its uuid {stored.uuid} is pool '{uuids[stored.uuid]}'s",
-                                    _salvage(raw))
+                                    salvage(raw))
             except BadRecord as exc:
                 reason = self._keep_aside(entry, str(exc))
-                config = _dec(exc.salvage.get("config", ""))
+                config = decode_bytes(exc.salvage.get("config", ""))
                 pools[name] = StoredPool(name, config, "", broken=reason)
                 continue
             if (self.pools_dir / (record_name(name) + BROKEN)).exists():
@@ -351,8 +209,8 @@ class StateDir:
     def _earlier_broken_pool(self, name: str) -> StoredPool:
         aside = self.pools_dir / f"{name}.json{BROKEN}"
         try:
-            raw = _load_json(aside)
-            config = _dec(raw["config"]) if isinstance(raw.get("config"), str) else b""
+            raw = load_json(aside)
+            config = decode_bytes(raw["config"]) if isinstance(raw.get("config"), str) else b""
         except BadRecord:
             config = b""
         reason = (f"stored definition was unreadable and is kept aside as {aside}: write "
@@ -361,7 +219,7 @@ class StateDir:
         return StoredPool(name, config, "", broken=reason)
 
     def save_pool(self, pool: StoredPool) -> None:
-        doc = {"name": pool.name, "config": _enc(pool.config), "uuid": pool.uuid,
+        doc = {"name": pool.name, "config": encode_bytes(pool.config), "uuid": pool.uuid,
                "autostart": pool.autostart, "active": pool.active, "meta": asdict(pool.meta)}
         self._write(self.pools_dir / record_name(pool.name), doc)
 
@@ -397,23 +255,23 @@ class StateDir:
         out: dict[str, StoredVolume] = {}
         vdir = self.volumes_dir / pool
         for entry in sorted(vdir.glob("*.json")) if vdir.is_dir() else []:
-            name = _stem(entry, ".json")
+            name = stem_of(entry, ".json")
             if name is None:
                 continue
             try:
-                raw = _load_json(entry)
-                name = _named(raw, name)
-                config = _field(raw, "config", str, None, required=False) \
+                raw = load_json(entry)
+                name = named_in(raw, name)
+                config = field_of(raw, "config", str, None, required=False) \
                     if raw.get("config") is not None else None
                 fmt = raw.get("format")
                 if not isinstance(fmt, (str, type(None))):
-                    raise BadRecord(f"format {fmt!r} is not a string", _salvage(raw))
+                    raise BadRecord(f"format {fmt!r} is not a string", salvage(raw))
                 made = raw.get("made")
                 if made is not None and not (isinstance(made, list) and
                                              all(type(x) is int for x in made)):
-                    raise BadRecord(f"made {made!r} is not a list of integers", _salvage(raw))
-                out[name] = StoredVolume(pool, name, None if config is None else _dec(config),
-                                         _meta(raw), format=fmt, made=made)
+                    raise BadRecord(f"made {made!r} is not a list of integers", salvage(raw))
+                data = None if config is None else decode_bytes(config)
+                out[name] = StoredVolume(pool, name, data, meta_of(raw), format=fmt, made=made)
             except BadRecord as exc:
                 out[name] = StoredVolume(pool, name, b"", broken=self._keep_aside(entry,
                                                                                   str(exc)))
@@ -428,7 +286,7 @@ class StateDir:
             vdir.mkdir(mode=0o700, exist_ok=True)
         except OSError as exc:
             raise failed(f"cannot save {vdir}", exc) from None
-        doc = {"name": vol.name, "config": None if vol.config is None else _enc(vol.config),
+        doc = {"name": vol.name, "config": None if vol.config is None else encode_bytes(vol.config),
                "meta": asdict(vol.meta), "format": vol.format, "made": vol.made}
         return prepare_write(vdir / record_name(vol.name), json.dumps(doc, indent=1).encode())
 
@@ -462,17 +320,17 @@ class StateDir:
                 value = self._read_value(uid)
                 if not entry.exists() and not entry.is_symlink():
                     raise BadRecord(f"kept aside as {entry}{BROKEN} at an earlier start")
-                raw = _load_json(entry)
-                if _uuid(raw) != uid:
-                    raise BadRecord(f"it names secret {raw['uuid']}", _salvage(raw))
-                config, meta = _dec(_field(raw, "config", str)), _meta(raw)
+                raw = load_json(entry)
+                if uuid_of(raw) != uid:
+                    raise BadRecord(f"it names secret {raw['uuid']}", salvage(raw))
+                config, meta = decode_bytes(field_of(raw, "config", str)), meta_of(raw)
             except BadRecord as exc:
                 if entry.exists() or entry.is_symlink():
                     broken = self._keep_aside(entry, str(exc))
                 else:
                     broken = f"stored definition was unreadable: {exc}"
                     log.error("secret %s: %s", uid, broken)
-                config = _dec(exc.salvage.get("config", ""))
+                config = decode_bytes(exc.salvage.get("config", ""))
             out.append(StoredSecret(uid, config, meta, value, broken))
         return out
 
@@ -486,7 +344,7 @@ class StateDir:
             raise BadRecord(f"its value {path} is unreadable: {exc.strerror}") from None
 
     def prepare_secret(self, uuid: str, config: bytes, meta: FileMeta) -> PendingWrite:
-        doc = {"uuid": uuid, "config": _enc(config), "meta": asdict(meta)}
+        doc = {"uuid": uuid, "config": encode_bytes(config), "meta": asdict(meta)}
         return prepare_write(self.secrets_dir / f"{uuid}.json",
                              json.dumps(doc, indent=1).encode())
 

@@ -15,6 +15,17 @@ def nodedev_schema() -> etree.RelaxNG:
                                                      "nodedev.rng"))))
 
 
+def drop_partitions(dev: str) -> None:
+    """partx -d, retried while udev's own probe of the new partition holds it open."""
+    deadline = time.monotonic() + 5
+    while True:
+        res = subprocess.run(["partx", "-d", dev], capture_output=True, text=True)
+        if res.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert res.returncode == 0, res.stderr
+
+
 def test_devices_tree_lists_every_device_with_valid_xml(mounted):
     d = mounted.mnt / "devices"
     names = set(os.listdir(d))
@@ -80,7 +91,7 @@ def test_loop_device_and_partition_appear_and_vanish_live(mounted, tmp_path):
         assert read(part / "device.xml").count("<device>") == 1
         assert os.readlink(part / "parent") == f"../block_{node}"
         assert f"block_{node}p1" in os.listdir(mounted.mnt / "devices" / "by-class" / "storage")
-        run(["partx", "-d", dev])
+        drop_partitions(dev)
         t_gone = wait_listed(byd, node + "p1", False)
         print(f"seen by ls after: attach {t_attach * 1000:.0f} ms, partition "
               f"{t_part * 1000:.0f} ms, partition removal {t_gone * 1000:.0f} ms")

@@ -262,3 +262,31 @@ def stat_node(info: VolumeInfo, node: str) -> VolumeInfo:
     if stat.S_ISBLK(st.st_mode):
         info.file = FileStat.of(st)
     return info
+
+
+def kernel_partitions(kname: str) -> dict[int, tuple[int, int] | None]:
+    """Partitions the kernel knows of disk ``kname`` (sysfs): number -> (first byte,
+    size in bytes), or None where sysfs does not say."""
+    base = f"/sys/class/block/{kname}"
+    found: dict[int, tuple[int, int] | None] = {}
+    try:
+        with os.scandir(base) as it:
+            entries = [e.path for e in it if e.name.startswith(kname)]
+    except OSError:
+        return found
+    for where in entries:
+        try:
+            number = int(_sysfs(where, "partition"))
+        except (OSError, ValueError):
+            continue
+        try:
+            found[number] = (int(_sysfs(where, "start")) * 512,
+                             int(_sysfs(where, "size")) * 512)
+        except (OSError, ValueError):
+            found[number] = None
+    return found
+
+
+def _sysfs(where: str, name: str) -> str:
+    with open(os.path.join(where, name)) as f:
+        return f.read().strip()

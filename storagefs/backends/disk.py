@@ -20,7 +20,6 @@ import errno
 import logging
 import os
 import stat
-from dataclasses import dataclass, field
 
 import trio
 
@@ -30,161 +29,26 @@ from ..xml.poolsource import FreeExtent
 from ..xml.pooltypes import DISK_VOLUME_FORMATS
 from . import blockdev
 from .base import PoolBackend, PoolInfo, VolumeInfo, VolumePolicy, VolumeSpec
+from .parted import (
+    BLKID_LABELS,
+    FLAG_FORMATS,
+    FORMAT_FLAG,
+    FORMAT_FS_TYPE,
+    LABELS,
+    PARTED_ERRNOS,
+    Extent,
+    Layout,
+    normal_format,
+    parse_parted,
+    place_partition,
+    plan_partition,
+    round_up,
+    volume_format,
+)
 
 log = logging.getLogger(__name__)
 
 PARTED, PARTX = "parted", "partx"
-#: partitions start on 1 MiB boundaries (parted's "optimal" alignment on most disks)
-ALIGN = 1 << 20
-#: libvirt's disk pool formats -> parted's label names ("unknown" builds a dos label)
-LABELS = {"dos": "msdos", "unknown": "msdos", "gpt": "gpt", "mac": "mac", "bsd": "bsd",
-          "pc98": "pc98", "sun": "sun", "dvh": "dvh"}
-#: libvirt's disk pool formats -> what blkid calls the label (PTTYPE)
-BLKID_LABELS = {"dos": "dos", "unknown": "dos", "gpt": "gpt", "mac": "mac", "bsd": "bsd",
-                "pc98": "pc98", "sun": "sun", "dvh": "sgi"}
-#: msdos partition type ids of extended partitions
-EXTENDED_IDS = {"0x5", "0xf", "0x85"}
-#: volume format -> parted file-system type given to mkpart
-FORMAT_FS_TYPE = {"linux-swap": "linux-swap", "fat16": "fat16", "fat32": "fat32"}
-#: volume format -> parted flag set on the new partition
-FORMAT_FLAG = {"linux-lvm": "lvm", "linux-raid": "raid"}
-#: formats that differ only by a flag, so an existing partition can change between them
-FLAG_FORMATS = ("none", "linux-lvm", "linux-raid")
-PARTED_ERRNOS = {"is being used": errno.EBUSY, "unable to inform the kernel": errno.EBUSY,
-                 "unrecognised disk label": errno.EINVAL, "outside of the device": errno.ENOSPC,
-                 "Can't have overlapping": errno.ENOSPC, "Too many primary": errno.ENOSPC}
-
-
-@dataclass
-class Extent:
-    """A partition or a free area, in bytes (``end`` is the last byte)."""
-
-    number: int
-    start: int
-    end: int
-    size: int
-    fs: str = ""
-    name: str = ""
-    flags: frozenset[str] = frozenset()
-    #: "primary", "logical", "extended", "free" or "free-logical" (inside an extended one)
-    kind: str = "primary"
-
-
-@dataclass
-class Layout:
-    size: int
-    sector: int
-    label: str
-    parts: list[Extent] = field(default_factory=list)
-    free: list[Extent] = field(default_factory=list)
-
-    def part(self, number: int) -> Extent | None:
-        for p in self.parts:
-            if p.number == number:
-                return p
-        return None
-
-    @property
-    def extended(self) -> Extent | None:
-        for p in self.parts:
-            if p.kind == "extended":
-                return p
-        return None
-
-
-def _split_machine(line: str) -> list[str]:
-    """Split a ``parted -m`` line on ':' (parted escapes ':' and '\\' in names)."""
-    fields, cur, i = [], [], 0
-    line = line.rstrip()
-    if line.endswith(";"):
-        line = line[:-1]
-    while i < len(line):
-        c = line[i]
-        if c == "\\" and i + 1 < len(line):
-            cur.append(line[i + 1])
-            i += 2
-            continue
-        if c == ":":
-            fields.append("".join(cur))
-            cur = []
-        else:
-            cur.append(c)
-        i += 1
-    fields.append("".join(cur))
-    return fields
-
-
-def _bytes(text: str) -> int:
-    if not text.endswith("B"):
-        raise ValueError(f"not a byte count: {text!r}")
-    return int(text[:-1])
-
-
-def parse_parted(text: str, types: dict[int, str] | None = None) -> Layout:
-    """Parse ``parted -m -s DEV unit B print free``; ``types``: msdos type ids by number."""
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    try:
-        start = lines.index("BYT;")
-    except ValueError:
-        raise StorageError("parted printed no machine-readable layout", errno.EIO) from None
-    dev = _split_machine(lines[start + 1])
-    layout = Layout(size=_bytes(dev[1]), sector=int(dev[3] or 512), label=dev[5])
-    for line in lines[start + 2:]:
-        f = _split_machine(line)
-        if len(f) < 5 or not f[0].isdigit():
-            continue
-        number, first, last, size = int(f[0]), _bytes(f[1]), _bytes(f[2]), _bytes(f[3])
-        if f[4] == "free" and len(f) == 5:
-            layout.free.append(Extent(number, first, last, size, kind="free"))
-            continue
-        flags = frozenset(x.strip() for x in (f[6] if len(f) > 6 else "").split(",") if x.strip())
-        layout.parts.append(Extent(number, first, last, size, fs=f[4],
-                                   name=f[5] if len(f) > 5 else "", flags=flags))
-    if layout.label == "msdos":
-        for p in layout.parts:
-            if p.number >= 5:
-                p.kind = "logical"
-            elif (types or {}).get(p.number, "").lower() in EXTENDED_IDS:
-                p.kind = "extended"
-        ext = layout.extended
-        if ext is not None:
-            for free in layout.free:
-                if ext.start <= free.start and free.end <= ext.end:
-                    free.kind = "free-logical"
-    return layout
-
-
-def align_up(value: int, to: int) -> int:
-    return (value + to - 1) // to * to
-
-
-def round_up(value: int, to: int) -> int:
-    return align_up(max(value, 0), to)
-
-
-def volume_format(p: Extent) -> str:
-    """libvirt's volume format of a partition, from its type and flags."""
-    if p.kind == "extended":
-        return "extended"
-    if "lvm" in p.flags:
-        return "linux-lvm"
-    if "raid" in p.flags:
-        return "linux-raid"
-    if "swap" in p.flags or p.fs.startswith("linux-swap"):
-        return "linux-swap"
-    if p.fs in ("fat16", "fat32"):
-        return p.fs
-    return "none"
-
-
-def normal_format(fmt: str | None) -> str:
-    """The volume format asked for, with storagefs's generic default (raw) and linux as none."""
-    if fmt in (None, "", "raw", "linux"):
-        return "none"
-    if fmt not in DISK_VOLUME_FORMATS:
-        raise InvalidArgument(f"unknown volume format type {fmt} for a disk pool "
-                              f"(one of: {', '.join(DISK_VOLUME_FORMATS)})")
-    return fmt
 
 
 class DiskBackend(PoolBackend):
@@ -314,42 +178,12 @@ class DiskBackend(PoolBackend):
             log.info("partx %s %s: %s", " ".join(args), self.device,
                      hostcmd.first_line(res.stderr) or f"exit {res.returncode}")
 
-    def _kernel_partitions(self) -> dict[int, str]:
-        """Partitions the kernel knows of this disk: number -> sysfs directory."""
-        kname = self._kname()
-        base = f"/sys/class/block/{kname}"
-        found = {}
-        try:
-            with os.scandir(base) as it:
-                for entry in it:
-                    if not entry.name.startswith(kname):
-                        continue
-                    try:
-                        with open(os.path.join(entry.path, "partition")) as f:
-                            found[int(f.read().strip())] = entry.path
-                    except (OSError, ValueError):
-                        continue
-        except OSError:
-            pass
-        return found
-
     async def _sync_kernel(self, layout: Layout) -> None:
-        known = self._kernel_partitions()
+        known = blockdev.kernel_partitions(self._kname())
         for p in layout.parts:
-            where = known.get(p.number)
-            if where is None:
+            if p.number not in known:
                 await self._partx("-a", "--nr", str(p.number))
-                continue
-            if p.kind == "extended":
-                continue
-            try:
-                with open(os.path.join(where, "start")) as f:
-                    first = int(f.read()) * 512
-                with open(os.path.join(where, "size")) as f:
-                    size = int(f.read()) * 512
-            except (OSError, ValueError):
-                continue
-            if (first, size) != (p.start, p.size):
+            elif p.kind != "extended" and known[p.number] not in (None, (p.start, p.size)):
                 await self._partx("-u", "--nr", str(p.number))
         for number in sorted(set(known) - {p.number for p in layout.parts}):
             await self._partx("-d", "--nr", str(number))
@@ -425,47 +259,6 @@ class DiskBackend(PoolBackend):
     def check_volume_name(self, name: str) -> None:
         self._number(name)
 
-    def _plan(self, layout: Layout, fmt: str) -> tuple[str, int]:
-        """The kind of partition to make and the number parted will give it."""
-        used = {p.number for p in layout.parts}
-        if layout.label != "msdos":
-            if fmt == "extended":
-                raise InvalidArgument("extended partitions exist only on dos disk labels")
-            return "primary", next(n for n in range(1, len(used) + 2) if n not in used)
-        primaries = [p for p in layout.parts if p.kind in ("primary", "extended")]
-        free_slots = [n for n in range(1, 5) if n not in used]
-        if fmt == "extended":
-            if layout.extended is not None:
-                raise InvalidArgument("extended partition already exists")
-            if not free_slots:
-                raise NoSpace("no primary partition slot is free for an extended partition")
-            return "extended", free_slots[0]
-        if len(primaries) < 4 and free_slots:
-            return "primary", free_slots[0]
-        if layout.extended is None:
-            raise NoSpace("no extended partition found and no primary partition available")
-        return "logical", max([4, *(p.number for p in layout.parts if p.kind == "logical")]) + 1
-
-    def _place(self, layout: Layout, kind: str, capacity: int) -> tuple[int, int]:
-        """First and last byte of a new partition: the smallest free extent that fits."""
-        size = round_up(capacity, layout.sector)
-        wanted = "free-logical" if kind == "logical" else "free"
-        best = None
-        largest = 0
-        for free in layout.free:
-            if free.kind != wanted:
-                continue
-            first = align_up(free.start + (layout.sector if kind == "logical" else 0), ALIGN)
-            room = free.end + 1 - first
-            largest = max(largest, room)
-            if room >= size and (best is None or free.size < best[0]):
-                best = (free.size, first)
-        if best is None:
-            where = "in the extended partition" if kind == "logical" else "on the disk"
-            raise NoSpace(f"no large enough free extent {where} for {size} bytes "
-                          f"(the largest can hold {max(largest, 0)} bytes)")
-        return best[1], best[1] + size - 1
-
     async def create_volume(self, spec: VolumeSpec) -> VolumeInfo:
         if getattr(spec, "encryption", None):
             raise NotSupported("storage pool does not support encrypted volumes")
@@ -476,13 +269,13 @@ class DiskBackend(PoolBackend):
             raise InvalidArgument("a partition needs a capacity above 0")
         async with self._lock:
             layout = await self._layout()
-            kind, number = self._plan(layout, fmt)
+            kind, number = plan_partition(layout, fmt)
             expected = self.part_name(number)
             if spec.name != expected:
                 raise InvalidArgument(f"invalid partition name '{spec.name}', expected "
                                       f"'{expected}' (the next partition of "
                                       f"'{self.device}')")
-            first, last = self._place(layout, kind, spec.capacity)
+            first, last = place_partition(layout, kind, spec.capacity)
             words = [kind] if layout.label == "msdos" else ["primary"]
             if fmt in FORMAT_FS_TYPE:
                 words.append(FORMAT_FS_TYPE[fmt])

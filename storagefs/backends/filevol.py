@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import stat
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -21,7 +20,7 @@ import trio
 from .. import hostcmd
 from ..errors import Busy, Exists, InvalidArgument, NotSupported, StorageError, from_oserror
 from ..names import check_name
-from . import allocation, fileops, imagefmt
+from . import allocation, fileio, fileops, imagefmt
 from .base import VolumeInfo, VolumeSpec
 from .imagefmt import CREATABLE, QEMU_ERRNOS, QEMU_IMG, RESIZABLE, check_creatable, made_format
 
@@ -147,14 +146,14 @@ class FileVolumes:
             await self.io(allocation.check_free, self.dir, min(spec.allocation, spec.capacity),
                           f"allocating volume '{spec.name}'", what=f"statvfs {self.dir}")
         plain_raw = spec.format == "raw" and not spec.encryption and not spec.options
-        await self.io(_create_file, path, mode, spec.uid, spec.gid,
+        await self.io(fileio.create_file, path, mode, spec.uid, spec.gid,
                       spec.capacity if plain_raw else None,
                       spec.allocation if plain_raw else None, what=f"create {path}")
         try:
             if not plain_raw:
                 await self._qemu_create(path, spec)
                 if spec.allocation and not imagefmt.qemu_preallocates(spec):
-                    await self.io(_reserve, path, spec.allocation, what=f"allocate {path}")
+                    await self.io(fileio.reserve, path, spec.allocation, what=f"allocate {path}")
             if path != final:
                 await self.io(os.replace, path, final, what=f"rename {path}")
             info = await self.probe(spec.name, fmt=made_format(spec))
@@ -206,7 +205,7 @@ class FileVolumes:
                 await trio.sleep(0.1 * (attempt + 1))
 
     async def delete(self, info: VolumeInfo) -> None:
-        await self.io(_delete_file, info.path, what=f"unlink {info.path}")
+        await self.io(fileio.delete_file, info.path, what=f"unlink {info.path}")
 
     # ---- changing ----------------------------------------------------------------------
     async def resize(self, info: VolumeInfo, capacity: int, *, shrink: bool,
@@ -225,7 +224,8 @@ class FileVolumes:
                           f"allocating {capacity - info.capacity} more bytes for "
                           f"'{info.name}'", what=f"statvfs {self.dir}")
         if info.format == "raw":
-            await self.io(_resize_raw, info.path, capacity, allocate, what=f"resize {info.path}")
+            await self.io(fileio.resize_raw, info.path, capacity, allocate,
+                          what=f"resize {info.path}")
         else:
             argv = [QEMU_IMG, "resize", "-q"]
             if shrink and capacity < info.capacity:
@@ -290,8 +290,9 @@ class FileVolumes:
         if spec.capacity > info.capacity:
             info = await self.resize(info, spec.capacity, shrink=False, allocate=False)
         if more:
-            await self.io(_reserve, info.path, want, size_before, what=f"allocate {info.path}")
-        await self.io(_set_owner, info.path, spec.mode, spec.uid, spec.gid,
+            await self.io(fileio.reserve, info.path, want, size_before,
+                          what=f"allocate {info.path}")
+        await self.io(fileio.set_owner, info.path, spec.mode, spec.uid, spec.gid,
                       what=f"chmod {info.path}")
         return await self.probe(info.name, deep=False, fmt=info.format) or info
 
@@ -315,7 +316,7 @@ class FileVolumes:
                 if spec.format not in CREATABLE:
                     raise NotSupported(f"cannot convert to format '{spec.format}'")
                 await fileops.qemu_convert(src, tmp, spec.format, report)
-            await self.io(_rename_new, tmp, path, what=f"rename {tmp}")
+            await self.io(fileio.rename_new, tmp, path, what=f"rename {tmp}")
         except OSError as exc:
             await self.discard(tmp)
             raise from_oserror(exc, f"cannot clone to '{path}'") from None
@@ -340,91 +341,3 @@ class FileVolumes:
 
 
 # ---- the syscalls of the operations above (each run in one worker thread) -------------
-def _create_file(path: str, mode: int, uid: int | None, gid: int | None,
-                 capacity: int | None, alloc: int | None) -> None:
-    """Create the file (O_EXCL), owner and mode first; for a plain raw volume also its
-    size and the allocation of its first ``alloc`` bytes (a partly sparse file)."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-    except FileExistsError:
-        raise Exists(f"volume target path '{path}' already exists") from None
-    except OSError as exc:
-        raise from_oserror(exc, f"cannot create '{path}'") from None
-    try:
-        if uid is not None or gid is not None:
-            os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
-        os.fchmod(fd, mode)
-        if capacity is not None:
-            os.ftruncate(fd, capacity)
-            if alloc and capacity:
-                os.posix_fallocate(fd, 0, min(alloc, capacity))
-    except OSError as exc:
-        os.close(fd)
-        imagefmt.discard(path)
-        raise from_oserror(exc, "cannot allocate the volume") from None
-    os.close(fd)
-
-
-def _reserve(path: str, length: int, size_before: int | None = None) -> None:
-    """Make the file take at least ``length`` bytes on the host (libvirt's allocation),
-    whatever its image format: see allocation.reserve_sync."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
-    except OSError as exc:
-        raise from_oserror(exc, f"cannot open '{path}'") from None
-    try:
-        allocation.reserve_sync(fd, length, size_before)
-    except OSError as exc:
-        raise from_oserror(exc, f"cannot allocate {length} bytes for '{path}'") from None
-    finally:
-        os.close(fd)
-
-
-def _resize_raw(path: str, capacity: int, allocate: bool) -> None:
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
-    except OSError as exc:
-        raise from_oserror(exc, f"cannot open '{path}'") from None
-    try:
-        old = os.fstat(fd).st_size
-        os.ftruncate(fd, capacity)
-        if allocate and capacity > old:
-            # a failure truncates back to the old size: capacity and space as before
-            allocation.allocate_sync(fd, old, capacity - old, old)
-    except OSError as exc:
-        raise from_oserror(exc, "cannot resize") from None
-    finally:
-        os.close(fd)
-
-
-def _set_owner(path: str, mode: int | None, uid: int | None, gid: int | None) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        try:
-            st = os.fstat(fd)
-            if (uid is not None and uid != st.st_uid) or (gid is not None and gid != st.st_gid):
-                os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
-            if mode is not None and mode != st.st_mode & 0o7777:
-                os.fchmod(fd, mode)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        raise from_oserror(exc, f"cannot set permissions of '{path}'") from None
-
-
-def _delete_file(path: str) -> None:
-    try:
-        st = os.lstat(path)
-        if not stat.S_ISREG(st.st_mode):
-            raise InvalidArgument(f"'{path}' is not a regular file; not deleting it")
-        os.unlink(path)
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise from_oserror(exc, f"cannot delete '{path}'") from None
-
-
-def _rename_new(tmp: str, path: str) -> None:
-    if os.path.lexists(path):
-        raise Exists(f"volume target path '{path}' already exists")
-    os.rename(tmp, path)
