@@ -45,12 +45,13 @@ Volumes may have a local path (a file or a device node: the ``path`` link), a UR
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from ..errors import NotSupported
+from ..errors import NotFound, NotSupported, StorageError
 from ..parsing import WIPE_ALGORITHMS
 
 if TYPE_CHECKING:
@@ -172,9 +173,33 @@ class PoolContext:
     """What a backend may use beyond its definition: the pool's runner (storage calls
     with time limits) and the secret store (values by uuid or usage)."""
 
+    #: the secret usage type each <auth type> names (libvirt's virSecretUsageType)
+    AUTH_USAGE: ClassVar[dict[str, str]] = {"chap": "iscsi", "ceph": "ceph"}
+
     def __init__(self, runner: PoolRunner | None = None, secrets: Any = None) -> None:
         self.runner = runner
         self.secrets = secrets
+
+    def auth_uuid(self, auth) -> str:
+        """The uuid of the secret a pool's ``<auth>`` names (by uuid or usage); ENOENT
+        when secrets/ holds none, EACCES when it has no value yet."""
+        if self.secrets is None:
+            raise NotFound("no secrets are available to this pool")
+        secret = self.secrets.resolve(auth.secret, self.AUTH_USAGE.get(auth.type, auth.type))
+        if secret.value is None:
+            raise StorageError(f"secret {secret.uuid} named by the pool's <auth> has no "
+                               "value yet: write it to secrets/UUID/value", errno.EACCES)
+        return secret.uuid
+
+    def auth_value(self, auth) -> bytes:
+        """The password or key itself, for a library call that takes it (never put it
+        on a command line, in an environment a tool logs, or in a log)."""
+        return self.secrets.secret(self.auth_uuid(auth)).value
+
+    def auth_file(self, auth):
+        """``async with ctx.auth_file(auth) as path``: the value in a 0600 file that
+        exists only while the block runs (rbd --keyfile, qemu --object secret,file=)."""
+        return self.secrets.value_file(self.auth_uuid(auth))
 
 
 FILE_SUFFIXES = {".qcow2": "qcow2", ".vmdk": "vmdk", ".vdi": "vdi", ".vhd": "vpc",
