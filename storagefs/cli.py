@@ -34,6 +34,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     m.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
     m.add_argument("--foreground", action="store_true")
     m.add_argument("--allow-other", action="store_true")
+    m.add_argument("--host-id", default="",
+                   help="this host's name among hosts that share pools (default: the "
+                        "host name); named in the locks it holds on shared volumes")
     m.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error", "critical"])
     u = sub.add_parser("unmount", help="unmount cleanly, or recover a dead mountpoint")
@@ -86,7 +89,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
             if msg:
                 problem.append(msg)
 
-        trio.run(lambda: serve(mnt, state_dir, allow_other=args.allow_other, ready=ready))
+        trio.run(lambda: serve(mnt, state_dir, allow_other=args.allow_other, ready=ready,
+                                     host_id=args.host_id))
         return fail(problem[0]) if problem else 0
     return daemonize(args, mnt, state_dir)
 
@@ -121,7 +125,8 @@ def daemonize(args: argparse.Namespace, mnt: str, state_dir: str) -> int:
 
     code = 0
     try:
-        trio.run(lambda: serve(mnt, state_dir, allow_other=args.allow_other, ready=ready))
+        trio.run(lambda: serve(mnt, state_dir, allow_other=args.allow_other, ready=ready,
+                                     host_id=args.host_id))
     except BaseException:
         logging.getLogger("storagefs").exception("storagefs failed")
         ready("storagefs failed; see the log")

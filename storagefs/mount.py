@@ -104,11 +104,12 @@ def load_devices() -> DeviceIndex | None:
 
 
 async def make_core(state_dir: str, *, devices: bool = False,
-                    mountpoint: str | None = None) -> Registry:
+                    mountpoint: str | None = None, host_id: str = "") -> Registry:
     """The core over a state directory, loaded (pools defined and started again);
     raises StorageError when the state directory cannot be used."""
     state = StateDir(state_dir)
-    core = Registry(state, mountpoint=canonical(mountpoint) if mountpoint else None)
+    core = Registry(state, mountpoint=canonical(mountpoint) if mountpoint else None,
+                    host_id=host_id)
     try:
         await core.load()
     except BaseException:
@@ -119,12 +120,13 @@ async def make_core(state_dir: str, *, devices: bool = False,
 
 
 async def serve(mountpoint: str, state_dir: str, *, allow_other: bool,
-                ready: Callable[[str | None], None]) -> None:
+                ready: Callable[[str | None], None], host_id: str = "") -> None:
     """Mount and serve until unmounted; ``ready(None)`` once the tree is usable,
     ``ready(reason)`` if it cannot start."""
     os.umask(UMASK)
     try:
-        core = await make_core(state_dir, devices=True, mountpoint=mountpoint)
+        core = await make_core(state_dir, devices=True, mountpoint=mountpoint,
+                               host_id=host_id)
     except Exception as exc:
         ready(str(exc))
         return

@@ -45,8 +45,10 @@ Volumes may have a local path (a file or a device node: the ``path`` link), a UR
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -176,9 +178,13 @@ class PoolContext:
     #: the secret usage type each <auth type> names (libvirt's virSecretUsageType)
     AUTH_USAGE: ClassVar[dict[str, str]] = {"chap": "iscsi", "ceph": "ceph"}
 
-    def __init__(self, runner: PoolRunner | None = None, secrets: Any = None) -> None:
+    def __init__(self, runner: PoolRunner | None = None, secrets: Any = None,
+                 host: str = "") -> None:
         self.runner = runner
         self.secrets = secrets
+        #: who this storagefs is among hosts sharing storage (``mount --host-id``): named
+        #: in the locks it takes, and by another host refused by one of them
+        self.host = host or socket.gethostname()
 
     def auth_uuid(self, auth) -> str:
         """The uuid of the secret a pool's ``<auth>`` names (by uuid or usage); ENOENT
@@ -340,6 +346,14 @@ class PoolBackend:
     async def wipe_volume(self, info: VolumeInfo, algorithm: str,
                           report: Callable[[float], None]) -> VolumeInfo:
         raise self._unsupported("wiping volumes")
+
+    def volume_lock(self, info: VolumeInfo, op: str) -> contextlib.AbstractAsyncContextManager:
+        """``async with backend.volume_lock(info, op)`` around every operation that reads
+        and then changes a volume (resize, wipe, snapshot, clone from it, delete): a lock
+        that storagefs on other hosts sharing this storage respect (an RBD lock, a POSIX
+        lock on a shared filesystem), refused with EBUSY naming the host that holds it.
+        Storage only this host sees needs none (the volume's claim is enough)."""
+        return contextlib.nullcontext()
 
     async def snapshot_volume(self, info: VolumeInfo, op: str, name: str) -> VolumeInfo:
         """op: 'create', 'revert' or 'delete' a snapshot."""

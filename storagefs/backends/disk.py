@@ -233,7 +233,7 @@ class DiskBackend(PoolBackend):
 
     def _refuse_partitions_in_use(self) -> None:
         kname = self._kname()
-        for number in sorted(self._kernel_partitions()):
+        for number in sorted(blockdev.kernel_partitions(kname)):
             node = f"/dev/{kname}{self._ksep(kname)}{number}"
             if blockdev.in_use(node):
                 raise Busy(f"partition '{node}' is in use (mounted or held by another device)")

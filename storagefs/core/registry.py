@@ -69,8 +69,11 @@ class _Counting:
 
 
 class Registry:
-    def __init__(self, state: StateDir, mountpoint: str | None = None) -> None:
+    def __init__(self, state: StateDir, mountpoint: str | None = None,
+                 host_id: str = "") -> None:
         self.state = state
+        #: this host among hosts that share storage (``mount --host-id``)
+        self.host_id = host_id
         #: where the tree is mounted (canonical): no pool's storage may be inside it
         self.mountpoint = mountpoint
         self.pools: dict[str, Pool] = {}
@@ -113,7 +116,7 @@ class Registry:
     def make_backend(self, pool: Pool, definition):
         """A backend for ``definition`` that works through the pool's runner and can
         resolve the pool's secrets (CHAP, cephx)."""
-        return backend_for(definition, PoolContext(pool.runner, self.secrets))
+        return backend_for(definition, PoolContext(pool.runner, self.secrets, self.host_id))
 
     def set_config_meta(self, owner: Owner, meta: FileMeta) -> None:
         """chmod/chown/touch of an object's config.xml: kept and persisted."""

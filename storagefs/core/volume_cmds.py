@@ -103,7 +103,8 @@ class VolumeCommands:
             vol.pool.runner.check()
             vol.pool.busy_volumes += 1
             try:
-                yield
+                async with vol.pool.backend.volume_lock(vol.info, op):
+                    yield
             finally:
                 vol.pool.busy_volumes -= 1
                 with trio.CancelScope(shield=True):

@@ -187,7 +187,8 @@ class Volumes:
                 if not vol.pending:  # a pending volume has nothing on the storage
                     pool.busy_volumes += 1
                     try:
-                        await pool.backend.delete_volume(vol.info)
+                        async with pool.backend.volume_lock(vol.info, "delete"):
+                            await pool.backend.delete_volume(vol.info)
                     except BaseException:
                         record.abort()
                         raise
