@@ -4,6 +4,7 @@ fails them is kept aside as broken, see state.StateDir)."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 BROKEN = ".broken"
 
 
-@dataclass
+@dataclass(slots=True)
 class FileMeta:
     """Mode, owner and times of a writable file such as config.xml (they round-trip)."""
 
@@ -40,7 +41,7 @@ def merge_meta(old: FileMeta, given: FileMeta | None, content_changed: bool) -> 
     to now only when the content changed and no time was given explicitly, so
     writing the same document again leaves mtime alone.
     """
-    new = FileMeta(**vars(given if given is not None else old))
+    new = dataclasses.replace(given if given is not None else old)
     now = time.time_ns()
     if content_changed and new.mtime_ns == old.mtime_ns:
         new.mtime_ns = now

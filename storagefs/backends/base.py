@@ -49,8 +49,9 @@ import contextlib
 import errno
 import os
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from ..errors import NotFound, NotSupported, StorageError
@@ -89,7 +90,11 @@ class FileStat:
                    st.st_ctime_ns)
 
 
-@dataclass
+#: the options of a volume that has none (shared: a volume's own are a new mapping)
+NO_OPTIONS: Mapping[str, str] = MappingProxyType({})
+
+
+@dataclass(slots=True)
 class VolumeInfo:
     """What the storage says about one volume (refreshed by operations and events)."""
 
@@ -110,12 +115,12 @@ class VolumeInfo:
     backing_format: str | None = None
     #: other files qemu opens with the image: a qcow2 external data file, the extents
     #: of a vmdk descriptor (part of the chain that SPEC's "Never trust guest bytes" checks)
-    data_files: list[str] = field(default_factory=list)
+    data_files: Sequence[str] = ()
     encrypted: bool = False
     #: snapshots (fileops.Snapshot: qcow2 internal ones, or the engine's)
-    snapshots: list = field(default_factory=list)
+    snapshots: Sequence[Any] = ()
     #: qcow2 creation options qemu-img reports (compat, lazy_refcounts), encryption
-    options: dict[str, str] = field(default_factory=dict)
+    options: Mapping[str, str] = field(default_factory=lambda: NO_OPTIONS)
 
 
 @dataclass

@@ -100,15 +100,17 @@ class FileVolumes:
             info.snapshots = fileops.snapshots_from_info(data)
             specific = (data.get("format-specific") or {}).get("data") or {}
             info.data_files = imagefmt.external_files(info.path, specific)
+            options = dict(info.options)
             if "compat" in specific:
-                info.options["compat"] = str(specific["compat"])
+                options["compat"] = str(specific["compat"])
             if specific.get("lazy-refcounts"):
-                info.options["lazy_refcounts"] = "on"
+                options["lazy_refcounts"] = "on"
             encrypt = specific.get("encrypt")
             if isinstance(encrypt, dict) and encrypt.get("format"):
                 # libvirt's name of qcow2's built-in encryption: aes is 'qcow'
                 fmt = str(encrypt["format"])
-                info.options["encryption"] = "qcow" if fmt == "aes" else fmt
+                options["encryption"] = "qcow" if fmt == "aes" else fmt
+            info.options = options
 
     async def ensure_regular(self, info: VolumeInfo) -> None:
         await self.io(imagefmt.ensure_regular, info, what=f"stat {info.path}")

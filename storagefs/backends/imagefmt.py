@@ -207,7 +207,7 @@ def probe_file(path: str, name: str, fmt: str | None = None) -> VolumeInfo | Non
             capacity, crypt = None, None  # not the recorded format's: qemu-img says
     info = VolumeInfo(name=name, path=path, key=path, format=fmt, encrypted=bool(crypt))
     if crypt:
-        info.options["encryption"] = crypt
+        info.options = {"encryption": crypt}
     stat_info(info, st)
     if capacity is not None:
         info.capacity = capacity

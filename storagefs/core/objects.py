@@ -41,7 +41,9 @@ class Volume:
     #: the format storagefs made it with or was told (persisted): it wins over the
     #: file's header, which a guest can write (None: a volume found in the pool)
     recorded_format: str | None = None
-    meta: FileMeta = field(default_factory=new_meta)
+    #: its config.xml's mode, owner and times; None until someone looks (a pool of
+    #: 100,000 volumes holds none for the volumes nobody reads)
+    meta: FileMeta | None = None
     error: str = ""
     #: what long operation runs now ("" when idle), and a counter of its changes
     progress: str = ""
@@ -65,6 +67,11 @@ class Volume:
     def touch(self) -> None:
         self.changed_ns = now_ns()
         self.version += 1
+
+    def file_meta(self) -> FileMeta:
+        if self.meta is None:
+            self.meta = new_meta()
+        return self.meta
 
     def busy_reason(self) -> str:
         return f"volume '{self.name}' is still in use: {self.busy or 'an operation'} running"
@@ -128,6 +135,9 @@ class Pool:
         self.changed_ns = now_ns()
         self.version += 1
 
+    def file_meta(self) -> FileMeta:
+        return self.meta
+
     def drop_volume(self, name: str) -> None:
         self.volumes.pop(name).gone = True
 
@@ -152,6 +162,9 @@ class Secret:
     version: int = 0
     #: why the stored record could not be used at start ("" when it could)
     broken: str = ""
+
+    def file_meta(self) -> FileMeta:
+        return self.meta
 
     @property
     def private(self) -> bool:

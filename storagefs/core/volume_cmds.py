@@ -172,7 +172,7 @@ class VolumeCommands:
         # its record (the format, the document of an encrypted copy) is written before the
         # copy is made, and put in place once it is
         record = reg.state.prepare_volume(StoredVolume(target.name, new, clone.config,
-                                                       clone.meta, fmt))
+                                                       clone.file_meta(), fmt))
         target.reserved.add(new)
         target.busy_volumes += 1
         try:

@@ -61,7 +61,7 @@ class Volumes:
         a volume deleted while a handle held it, so no record outlives it."""
         if vol.gone:
             raise NotFound(f"no storage volume with matching name '{vol.name}'")
-        fields = {"config": vol.config, "meta": vol.meta, "format": vol.recorded_format,
+        fields = {"config": vol.config, "meta": vol.file_meta(), "format": vol.recorded_format,
                   "made": vol.made, **change}
         return StoredVolume(vol.pool.name, vol.name, **fields)
 
@@ -143,7 +143,7 @@ class Volumes:
     async def _create_pending(self, vol: Volume, data: bytes, meta: FileMeta | None) -> None:
         reg, pool = self.reg, vol.pool
         spec = spec_from_xml(vol, data)
-        new_meta = merge_meta(vol.meta, meta, content_changed=True)
+        new_meta = merge_meta(vol.file_meta(), meta, content_changed=True)
         # written before the storage changes, put in place once it did
         record = reg.state.prepare_volume(StoredVolume(pool.name, vol.name, data, new_meta,
                                                        recorded_format(spec)))
@@ -212,7 +212,7 @@ class Volumes:
                 pool.definition, vol.info, live=False)
             if data == current:
                 if meta is not None:
-                    new_meta = merge_meta(vol.meta, meta, content_changed=False)
+                    new_meta = merge_meta(vol.file_meta(), meta, content_changed=False)
                     if vol.config is not None:
                         reg.state.save_volume(self.record_of(vol, config=data, meta=new_meta))
                     vol.meta = new_meta
@@ -220,7 +220,7 @@ class Volumes:
             spec = spec_from_xml(vol, data)
             await reg.chains.check_document(vol, spec)
             secret = self.secret_of(data, pool) if spec.encryption else None
-            new_meta = merge_meta(vol.meta, meta, content_changed=True)
+            new_meta = merge_meta(vol.file_meta(), meta, content_changed=True)
             # written (space taken, state directory proven writable) before the storage
             # changes; renamed into place after it did. The document's format goes on
             # record: the bytes inside never choose it again.

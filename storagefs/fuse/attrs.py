@@ -4,6 +4,7 @@ and directories (in memory), and times of directories (in memory, for rsync -a).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 
@@ -79,7 +80,7 @@ def set_meta(tree: Tree, ino: Inode, node: Node, attr, fields) -> None:
             or fields.update_atime or fields.update_mtime):
         return
     current = node.meta()
-    meta = FileMeta(**vars(current)) if current else FileMeta(mode=node.mode())  # type: ignore
+    meta = dataclasses.replace(current) if current else FileMeta(mode=node.mode())  # type: ignore
     if fields.update_mode:
         meta.mode = stat.S_IMODE(attr.st_mode)
     if fields.update_uid:

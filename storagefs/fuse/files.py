@@ -4,6 +4,7 @@ when a document or a command line is applied."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from ..errors import StorageError
@@ -24,7 +25,7 @@ class DocumentFile(Generated):
 
     def meta(self) -> FileMeta | None:
         owner = self.owner()
-        return owner.meta if owner is not None else None
+        return owner.file_meta() if owner is not None else None
 
     def refused(self, exc: StorageError) -> None:
         self.t.core.rec.note_refusal(self.owner(), "define", exc)
@@ -36,7 +37,7 @@ class DocumentFile(Generated):
         """A scratch file renamed onto config.xml: its bytes, mode, owner (and times, when
         they were set explicitly) become the document's."""
         old = self.meta()
-        meta = FileMeta(**vars(scratch.meta))
+        meta = dataclasses.replace(scratch.meta)
         if not scratch.times_set and old is not None:
             meta.atime_ns, meta.mtime_ns = old.atime_ns, old.mtime_ns
         await self.apply(bytes(scratch.data), meta)

@@ -11,6 +11,7 @@ it, so that GNU install's create-anew and vim's rename-then-create work).
 
 from __future__ import annotations
 
+import dataclasses
 import stat
 from typing import Any
 
@@ -286,7 +287,7 @@ class ObjectDir(_ScratchHolder):
             copy = Scratch(bytearray(src_node.content()))  # type: ignore[attr-defined]
             meta = src_node.meta()
             if meta is not None:
-                copy.meta = FileMeta(**vars(meta))
+                copy.meta = dataclasses.replace(meta)
             self._check_room()
             self.t.add_scratch(self.path, new, copy)
             self.t.hide((*self.path, old), caller.pid)

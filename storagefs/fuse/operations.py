@@ -409,18 +409,17 @@ class Operations(pyfuse3.Operations):
         with self.refusing(parent.node, f"link {os.fsdecode(new_name)}"):
             raise NotPermitted("hard links cannot be made here")
 
-    @fuse_op
+    # Extended attributes: ENOSYS tells the kernel once that there are none, so that it
+    # answers EOPNOTSUPP itself from then on (ls -l asks for ACLs of every entry; ENOTSUP
+    # would cost one round trip per file).
     async def setxattr(self, inode, name, value, ctx):
-        raise FUSEError(errno.ENOTSUP)
+        raise FUSEError(errno.ENOSYS)
 
-    @fuse_op
     async def getxattr(self, inode, name, ctx):
-        raise FUSEError(errno.ENOTSUP)
+        raise FUSEError(errno.ENOSYS)
 
-    @fuse_op
     async def listxattr(self, inode, ctx):
-        raise FUSEError(errno.ENOTSUP)
+        raise FUSEError(errno.ENOSYS)
 
-    @fuse_op
     async def removexattr(self, inode, name, ctx):
-        raise FUSEError(errno.ENOTSUP)
+        raise FUSEError(errno.ENOSYS)
