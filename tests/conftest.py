@@ -2,12 +2,14 @@
 --foreground` on a mountpoint and state directory under tmp_path, waits for
 the tree while checking the process is alive, and tears down with `storagefs
 unmount` (exit 0 required from it and from the server). Any "Traceback" or
-"internal error" in the server's log fails the test: a bad input must never
-reach pyfuse3 as an exception, nor end in EIO without a reason.
+"internal error" in the server's log fails the test (a bad input must never
+reach pyfuse3 as an exception, nor end in EIO without a reason), and so does any
+WARNING or ERROR line the test does not declare with ``log_allows``.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -30,6 +32,9 @@ MOUNT_MODULES = {
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "mount: runs a real storagefs mount (needs /dev/fuse)")
+    config.addinivalue_line(
+        "markers", "log_allows(*patterns): WARNING/ERROR lines of the storagefs log that this "
+        "test provokes on purpose (regular expressions searched in each line)")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -47,6 +52,39 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
     setattr(item, "rep_" + rep.when, rep)
+    if rep.when == "call":
+        # the log check reads what the test itself provoked: lines logged later, while
+        # fixtures torn down before the mount (loop devices detached under a running
+        # pool) take its storage away, are not the test's doing
+        for m in mount_helpers.ACTIVE_MOUNTS:
+            try:
+                m.log_mark = m.log_path.stat().st_size
+            except OSError:
+                m.log_mark = None
+
+
+#: WARNING/ERROR lines any test may cause: the host's own state, not storagefs's doing
+ALWAYS_ALLOWED = (
+    r"no kernel uevent monitor",
+    r"uevents were lost",
+    # this machine's kernel has no device-mapper: logical pools run degraded (README)
+    r"this kernel has no device-mapper",
+    r"cannot activate the logical volumes of",
+    # qemu-img's LUKS iteration timing fails on a loaded machine; storagefs retries
+    r"qemu-img could not time the key derivation",
+)
+LEVEL = re.compile(r"^\S+ \S+ (WARNING|ERROR|CRITICAL) ")
+
+
+def unexpected_log_lines(log: str, node) -> list[str]:
+    """Lines at WARNING or above that neither the test's log_allows marker nor
+    ALWAYS_ALLOWED expects (a log check on every mount, SPEC: nothing goes wrong
+    silently, and nothing is logged as wrong that is not)."""
+    allowed = [re.compile(p) for p in ALWAYS_ALLOWED]
+    for mark in node.iter_markers("log_allows"):
+        allowed += [re.compile(p) for p in mark.args]
+    return [line for line in log.splitlines()
+            if LEVEL.match(line) and not any(a.search(line) for a in allowed)]
 
 
 def _finish(m: Mount, request) -> list[str]:
@@ -77,6 +115,17 @@ def _finish(m: Mount, request) -> list[str]:
         # an exception that was not a StorageError reached the FUSE layer (EIO, no
         # error line): every refusal must end in a fitting errno and its reason
         problems.append(f"'internal error' in the storagefs log {m.log_path}")
+    checked, mark = log, getattr(m, "log_mark", None)
+    if mark is not None:
+        try:
+            checked = m.log_path.read_bytes()[:mark].decode(errors="replace")
+        except OSError:
+            pass
+    unexpected = unexpected_log_lines(checked, request.node)
+    if unexpected:
+        problems.append(f"unexpected WARNING/ERROR lines in the storagefs log {m.log_path} "
+                        "(mark the test with log_allows(PATTERN) if it provokes them):\n  "
+                        + "\n  ".join(unexpected[:10]))
     failed = getattr(request.node, "rep_call", None)
     if problems or (failed is not None and failed.failed):
         print(f"----- storagefs log {m.log_path} (last 200 lines) -----")

@@ -394,6 +394,7 @@ def _record(state: Path, name: str) -> Path:
     return state / "pools" / f"{name}.json"
 
 
+@pytest.mark.log_allows("is unreadable", "was unreadable", "stored definition unusable")
 def test_unreadable_pool_records_are_kept_aside_and_shown(mounted, tmp_path):
     """Item 5: at start, a pool record that cannot be used is renamed NAME.json.broken
     (never dropped) and the pool is shown with state 'inaccessible' and the reason in
@@ -467,6 +468,7 @@ def test_unreadable_pool_records_are_kept_aside_and_shown(mounted, tmp_path):
     assert not (st / "pools" / "other.json.broken").exists()
 
 
+@pytest.mark.log_allows("is unreadable", "was unreadable")
 def test_unreadable_volume_and_secret_records_are_kept_aside(mounted, tmp_path):
     """Item 5: a volume's record that cannot be read is kept aside; the volume (found on
     its storage) shows the reason in its error file. An unreadable secret record is

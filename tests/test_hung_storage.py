@@ -66,6 +66,7 @@ def within(fn, seconds: float = ANSWER):
     return (bool(box), box[0] if box else None)
 
 
+@pytest.mark.log_allows("storage became inaccessible", "not responding", "returned after")
 def test_a_hung_pool_holds_up_only_itself(mount_factory, bindfs):
     proc, src, dst = bindfs
     m = mount_factory(env=dict(os.environ, STORAGEFS_TOOL_TIMEOUT=str(LIMIT)))

@@ -63,6 +63,7 @@ def parts(dev) -> dict[int, tuple[int, int]]:
     return {n: (start, size) for n, start, size in parted_print(dev.path)[1]}
 
 
+@pytest.mark.log_allows("storage became inaccessible")
 def test_disk_pool_gpt_partitions_are_volumes(mounted, loops):
     dev = loops.make("64M")
     p = define(mounted, "dp", dev.path, "gpt")

@@ -167,6 +167,7 @@ def test_fs_plain_build_refuses_a_foreign_filesystem_and_overwrite_replaces_it(
     assert findmnt(target) is None
 
 
+@pytest.mark.log_allows("storage became inaccessible")
 def test_fs_auto_mounts_what_is_there_and_lost_storage_makes_the_pool_inaccessible(
         mounted, loops, tmp_path):
     if skip_reason("mkfs.btrfs"):

@@ -210,6 +210,7 @@ def test_logical_plain_build_refuses_a_filesystem_overwrite_makes_the_vg(mounted
     assert "v" in lvs(vg)
 
 
+@pytest.mark.log_allows("storage became inaccessible")
 def test_logical_pool_whose_device_vanishes_becomes_inaccessible(mounted, loops, vg):
     dev = loops.make("64M")
     p = define(mounted, "lp", vg, [dev.path])
