@@ -337,6 +337,7 @@ def test_target_that_stops_answering_holds_up_only_its_pool(mount_factory, tgt):
         answered, result = answers_within(lambda: write_errno(p / "control", "refresh\n"),
                                           LIMIT + 5)
         assert answered and time.monotonic() - started < LIMIT + 2
+        print("REFRESH", result, time.monotonic() - started, read(p / "error"))
         assert result[0] in (errno.ETIMEDOUT, errno.EIO, errno.EBUSY), result
         assert wait_for(lambda: state(p) == "inaccessible", LIMIT + 2)
         assert "timed out" in read(p / "error") or "not responding" in read(p / "error")
