@@ -8,6 +8,8 @@ from .base import PoolBackend, PoolContext, PoolInfo, VolumeInfo, VolumePolicy, 
 from .dir import DirBackend
 from .disk import DiskBackend
 from .fs import FsBackend
+from .iscsi import IscsiBackend
+from .iscsi_direct import IscsiDirectBackend
 from .logical import LogicalBackend
 
 BACKENDS: dict[str, type[PoolBackend]] = {
@@ -15,6 +17,8 @@ BACKENDS: dict[str, type[PoolBackend]] = {
     FsBackend.type: FsBackend,
     DiskBackend.type: DiskBackend,
     LogicalBackend.type: LogicalBackend,
+    IscsiBackend.type: IscsiBackend,
+    IscsiDirectBackend.type: IscsiDirectBackend,
 }
 
 

@@ -109,6 +109,9 @@ class VolumeInfo:
     physical: int = 0
     #: how a guest reaches it over the network (iscsi://, gluster://, rbd:POOL/IMAGE)
     url: str | None = None
+    #: what status.xml's <target><path> shows for a volume with no local path, where
+    #: libvirt prints a name of its own (iscsi-direct: 'ip-HOST:PORT-iscsi-IQN-lun-N')
+    shown_path: str | None = None
     #: owner, mode and times where it is a file or a node
     file: FileStat | None = None
     backing_path: str | None = None

@@ -71,8 +71,8 @@ def volume_doc(defn: PoolDef, info: VolumeInfo, *, live: bool,
         name=info.name, type=info.type, key=info.key if live else None,
         capacity=info.capacity, allocation=info.allocation if live else 0,
         physical=info.physical if live else None,
-        target=xv.VolTarget(path=info.path if live else None, format=shown_format(info),
-                            permissions=perms, timestamps=ts,
+        target=xv.VolTarget(path=(info.path or info.shown_path) if live else None,
+                            format=shown_format(info), permissions=perms, timestamps=ts,
                             encryption=volume_encryption(info, config, defn)),
         backing=backing)
     return xv.format_volume(vol, defn).encode()

@@ -34,7 +34,8 @@ README = b"""storagefs: the host's storage as files (libvirt's storage model)
     uuid type capacity allocation available   one value per file
     error               the last refused operation and why
     volumes/VOL/        one volume: config.xml status.xml path capacity allocation
-                        format key control progress error snapshots/
+                        format key control progress error snapshots/ (and url:
+                        how a guest reaches a network volume, iscsi://HOST/IQN/LUN)
       control           resize [--delta|--allocate|--shrink] SIZE, clone NEW
                         [--format F] [--pool P], wipe [ALG], snapshot S, revert S,
                         delete-snapshot S
@@ -116,6 +117,8 @@ def volume_file(reg: Registry, vol: Volume, name: str) -> bytes:
         return line(shown_format(info))
     if name == "key":
         return line(info.key)
+    if name == "url":
+        return line(info.url or "")
     return b""
 
 

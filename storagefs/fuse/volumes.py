@@ -84,6 +84,8 @@ class VolumeDir(_OfVolume, ObjectDir):
         names = list(VOL_FILES)
         if self.vol.info.path:
             names.insert(2, "path")
+        if self.vol.info.url:
+            names.append("url")  # how a guest reaches a network volume (iscsi://...)
         return [*names, "snapshots"]
 
     def object_child(self, name: str) -> Node:
@@ -100,7 +102,7 @@ class VolumeDir(_OfVolume, ObjectDir):
             return VolumePath(self.t, path, vol)
         if name == "snapshots":
             return SnapshotsDir(self.t, path, vol)
-        if name in VOL_FILES:
+        if name in VOL_FILES or (name == "url" and vol.info.url):
             return VolumeFile(self.t, path, vol)
         raise NotFound(name)
 
