@@ -293,6 +293,7 @@ def test_definitions_that_can_never_start_are_refused(mounted, tgt, bad, reason)
 # ---------------------------------------------------------------- the server goes away
 
 
+@pytest.mark.log_allows("storage became inaccessible", "figures not refreshed")
 def test_target_that_goes_away_makes_the_pool_inaccessible_until_it_returns(mount_factory,
                                                                              tgt):
     m = mount_factory(env=dict(os.environ, STORAGEFS_TOOL_TIMEOUT=str(LIMIT)))
@@ -313,6 +314,7 @@ def test_target_that_goes_away_makes_the_pool_inaccessible_until_it_returns(moun
     assert os.listdir(p / "volumes") == ["unit:0:0:1"]
 
 
+@pytest.mark.log_allows("storage became inaccessible", "figures not refreshed", "returned after")
 def test_target_that_stops_answering_holds_up_only_its_pool(mount_factory, tgt):
     m = mount_factory(env=dict(os.environ, STORAGEFS_TOOL_TIMEOUT=str(LIMIT)))
     _, iqn = tgt.target("hung", [4 * MiB])
