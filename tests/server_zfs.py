@@ -11,7 +11,7 @@ imported at the end of a test is destroyed (or exported), so zfs-fuse's cache fi
 
 Use::
 
-    from server_zfs import zfs_server  # noqa: F401   (the session fixture)
+    pytest_plugins = ["server_zfs"]     # in the test module: zfs_server and zfs
 
     def test_x(zfs, mounted):           # zfs: per-test helper (pools, vdevs, zfs, zpool)
         pool = zfs.name()

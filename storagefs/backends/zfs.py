@@ -89,7 +89,7 @@ class ZfsBackend(ZfsVolumes, PoolBackend):
         """The zpool's health (ONLINE, DEGRADED ...), None when it is not imported."""
         zp = self.zpool
         res = await zrun([ZPOOL, "list", "-H", "-o", "name,health", zp], check=False,
-                         what=f"zpool list {zp}")
+                         what=f"zpool list {zp}", probe=True)
         if res.returncode != 0:
             why = reason(res.stderr, res.stdout)
             if errno_for(why) == errno.ENOENT:

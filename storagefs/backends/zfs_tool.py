@@ -9,6 +9,7 @@ limit (zfs-fuse stopped) is EIO, its tool killed.
 from __future__ import annotations
 
 import errno
+import time
 
 import trio
 
@@ -21,16 +22,49 @@ ZFS, ZPOOL = "zfs", "zpool"
 LIST_TIMEOUT, CHANGE_TIMEOUT = 30.0, 120.0
 
 
+class Daemon:
+    """The ZFS daemon of this machine (one per machine: zfs-fuse, or the kernel module).
+
+    When a tool did not finish within its time limit the daemon is taken as hung: every
+    later call fails at once with EIO and the reason, instead of waiting out its own time
+    limit, except a *probe* (a pool's refresh, start or health check), which tries again
+    and, when it answers, ends the hung state."""
+
+    hung_since: float | None = None
+    hung_what = ""
+
+    @classmethod
+    def reason(cls) -> str:
+        secs = int(time.monotonic() - (cls.hung_since or time.monotonic()))
+        return (f"the ZFS daemon is not answering ({cls.hung_what} did not finish, {secs} s "
+                "ago); a refresh tries again")
+
+    @classmethod
+    def hung(cls, what: str) -> None:
+        if cls.hung_since is None:
+            cls.hung_since, cls.hung_what = time.monotonic(), what
+
+    @classmethod
+    def answered(cls) -> None:
+        cls.hung_since = None
+
+
 async def zrun(argv: list[str], *, what: str, timeout: float = LIST_TIMEOUT,
-               check: bool = True) -> hostcmd.Result:
-    """Run zfs or zpool; a failure is StorageError("WHAT: zfs's reason")."""
+               check: bool = True, probe: bool = False) -> hostcmd.Result:
+    """Run zfs or zpool; a failure is StorageError("WHAT: zfs's reason"). While the
+    daemon is hung, only a ``probe`` runs a tool; any other call fails at once."""
+    if Daemon.hung_since is not None and not probe:
+        raise StorageError(f"{what}: {Daemon.reason()}", errno.EIO)
     try:
         res = await hostcmd.run(argv, timeout=timeout, check=False)
     except StorageError as exc:
         if exc.errno == errno.ENOTSUP:  # not installed
             raise
+        if "did not finish" in exc.reason:
+            Daemon.hung(" ".join(argv[:2]))
         raise StorageError(f"{what}: {exc.reason} (is the ZFS daemon answering?)",
                            errno.EIO) from None
+    Daemon.answered()
     if check and res.returncode != 0:
         why = reason(res.stderr, res.stdout) or f"exit {res.returncode}"
         # zfs says "cannot create 'tank/v': ..." itself: then its words are the reason
