@@ -94,9 +94,10 @@ class Dataset:
 
 def parse_get(text: str) -> dict[str, Dataset]:
     """``zfs get -Hp -o name,property,value``: datasets by name, in the order printed.
-    A value may hold tabs (a mountpoint): only the first two split the line."""
+    A value may hold tabs (a mountpoint): only the first two split the line; lines end
+    at newlines only (not at the other characters str.splitlines() takes)."""
     found: dict[str, Dataset] = {}
-    for line in text.splitlines():
+    for line in text.split("\n"):
         parts = line.split("\t", 2)
         if len(parts) != 3 or not parts[0] or not parts[1]:
             continue
