@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
 import threading
 import time
 
@@ -380,3 +381,40 @@ def test_zfs_invalid_source_name_is_refused(mounted, zfs, doc):
     code, _ = write_errno(p / "control", "start\n")
     assert code == errno.EINVAL
     assert "invalid" in assert_one_error_line(p)
+
+
+def test_zfs_delete_of_a_busy_pool_is_ebusy_and_changes_nothing(mounted, zfs):
+    zp = zfs.name()
+    dev = zfs.vdev("128M")
+    p = define(mounted, "zp", zp, [dev])
+    command(p / "control", "build")
+    command(p / "state", "running")
+    vol = make_dataset(p, "d1")
+    where = os.readlink(vol / "path")
+    assert os.path.ismount(where)
+    command(p / "state", "inactive")
+    holder = subprocess.Popen(["sleep", "60"], cwd=where)  # a shell's cwd in a dataset
+    try:
+        code, call = write_errno(p / "control", "delete\n")
+        assert (code, call) == (errno.EBUSY, "write")
+        line = assert_one_error_line(p)
+        assert "busy" in line and zp in line, line
+        assert zfs.imported(zp) and zfs.exists(f"{zp}/d1")
+    finally:
+        holder.kill()
+        holder.wait()
+    command(p / "control", "delete")
+    assert not zfs.imported(zp)
+
+
+def test_zfs_pool_runs_again_after_a_remount(mounted, zfs):
+    zp = zfs.name()
+    dev = zfs.vdev("128M")
+    zfs.zpool("create", zp, dev)
+    p = define(mounted, "zp", zp, [dev])
+    command(p / "state", "running")
+    make_dataset(p, "d1", 24 * MiB)
+    mounted.remount()
+    assert state(p) == "running"
+    assert ls_names(p / "volumes") == {"d1"}
+    assert int(read(p / "volumes" / "d1" / "capacity")) == 24 * MiB
