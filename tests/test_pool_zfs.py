@@ -245,6 +245,16 @@ def test_zfs_datasets_made_outside_show_at_the_next_ls(mounted, zfs):
     zfs.zfs("create", f"{zp}/again")
     command(p / "control", "refresh")
     assert ls_names(p / "volumes") == {"again"}
+    # rmdir never destroys datasets below a volume
+    zfs.zfs("create", f"{zp}/again/child")
+    try:
+        os.rmdir(p / "volumes" / "again")
+        code = None
+    except OSError as exc:
+        code = exc.errno
+    assert code == errno.EBUSY
+    assert f"{zp}/again/child" in assert_one_error_line(p / "volumes" / "again")
+    assert zfs.exists(f"{zp}/again/child")
 
 
 def test_zfs_exported_behind_storagefs_is_inaccessible_then_recovers(mounted, zfs):
