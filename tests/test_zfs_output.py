@@ -150,6 +150,10 @@ def test_reasons_and_errnos():
     assert errno_for("cannot open 'p/x': dataset does not exist") == errno.ENOENT
     assert errno_for("cannot open 'p': no such pool") == errno.ENOENT
     assert reason("Defaulting to 4K blocksize (ashift=12) for '/v'\n") == ""
+    # no zfs-fuse running: the daemon is the reason, not a missing pool
+    why = reason("connect: No such file or directory\nPlease make sure that the zfs-fuse "
+                 "daemon is running.\ninternal error: failed to initialize ZFS library\n")
+    assert "zfs-fuse daemon is running" in why and errno_for(why) == errno.EIO
 
 
 COMPONENT = st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:-",

@@ -31,6 +31,9 @@ _KEY_LINE = re.compile(r" *(?P<key>[a-z]+): ?(?P<value>.*)$")
 _NOISE = ("Defaulting to 4K blocksize",)
 #: (lower-case) words of zfs's and zpool's reasons -> errno, checked in this order
 ERRNOS: tuple[tuple[str, int], ...] = (
+    # no daemon (zfs-fuse) or no kernel module (OpenZFS): never "no such pool"
+    ("failed to initialize zfs library", errno.EIO),
+    ("modules are not loaded", errno.EIO),
     ("function not implemented", errno.ENOTSUP),
     ("operation not supported", errno.ENOTSUP),
     ("permission denied", errno.EACCES),
