@@ -4,7 +4,8 @@ zfs-fuse allows one daemon per machine (a fixed socket, /run/zfs/zfs_socket), so
 session fixture starts one only when none runs, and fails (never skips) with the pid of
 one it did not start. It runs in a session of its own with its output in a temporary
 file, and is stopped by its pid at the end (SIGCONT first, should a test have left it
-stopped; SIGTERM, then SIGKILL). Pools of the tests are named ``sfz<hex>`` and use
+stopped; SIGTERM, then SIGKILL), or gets SIGTERM when the session dies without its
+teardown (PR_SET_PDEATHSIG). Pools of the tests are named ``sfz<hex>`` and use
 vdev files under each test's tmp_path; every pool of this session that is still
 imported at the end of a test is destroyed (or exported), so zfs-fuse's cache file
 (/etc/zfs/zpool.cache) keeps nothing of ours.
@@ -21,6 +22,7 @@ Use::
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -34,6 +36,13 @@ import pytest
 
 SOCKET = "/run/zfs/zfs_socket"
 START_TIMEOUT = 15.0
+PR_SET_PDEATHSIG = 1
+
+
+def _term_with_parent() -> None:
+    """In the child: SIGTERM when the test session dies without its teardown (killed
+    by a timeout), so no zfs-fuse of ours outlives it."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def zfs_fuse_pids() -> list[int]:
@@ -77,7 +86,8 @@ class ZfsServer:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 ["zfs-fuse", "-n", "--no-kstat-mount", "-p", str(self.dir / "zfs-fuse.pid")],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                preexec_fn=_term_with_parent)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
