@@ -11,6 +11,7 @@ from .fs import FsBackend
 from .iscsi import IscsiBackend
 from .iscsi_direct import IscsiDirectBackend
 from .logical import LogicalBackend
+from .zfs import ZfsBackend
 
 BACKENDS: dict[str, type[PoolBackend]] = {
     DirBackend.type: DirBackend,
@@ -19,6 +20,7 @@ BACKENDS: dict[str, type[PoolBackend]] = {
     LogicalBackend.type: LogicalBackend,
     IscsiBackend.type: IscsiBackend,
     IscsiDirectBackend.type: IscsiDirectBackend,
+    ZfsBackend.type: ZfsBackend,
 }
 
 

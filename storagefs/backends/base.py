@@ -134,6 +134,9 @@ class VolumeSpec:
     format: str = "raw"
     capacity: int = 0
     allocation: int | None = None
+    #: the document's <volume type=...> (None: not said): a zfs pool makes a dataset
+    #: for 'dir' and a zvol for 'block'
+    type: str | None = None
     mode: int | None = None
     uid: int | None = None
     gid: int | None = None
@@ -171,6 +174,9 @@ class VolumePolicy:
     #: neither, only a refresh lists them (local block pools)
     watchable: bool = False
     poll_interval: float | None = None
+    #: refresh() already says all volume_details() would (snapshots included): a
+    #: refresh is not followed by a details call per volume
+    listing_has_details: bool = False
 
     def format_for_name(self, name: str) -> str | None:
         return self.suffixes.get(os.path.splitext(name)[1].lower())

@@ -178,10 +178,25 @@ class VolumeIndex:
         return time.monotonic() - pool.last_read < READERS_WITHIN
 
     async def _poll(self, pool: Pool) -> None:
-        """A pool that cannot be watched: listed again (new and gone volumes)."""
-        if pool.busy:
+        """A pool that cannot be watched, listed again (new and gone volumes). The poll
+        claims nothing, so no user's command is refused because one runs; what it found
+        is dropped when an operation ran on the pool or changed it meanwhile (that
+        operation's own result is newer). A failure is raised to the figures task."""
+        if pool.busy or pool.busy_volumes:
             return
-        await self.reg.life.refresh_quietly(pool)
+        version = pool.version
+        stored, formats = self._formats(pool)
+        info, found = await pool.backend.refresh(formats)
+        if pool.busy or pool.busy_volumes or pool.version != version or not pool.active:
+            return
+        changed = self._apply(pool, info, found, stored, formats)
+        was = pool.state
+        self.reg.life.apply_health(pool, "refresh")
+        if not pool.backend.policy.listing_has_details:
+            self.want_details(pool, [v.name for v in found if v.format != "raw"])
+        if changed or pool.state != was:
+            pool.touch()
+            self.reg.listener.changed(pool.name)
 
     # ---- watched directories ------------------------------------------------------------
     def _on_dir_event(self, directory: str, name: str | None, gone: bool) -> None:
@@ -307,18 +322,39 @@ class VolumeIndex:
             self._details_event.set()
 
     # ---- a whole refresh ----------------------------------------------------------------
+    def _formats(self, pool: Pool) -> tuple[dict, dict[str, str]]:
+        """The pool's volume records, and the format each volume has on record."""
+        stored = self.reg.state.load_volumes(pool.name)
+        formats = {n: f for n, f in ((n, stored_format(pool, sv))
+                                     for n, sv in stored.items()) if f}
+        formats.update({n: v.recorded_format for n, v in pool.volumes.items()
+                        if v.recorded_format})
+        return stored, formats
+
     async def load(self, pool: Pool, deep: bool = False) -> None:
         """Refresh the pool from its storage; keep Volume objects that still exist.
 
         Volumes come from cheap probes (headers); qemu-img's details follow in the
         background, or at once when ``deep`` (a refresh the user asked for)."""
-        reg = self.reg
-        stored = reg.state.load_volumes(pool.name)
-        formats = {n: f for n, f in ((n, stored_format(pool, sv))
-                                     for n, sv in stored.items()) if f}
-        formats.update({n: v.recorded_format for n, v in pool.volumes.items()
-                        if v.recorded_format})
+        stored, formats = self._formats(pool)
         info, found = await pool.backend.refresh(formats)
+        self._apply(pool, info, found, stored, formats)
+        if pool.backend.policy.listing_has_details:
+            return
+        slow = [v.name for v in found if v.format != "raw"]
+        if not deep:
+            self.want_details(pool, slow)
+            return
+        for name in slow:
+            vol = pool.volumes.get(name)
+            if vol is not None and not vol.busy:
+                await self.fill_details(vol)
+
+    def _apply(self, pool: Pool, info, found: list[VolumeInfo], stored: dict,
+               formats: dict[str, str]) -> bool:
+        """Put a refresh's result in place; True when anything changed."""
+        reg = self.reg
+        changed = info != pool.info
         pool.info = info
         pool.refreshed = time.monotonic()
         seen = set()
@@ -334,27 +370,24 @@ class VolumeIndex:
                     vol.config, vol.meta, vol.made = sv.config, sv.meta, sv.made
                     vol.recorded_format = formats.get(vinfo.name)
                 pool.volumes[vinfo.name] = vol
+                changed = True
                 if pool.active:
                     reg.listener.added(pool.name, vinfo.name)
-            elif not vol.busy:
+            elif not vol.busy and (vol.pending or vol.info != vinfo):
                 vol.info = vinfo
                 vol.pending = False  # made outside storagefs meanwhile
                 vol.touch()
+                changed = True
         for name in [n for n, v in pool.volumes.items()
-                     if n not in seen and n not in pool.reserved and not v.pending]:
+                     if n not in seen and n not in pool.reserved and not v.pending
+                     and not v.busy]:  # an rmdir under way drops its own volume
             pool.drop_volume(name)
             reg.listener.removed(pool.name, name)
+            changed = True
         for name, sv in stored.items():
             if name not in seen and not sv.broken:
                 try:  # the record of a volume that is gone: tidied, not required
                     reg.state.delete_volume(pool.name, name)
                 except StorageError as exc:
                     log.warning("pool %s: %s", pool.name, exc.reason)
-        slow = [v.name for v in found if v.format != "raw"]
-        if not deep:
-            self.want_details(pool, slow)
-            return
-        for name in slow:
-            vol = pool.volumes.get(name)
-            if vol is not None and not vol.busy:
-                await self.fill_details(vol)
+        return changed

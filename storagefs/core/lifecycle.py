@@ -201,13 +201,6 @@ class PoolLifecycle:
             pool.touch()
         self.reg.listener.changed(pool.name)
 
-    async def refresh_quietly(self, pool: Pool) -> None:
-        """A listing in the background (a polled pool): skipped while the pool is busy."""
-        try:
-            await self.refresh(pool)
-        except Busy:
-            pass
-
     def apply_health(self, pool: Pool, op: str) -> None:
         """running, or degraded when the backend says why (e.g. LVs cannot be activated)."""
         reason = pool.backend.degraded_reason()

@@ -80,7 +80,7 @@ def spec_from_xml(vol: Volume, data: bytes) -> VolumeSpec:
         name=vol.name,
         format=getattr(target, "format", None) or vol.info.format,
         capacity=vdef.capacity if vdef.capacity is not None else vol.info.capacity,
-        allocation=vdef.allocation,
+        allocation=vdef.allocation, type=vdef.type,
         mode=getattr(perms, "mode", None), uid=getattr(perms, "owner", None),
         gid=getattr(perms, "group", None))
     # before anything changes: a document half applied would leave a volume that
