@@ -221,6 +221,16 @@ async def content(path: str) -> dict[str, str] | None:
     return found
 
 
+#: blkid tags that say something is on a device (DEVNAME and the PART_ENTRY_* of a
+#: partition's table entry do not)
+SIGNATURE_TAGS = ("TYPE", "PTTYPE", "AMBIVALENT")
+
+
+def is_empty(found: dict[str, str] | None) -> bool:
+    """blkid could read the device and found no filesystem, label or signature on it."""
+    return found is not None and not any(found.get(tag) for tag in SIGNATURE_TAGS)
+
+
 def offerable(dev: BlockDevice) -> bool:
     """A device that could hold a pool at all (before asking who uses it)."""
     return (dev.type in POOL_DEVICE_TYPES and dev.size > 0 and not dev.ro
@@ -241,7 +251,7 @@ async def unused_devices() -> list[BlockDevice]:
     async with trio.open_nursery() as nursery:
         for dev in maybe:
             nursery.start_soon(probe, dev)
-    return [d for d in maybe if found.get(d.kname) == {}]
+    return [d for d in maybe if is_empty(found.get(d.kname))]
 
 
 async def examine(query: str) -> tuple[BlockDevice, dict[str, str]]:
