@@ -35,10 +35,10 @@ from mount_helpers import (
 )
 
 from storagefs.backends import localdisks
-from storagefs.core.sources import parse_query, query_dirname, rename_document
+from storagefs.core.sources import parse_query, query_dirname
 from storagefs.errors import InvalidArgument
 from storagefs.names import check_name
-from storagefs.xml.pool import parse_pool
+from storagefs.xml.pool import parse_pool, rename_document
 
 WAIT = 15.0
 

@@ -31,15 +31,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import trio
-from lxml import etree
 
 from .. import hostcmd, pathrules
 from ..backends import BACKENDS, PoolBackend, backend_class
 from ..errors import Busy, InvalidArgument, NotFound, StorageError
 from ..names import check_name, fit_name
-from ..xml.pool import PoolDef, parse_pool
+from ..xml.pool import PoolDef, parse_pool, rename_document
 from ..xml.pooltypes import POOL_TYPE_INFO, SOURCE_HOST, SOURCE_NAME
-from ..xml.safe import parse_document
 from .objects import now_ns
 from .recording import error_line
 
@@ -147,18 +145,6 @@ def query_dirname(text: str) -> str:
         raise InvalidArgument(f"query '{text}' would be shown as '{name}', which is a file "
                               "name of sources/")
     return name
-
-
-def rename_document(xml: bytes, name: str) -> bytes:
-    """The document with its pool ``<name>`` set to ``name`` (everything else kept)."""
-    root = parse_document(xml)
-    el = root.find("name")
-    if el is None:
-        el = etree.Element("name")
-        el.tail = root.text
-        root.insert(0, el)
-    el.text = name
-    return etree.tostring(root, encoding="unicode").encode() + b"\n"
 
 
 def related_devices(paths: list[str]) -> frozenset[str]:
