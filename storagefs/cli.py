@@ -187,12 +187,10 @@ def cmd_unmount(args: argparse.Namespace) -> int:
 
 def cmd_import_libvirt(args: argparse.Namespace) -> int:
     """Exit 0 when every pool is imported or was already; 2 when some were skipped."""
-    renames = {}
-    for item in args.rename:
-        old, sep, new = item.partition("=")
-        if not sep or not old or not new:
-            return fail(f"--rename takes OLD=NEW, not {item!r}")
-        renames[old] = new
+    try:
+        renames = importer.parse_renames(args.rename)
+    except ValueError as exc:
+        return fail(str(exc))
     if args.mount:
         mnt = args.mount
     else:

@@ -10,7 +10,9 @@ What libvirt has, read from files (libvirtd need not run):
 
 - ``DIR/*.xml`` (default /etc/libvirt/storage): the definitions, written there by
   ``virsh pool-define`` (a header comment, then the pool document);
-- ``DIR/autostart/NAME.xml``: the links ``virsh pool-autostart`` makes;
+- ``DIR/autostart/NAME.xml``: the links ``virsh pool-autostart`` makes (a link there
+  is the fact: its absolute target need not resolve where the copy is read, e.g. a
+  backup of /etc/libvirt or another mount namespace);
 - ``RUN_DIR/NAME.xml`` (default /run/libvirt/storage): the status files libvirtd keeps
   for the pools it runs now.
 
@@ -32,6 +34,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import InvalidArgument, StorageError
+from .names import check_name
 from .xml.pool import rename_document
 from .xml.safe import XmlError, parse_document
 
@@ -87,7 +91,7 @@ def read_pool(path: Path, autostart_dir: Path, run_dir: Path) -> LibvirtPool:
         raise XmlError("the pool has no <name>")
     uuid = (root.findtext("uuid") or "").strip().lower() or None
     return LibvirtPool(name=name, uuid=uuid, type=root.get("type", ""), document=document,
-                       autostart=(autostart_dir / f"{name}.xml").exists(),
+                       autostart=os.path.lexists(autostart_dir / f"{name}.xml"),
                        running=(run_dir / f"{name}.xml").exists())
 
 
@@ -105,6 +109,27 @@ def read_libvirt(config_dir: str, run_dir: str = DEFAULT_RUN_DIR,
     if not top.is_dir():
         raise FileNotFoundError(errno.ENOENT, "no such directory", config_dir)
     return sorted(pools, key=lambda p: p.name), bad
+
+
+def parse_renames(items: list[str]) -> dict[str, str]:
+    """``--rename OLD=NEW`` arguments as a map; ValueError names the bad one. Both
+    names must be pool names storagefs takes, each OLD and each NEW given once."""
+    renames: dict[str, str] = {}
+    for item in items:
+        old, sep, new = item.partition("=")
+        try:
+            if not sep:
+                raise InvalidArgument("no '='")
+            check_name(old, "pool name")
+            check_name(new, "pool name")
+        except StorageError as exc:
+            raise ValueError(f"--rename takes OLD=NEW (two pool names), not {item!r}: "
+                             f"{exc.reason}") from None
+        if old in renames or new in renames.values():
+            raise ValueError(f"--rename {item!r}: {old if old in renames else new} "
+                             "is named twice")
+        renames[old] = new
+    return renames
 
 
 # ---- the tree, as a client ------------------------------------------------------------
