@@ -49,10 +49,11 @@ class PrivateLibvirtd:
         w = self.work
         for d in ("lib", "cache", "run"):
             (w / d).mkdir(parents=True)
-        shutil.copytree("/etc/libvirt", w / "etc", symlinks=True)
+        if os.path.isdir("/etc/libvirt"):
+            shutil.copytree("/etc/libvirt", w / "etc", symlinks=True)
         for d in ("etc/storage", "etc/qemu/networks/autostart"):  # no host pools or networks
             shutil.rmtree(w / d, ignore_errors=True)
-        (w / "etc" / "storage").mkdir()
+        (w / "etc" / "storage").mkdir(parents=True)
         script = (f"set -e; mount -t tmpfs tmpfs /run; mkdir -p /run/libvirt; "
                   f"mount --bind {w}/etc /etc/libvirt; mount --bind {w}/lib /var/lib/libvirt; "
                   f"mount --bind {w}/cache /var/cache/libvirt; "
