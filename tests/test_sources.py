@@ -324,6 +324,77 @@ def test_listing_sources_runs_no_host_tool(tmp_path, monkeypatch):
     trio.run(main)
 
 
+def test_a_remote_query_shows_its_documents_or_times_out_holding_up_nothing(tmp_path,
+                                                                       monkeypatch):
+    """The plumbing a remote type (netfs, iscsi ...) gets when its backend learns
+    find_sources, driven through the FUSE handlers: its documents appear under the
+    query's directory; a host that never answers fails the write with ETIMEDOUT after
+    the time limit, with one error line, while every other path answers at once. The
+    stand-in backend answers from memory (the real remote queries are their owners'
+    tests, against real servers)."""
+    from test_handlers import Fs, errno_of
+
+    from storagefs.backends.base import PoolBackend
+    from storagefs.core.sources import SourceKind
+    from storagefs.fuse.operations import Operations
+    from storagefs.fuse.render import README
+    from storagefs.mount import make_core
+
+    class Remote(PoolBackend):
+        @classmethod
+        async def find_sources(cls, query=None):
+            if query == "silent.example":
+                await trio.sleep(3600)
+            return [f"<pool type='netfs'><name>{query}-{share}</name><source>"
+                    f"<host name='{query}'/><dir path='/{share}'/><format type='nfs'/>"
+                    f"</source><target><path>/mnt/{share}</path></target></pool>"
+                    for share in ("a", "b")]
+
+    monkeypatch.setenv("STORAGEFS_TOOL_TIMEOUT", "1")
+
+    async def main() -> None:
+        core = await make_core(str(tmp_path / "state"))
+        core.sources.kinds["netfs"] = SourceKind("netfs", Remote)
+        try:
+            fs = Fs(Operations(core, README))
+            assert "netfs" in await fs.listdir("sources")
+            await fs.write("sources/netfs/query", b"nas1.example\n")
+            assert sorted(await fs.listdir("sources/netfs/nas1.example")) == [
+                "nas1.example-a.xml", "nas1.example-b.xml"]
+            doc = await fs.read("sources/netfs/nas1.example/nas1.example-b.xml")
+            assert parse_pool(doc).source.hosts[0].name == "nas1.example"
+
+            answers: list[float] = []
+            result: list[int | None] = []
+
+            async def ask() -> None:
+                # a writer that is alive (the handlers cancel the write of one gone)
+                result.append(await errno_of(fs.write("sources/netfs/query",
+                                                      b"silent.example\n", os.getpid())))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ask)
+                await trio.sleep(0.1)
+                while not result:
+                    t0 = time.monotonic()
+                    await fs.listdir("pools")
+                    await fs.read("pools/default/status.xml")
+                    await fs.listdir("sources/netfs")
+                    answers.append(time.monotonic() - t0)
+                    await trio.sleep(0.05)
+            assert result == [errno.ETIMEDOUT]
+            assert answers and max(answers) < 0.1, answers
+            line = (await fs.read("sources/netfs/error")).decode()
+            assert line.count("\n") == 1 and "silent.example" in line \
+                and "no answer within 1 s" in line, line
+            assert "silent.example" not in await fs.listdir("sources/netfs")
+            await fs.forget_all()
+        finally:
+            core.state.close()
+
+    trio.run(main)
+
+
 # ---- parsers (hypothesis) --------------------------------------------------------------------
 _knames = st.from_regex(r"[a-z]{2,6}[0-9]{0,2}", fullmatch=True)
 
