@@ -2,7 +2,8 @@
 contrib/bench/_libvirt.py): its own mount namespace with a tmpfs on /run and private
 copies of /etc/libvirt (without the host's pools and networks), /var/lib/libvirt and
 /var/cache/libvirt, reached with ``nsenter -t PID -m virsh``. Nothing of it is visible
-outside that namespace except through its directories here; it is stopped by PID.
+outside that namespace except through its directories here; it is stopped by PID, and
+dies with the test process (PR_SET_PDEATHSIG) when pytest is killed before finalizers.
 
 Use: ``from server_libvirt import libvirtd  # noqa: F401`` and take the fixture
 ``libvirtd``: ``.virsh(*args)``, ``.config_dir`` (its /etc/libvirt/storage),
@@ -12,6 +13,7 @@ Use: ``from server_libvirt import libvirtd  # noqa: F401`` and take the fixture
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -22,6 +24,7 @@ from pathlib import Path
 import pytest
 
 URI = "qemu:///system"
+PR_SET_PDEATHSIG = 1
 
 
 def _alive(pid: int) -> bool:
@@ -32,10 +35,15 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _die_with_parent() -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
 class PrivateLibvirtd:
     def __init__(self, work: Path) -> None:
         self.work = work
         self.pid = 0
+        self.proc: subprocess.Popen | None = None
 
     @property
     def config_dir(self) -> Path:
@@ -57,20 +65,26 @@ class PrivateLibvirtd:
         script = (f"set -e; mount -t tmpfs tmpfs /run; mkdir -p /run/libvirt; "
                   f"mount --bind {w}/etc /etc/libvirt; mount --bind {w}/lib /var/lib/libvirt; "
                   f"mount --bind {w}/cache /var/cache/libvirt; "
-                  f"exec libvirtd -d --pid-file {w}/run/libvirtd.pid")
-        subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-                       check=True, capture_output=True, timeout=60)
-        for _ in range(100):
-            with contextlib.suppress(OSError, ValueError):
-                self.pid = int((w / "run" / "libvirtd.pid").read_text())
-                break
-            time.sleep(0.1)
+                  f"exec libvirtd --pid-file {w}/run/libvirtd.pid")
+        # not daemonized: unshare and sh exec it, so it is this child, and it gets
+        # SIGKILL when the test process dies without finalizers (a killed pytest)
+        with open(w / "libvirtd.log", "wb") as log:
+            self.proc = subprocess.Popen(
+                ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+                preexec_fn=_die_with_parent)
+        self.pid = self.proc.pid
+        pid_file = w / "run" / "libvirtd.pid"
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if subprocess.run(self.argv("uri"), capture_output=True).returncode == 0:
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            # its pid file is written after the private mounts: only then may virsh
+            # enter its namespace (before, /run would still be the host's)
+            if pid_file.exists() and \
+                    subprocess.run(self.argv("uri"), capture_output=True).returncode == 0:
                 return
             time.sleep(0.1)
-        raise RuntimeError("private libvirtd did not answer within 30 s")
+        raise RuntimeError("private libvirtd did not answer within 30 s: "
+                           + (w / "libvirtd.log").read_text(errors="replace")[-500:])
 
     def argv(self, *args: str) -> list[str]:
         return ["nsenter", "-t", str(self.pid), "-m", "virsh", "-q", "-c", URI, *args]
@@ -96,6 +110,8 @@ class PrivateLibvirtd:
         if _alive(self.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
         self.pid = 0
 
 
