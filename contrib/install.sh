@@ -23,7 +23,7 @@ command -v apt-get >/dev/null || die "apt-get not found: this installs on Debian
 
 apt_pkgs=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv qemu-utils util-linux coreutils scrub
           parted lvm2 e2fsprogs xfsprogs btrfs-progs libiscsi7 open-iscsi)
-test_pkgs=(vim rsync sed systemd xfsprogs puppet bindfs tgt zfs-fuse)
+test_pkgs=(vim rsync sed systemd xfsprogs puppet bindfs tgt zfs-fuse libvirt-daemon-system libvirt-clients)
 
 missing=()
 for p in "${apt_pkgs[@]}" $( [ $want_test = 1 ] && echo "${test_pkgs[@]}" ); do

@@ -1,4 +1,4 @@
-"""storagefs mount|unmount|--version (SPEC "The command line")."""
+"""storagefs mount|unmount|import-libvirt|--version (SPEC "The command line")."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import time
 
 import trio
 
-from . import __version__
+from . import __version__, importer
 from .mount import UMASK, abort_connection, is_dead, lazy_unmount, mount_entry, pidfile_for, serve
 
 DEFAULT_STATE_DIR = "/var/lib/storagefs"
@@ -41,6 +41,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    choices=["debug", "info", "warning", "error", "critical"])
     u = sub.add_parser("unmount", help="unmount cleanly, or recover a dead mountpoint")
     u.add_argument("mountpoint")
+    i = sub.add_parser("import-libvirt",
+                       help="define libvirt's persistent pools in a running storagefs")
+    i.add_argument("dir", nargs="?", default=importer.DEFAULT_CONFIG_DIR,
+                   help=f"libvirt's pool definitions (default {importer.DEFAULT_CONFIG_DIR})")
+    i.add_argument("--mount", help="the storagefs mount (default: the only one there is)")
+    i.add_argument("--dry-run", action="store_true", help="say what would be done, do nothing")
+    i.add_argument("--no-start", action="store_true",
+                   help="do not start the pools libvirt runs now")
+    i.add_argument("--run-dir", default=importer.DEFAULT_RUN_DIR,
+                   help="libvirtd's status files: which pools it runs "
+                        f"(default {importer.DEFAULT_RUN_DIR})")
+    i.add_argument("--rename", action="append", default=[], metavar="OLD=NEW",
+                   help="import libvirt's pool OLD as NEW (e.g. default=libvirt-default)")
     return p.parse_args(argv)
 
 
@@ -190,10 +203,44 @@ def cmd_unmount(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_libvirt(args: argparse.Namespace) -> int:
+    """Exit 0 when every pool is imported or was already; 2 when some were skipped."""
+    try:
+        renames = importer.parse_renames(args.rename)
+    except ValueError as exc:
+        return fail(str(exc))
+    if args.mount:
+        mnt = args.mount
+    else:
+        found = importer.find_mount()
+        if len(found) != 1:
+            return fail("no storagefs mount found: name it with --mount" if not found else
+                        f"several storagefs mounts ({', '.join(found)}): name one with --mount")
+        mnt = found[0]
+    if not os.path.isdir(os.path.join(mnt, "pools")):
+        return fail(f"{mnt} is not a storagefs mount (it has no pools/)")
+    try:
+        pools, unreadable = importer.read_libvirt(args.dir, args.run_dir)
+    except OSError as exc:
+        return fail(f"cannot read libvirt's pools in {args.dir}: {exc.strerror}")
+    from .backends import BACKENDS
+
+    for o in unreadable:
+        print(o.line(), flush=True)
+    run = importer.Importer(mnt, dry_run=args.dry_run, start=not args.no_start,
+                            renames=renames, say=lambda o: print(o.line(), flush=True))
+    outcomes = [*unreadable, *run.run(pools, supported=set(BACKENDS))]
+    if not outcomes:
+        print(f"no pool definitions in {args.dir}")
+    return 0 if all(o.ok for o in outcomes) else 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.command == "mount":
         return cmd_mount(args)
+    if args.command == "import-libvirt":
+        return cmd_import_libvirt(args)
     return cmd_unmount(args)
 
 

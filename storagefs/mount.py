@@ -150,7 +150,12 @@ async def serve(mountpoint: str, state_dir: str, *, allow_other: bool,
             await core.run_background(nursery)
             nursery.start_soon(_signals, nursery.cancel_scope)
             if core.devices is not None:
-                nursery.start_soon(core.devices.run, ops.inval.devices_changed)
+                def devices_changed(added: set[str], removed: set[str],
+                                    changed: set[str]) -> None:
+                    ops.inval.devices_changed(added, removed, changed)
+                    core.sources.devices_changed()
+
+                nursery.start_soon(core.devices.run, devices_changed)
             ops.inval.enabled = True
             ready(None)
             await pyfuse3.main()

@@ -261,7 +261,18 @@ class PoolBackend:
     @classmethod
     async def find_sources(cls, query: str | None = None) -> list[str]:
         """Pool documents (XML) of storage that could become a pool of this type
-        (virsh find-storage-pool-sources); ``query`` a host for remote types."""
+        (virsh find-storage-pool-sources), shown in sources/TYPE/ (core/sources.py).
+
+        Each is a complete pool document, ready for ``pools/NAME/config.xml``: its
+        ``<name>`` is the pool name it proposes (unique among one call's documents;
+        the core renames one whose name a defined pool has) and it has no ``<uuid>``.
+        ``query`` is None for the background listing of a local type (one whose pool
+        type names no host: fs, disk, logical, zfs), else the line written to
+        sources/TYPE/query: a host (``HOST[:PORT]``) for remote types, whatever the
+        backend documents for local ones. Runs in the trio thread (host tools through
+        hostcmd) within a time limit; refuses with StorageError (its reason goes to
+        sources/TYPE/error). Which defined pools already use the storage is the core's
+        question: it leaves those documents out."""
         return []
 
     def supports(self, op: str) -> bool:

@@ -27,7 +27,7 @@ from .. import hostcmd
 from ..errors import Busy, InvalidArgument, NoSpace, NotFound, NotSupported, StorageError
 from ..xml.poolsource import FreeExtent
 from ..xml.pooltypes import DISK_VOLUME_FORMATS
-from . import blockdev
+from . import blockdev, localdisks
 from .base import PoolBackend, PoolInfo, VolumeInfo, VolumePolicy, VolumeSpec
 from .parted import (
     BLKID_LABELS,
@@ -70,6 +70,11 @@ class DiskBackend(PoolBackend):
     @property
     def disk_format(self) -> str:
         return self.definition.source.format or "unknown"
+
+    @classmethod
+    async def find_sources(cls, query: str | None = None) -> list[str]:
+        """Unused empty whole devices (a query: the device it names), see localdisks."""
+        return await localdisks.disk_sources(query)
 
     def _kname(self) -> str:
         """The kernel's name of the disk (the source path with links resolved)."""

@@ -14,7 +14,7 @@ import errno
 
 from .. import hostcmd
 from ..errors import Busy, InvalidArgument, NotFound, NotSupported, StorageError
-from . import blockdev
+from . import blockdev, localdisks
 from .dir import DirBackend
 from .mounted import MountedBackend
 
@@ -43,6 +43,11 @@ class FsBackend(MountedBackend):
     @property
     def fs_format(self) -> str:
         return self.definition.source.format or "auto"
+
+    @classmethod
+    async def find_sources(cls, query: str | None = None) -> list[str]:
+        """Unused empty devices (a query: the device it names), see localdisks."""
+        return await localdisks.fs_sources(query)
 
     # ---- what is mounted ------------------------------------------------------------
     def mount_source(self) -> str:

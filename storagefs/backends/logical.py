@@ -27,7 +27,7 @@ import trio
 
 from .. import hostcmd
 from ..errors import Busy, Exists, InvalidArgument, NotFound, NotSupported, StorageError
-from . import blockdev
+from . import blockdev, localdisks
 from .base import PoolBackend, PoolInfo, VolumeInfo, VolumePolicy, VolumeSpec
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,11 @@ class LogicalBackend(PoolBackend):
     @property
     def target(self) -> str:
         return self.definition.target_path or f"/dev/{self.vg}"
+
+    @classmethod
+    async def find_sources(cls, query: str | None = None) -> list[str]:
+        """Volume groups (a query: a VG name or a PV's path), see localdisks."""
+        return await localdisks.logical_sources(query)
 
     @staticmethod
     def _no_dm() -> list[str]:

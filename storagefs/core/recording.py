@@ -28,6 +28,7 @@ class Listener(Protocol):
     def progress(self, pool: str, volume: str) -> None: ...
     def links_changed(self) -> None: ...
     def changed_dir(self, path: tuple[str, ...]) -> None: ...
+    def subtree_changed(self, path: tuple[str, ...]) -> None: ...
     def changed(self, pool: str, volume: str | None = None) -> None: ...
     def added(self, pool: str, volume: str | None = None) -> None: ...
     def removed(self, pool: str, volume: str | None = None) -> None: ...
@@ -45,6 +46,9 @@ class NullListener:
     def changed_dir(self, path: tuple[str, ...]) -> None:
         pass
 
+    def subtree_changed(self, path: tuple[str, ...]) -> None:
+        pass
+
     def links_changed(self) -> None:
         pass
 
@@ -60,6 +64,9 @@ def error_line(op: str, reason: str) -> str:
 
 
 def describe(obj: Owner | None) -> str:
+    described = getattr(obj, "description", None)
+    if described:  # other objects with an error file (sources/TYPE)
+        return described
     if isinstance(obj, Secret):
         return f"secret {obj.uuid}"
     if isinstance(obj, Volume):
@@ -103,7 +110,10 @@ class Recorder:
 
     def notify_changed(self, obj: Owner) -> None:
         listener = self._listener()
-        if isinstance(obj, Secret):
+        path = getattr(obj, "tree_path", None)
+        if path is not None:  # an object that says where it is shown (sources/TYPE)
+            listener.changed_dir(path)
+        elif isinstance(obj, Secret):
             listener.changed_dir(("secrets", obj.uuid))
         elif isinstance(obj, Volume):
             listener.changed(obj.pool.name, obj.name)

@@ -2,9 +2,10 @@
 
 Composition, no mixins: each part is a small object holding the registry, and asks it
 for the others (``reg.defs``, ``reg.life``, ``reg.vols``, ``reg.vcmds``, ``reg.index``,
-``reg.chains``, ``reg.secrets``, ``reg.rec``). Data flows one way: the FUSE layer calls
-a part, the part calls a backend, the backend a host tool; results come back as values
-or as one StorageError (errno and reason), recorded on the object by ``reg.rec``.
+``reg.chains``, ``reg.secrets``, ``reg.sources``, ``reg.rec``). Data flows one way: the
+FUSE layer calls a part, the part calls a backend, the backend a host tool; results come
+back as values or as one StorageError (errno and reason), recorded on the object by
+``reg.rec``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .pooldefs import PoolDefinitions
 from .recording import Listener, NullListener, Recorder, error_line
 from .runner import PoolRunner
 from .secrets import SecretStore
+from .sources import Sources
 from .volume_cmds import VolumeCommands
 from .volumes import Volumes
 
@@ -92,6 +94,7 @@ class Registry:
         self.vols = Volumes(self)
         self.vcmds = VolumeCommands(self)
         self.chains = Chains(self)
+        self.sources = Sources(self)
 
     @property
     def listener(self) -> Listener:
@@ -228,3 +231,4 @@ class Registry:
 
     async def run_background(self, nursery: trio.Nursery) -> None:
         await self.index.run_background(nursery)
+        await self.sources.run_background(nursery)

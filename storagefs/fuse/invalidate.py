@@ -81,6 +81,18 @@ class Invalidator:
         if volume is not None:
             self.changed_dir(("pools", pool))
 
+    def subtree_changed(self, path: tuple[str, ...]) -> None:
+        """Entries below ``path`` may have come, gone or changed (sources/TYPE): the
+        directory and its files are read again, names that went away are dropped."""
+        d = self.table.find(path)
+        if d is None:
+            return
+        self._inode(d)
+        self._prune(d, lambda inode: inode.node is not None and inode.node.alive())
+        for child in list(d.children.values()):
+            if not child.children:
+                self._inode(child)
+
     def links_changed(self) -> None:
         """A pool's uuid or target changed: by-uuid/ and by-path/ entries may be stale."""
         self._links(LINK_DIRS)

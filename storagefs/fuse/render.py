@@ -47,6 +47,11 @@ README = b"""storagefs: the host's storage as files (libvirt's storage model)
                                         255 bytes ends in _ and 16 hex of its sha256)
   secrets/UUID/         config.xml (libvirt secret XML) and value (0600; write-only
                         for private='yes'); referenced by <encryption> and <auth>
+  sources/TYPE/         storage that could become a pool of TYPE, as ready pool
+                        documents NAME.xml (NAME: the pool name it proposes)
+    query               write a device, a volume group or a host to ask about it;
+                        its answer is the directory QUERY/ ('!' for '/')
+    error               the last failed discovery and why
 
 Define a pool:   mkdir pools/P; cat pool.xml > pools/P/config.xml
 Start it:        echo running > pools/P/state
@@ -56,6 +61,7 @@ Change it:       write a volume XML to pools/P/volumes/disk1.qcow2/config.xml
                  (until anything else writes to it, the XML re-makes it in full)
 Destroy it:      rmdir pools/P/volumes/disk1.qcow2
 Undefine:        echo inactive > pools/P/state; rmdir pools/P   (storage is kept)
+Adopt storage:   mkdir pools/vg0; cp sources/logical/vg0.xml pools/vg0/config.xml
 
 A refused write fails with an errno (EINVAL, EEXIST, EBUSY, ENOENT, ENOTSUP,
 EIO ...) and the object's error file says why. Only rmdir destroys.

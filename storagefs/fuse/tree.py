@@ -132,13 +132,14 @@ class Root(Dir):
 
     def names(self, caller: Caller) -> list[str]:
         devices = ["devices"] if self.t.core.devices is not None else []
-        return ["README", *devices, "pools", "secrets", "volumes"]
+        return ["README", *devices, "pools", "secrets", "sources", "volumes"]
 
     def child(self, name: str, caller: Caller) -> Node:
         from .devices import DevicesDir
         from .links import VolumeLinksDir
         from .pools import PoolsDir
         from .secrets import SecretsDir
+        from .sources import SourcesDir
 
         if name == "README":
             return Static(self.t, ("README",), self.t.readme)
@@ -148,6 +149,8 @@ class Root(Dir):
             return VolumeLinksDir(self.t, ("volumes",))
         if name == "secrets":
             return SecretsDir(self.t, ("secrets",))
+        if name == "sources":
+            return SourcesDir(self.t, ("sources",))
         if name == "devices" and self.t.core.devices is not None:
             return DevicesDir(self.t, ("devices",))
         raise NotFound(name)

@@ -58,7 +58,7 @@ from .pooltypes import (
     SOURCE_NAME,
     SOURCE_NETWORK,
 )
-from .safe import XmlError
+from .safe import XmlError, parse_document
 
 __all__ = [
     "FS_NS",
@@ -76,6 +76,7 @@ __all__ = [
     "SourceHost",
     "format_pool",
     "parse_pool",
+    "rename_document",
 ]
 
 #: storagefs's own XML namespace for pool settings libvirt does not have.
@@ -300,3 +301,17 @@ def format_pool(
         _write_storagefs(out, pool)
     out.close("</pool>")
     return out.getvalue()
+
+
+def rename_document(xml: bytes, name: str) -> bytes:
+    """The pool document with its ``<name>`` set to ``name`` and everything else kept
+    (comments outside the root are dropped): a proposal from sources/ renamed, a libvirt
+    definition imported under another name."""
+    root = parse_document(xml)
+    el = root.find("name")
+    if el is None:
+        el = etree.Element("name")
+        el.tail = root.text
+        root.insert(0, el)
+    el.text = name
+    return etree.tostring(root, encoding="unicode").encode() + b"\n"
