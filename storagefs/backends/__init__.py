@@ -8,13 +8,17 @@ from .base import PoolBackend, PoolContext, PoolInfo, VolumeInfo, VolumePolicy, 
 from .dir import DirBackend
 from .disk import DiskBackend
 from .fs import FsBackend
+from .gluster import GlusterBackend
 from .logical import LogicalBackend
+from .netfs import NetfsBackend
 
 BACKENDS: dict[str, type[PoolBackend]] = {
     DirBackend.type: DirBackend,
     FsBackend.type: FsBackend,
     DiskBackend.type: DiskBackend,
     LogicalBackend.type: LogicalBackend,
+    NetfsBackend.type: NetfsBackend,
+    GlusterBackend.type: GlusterBackend,
 }
 
 

@@ -25,7 +25,7 @@ from ..backends.base import VolumeInfo
 from ..errors import Busy, StorageError
 from ..names import check_name
 from ..watch import DirWatcher
-from .objects import Pool, Volume
+from .objects import Pool, Volume, now_ns
 from .recording import error_line
 from .volspec import stored_format
 
@@ -40,6 +40,10 @@ PROBE_EVERY = 0.5
 FIGURES_EVERY = 2.0
 #: a polled pool is listed while someone read it within this many seconds
 READERS_WITHIN = 30.0
+#: the pool operation a background listing holds (it gives way to a user's command)
+POLL = "poll"
+#: pool operations during which its storage may go away without being lost
+STOPPING = ("stop", "undefine")
 #: errnos of storage that is gone (the pool becomes inaccessible)
 LOST = (errno.ENOENT, errno.EIO, errno.ENOTCONN, errno.ETIMEDOUT, errno.EHOSTDOWN,
         errno.EHOSTUNREACH, errno.ESTALE)
@@ -58,6 +62,8 @@ class VolumeIndex:
         self._details_running: tuple[str, trio.CancelScope] | None = None
         #: pools whose figures should be refreshed soon (after a change)
         self._figures_due: dict[str, trio.Event] = {}
+        #: background listings under way (a user's command on the pool cancels its own)
+        self._polls: dict[str, trio.CancelScope] = {}
 
     # ---- background tasks ----------------------------------------------------------
     async def run_background(self, nursery: trio.Nursery) -> None:
@@ -128,13 +134,15 @@ class VolumeIndex:
             due = self._figures_due[pool.name] = trio.Event()
             with trio.move_on_after(policy.poll_interval if polled else FIGURES_EVERY):
                 await due.wait()
-            if not pool.active or pool.runner.stuck:
+            if not pool.active or pool.runner.stuck or pool.busy in STOPPING:
                 continue
             try:
                 if polled and self._read_lately(pool):
                     await self._poll(pool)
                 await self.refresh_figures(pool)
             except StorageError as exc:
+                if pool.busy in STOPPING:
+                    continue  # its storage goes away because a user stops it
                 if pool.runner.stuck or exc.errno in LOST:
                     self.reg.life.lost_storage(pool, exc)
                     return
@@ -178,10 +186,28 @@ class VolumeIndex:
         return time.monotonic() - pool.last_read < READERS_WITHIN
 
     async def _poll(self, pool: Pool) -> None:
-        """A pool that cannot be watched: listed again (new and gone volumes)."""
+        """A pool that cannot be watched: listed again (new, changed and gone volumes),
+        unless a user's command on it comes first (give_way)."""
         if pool.busy:
             return
-        await self.reg.life.refresh_quietly(pool)
+        with trio.CancelScope() as scope:
+            self._polls[pool.name] = scope
+            try:
+                await self.reg.life.poll(pool)
+            finally:
+                if self._polls.get(pool.name) is scope:
+                    del self._polls[pool.name]
+
+    async def give_way(self, pool: Pool) -> None:
+        """Before a user's command on ``pool``: a background listing that holds it is
+        cancelled (it runs again later) instead of the command being refused (EBUSY)."""
+        scope = self._polls.get(pool.name)
+        if scope is None or pool.busy != POLL:
+            return
+        scope.cancel()
+        with trio.move_on_after(2):
+            while pool.busy == POLL:
+                await trio.sleep(0.01)
 
     # ---- watched directories ------------------------------------------------------------
     def _on_dir_event(self, directory: str, name: str | None, gone: bool) -> None:
@@ -307,24 +333,39 @@ class VolumeIndex:
             self._details_event.set()
 
     # ---- a whole refresh ----------------------------------------------------------------
-    async def load(self, pool: Pool, deep: bool = False) -> None:
+    async def load(self, pool: Pool, deep: bool = False) -> bool:
         """Refresh the pool from its storage; keep Volume objects that still exist.
+        True when anything changed (a volume came, went or changed, or the figures).
 
         Volumes come from cheap probes (headers); qemu-img's details follow in the
-        background, or at once when ``deep`` (a refresh the user asked for)."""
+        background, or at once when ``deep`` (a refresh the user asked for). Unless
+        ``deep``, a volume whose file is as it was keeps what qemu-img said of it (a
+        polled pool is listed every second or two: its images are not probed again)."""
         reg = self.reg
         stored = reg.state.load_volumes(pool.name)
         formats = {n: f for n, f in ((n, stored_format(pool, sv))
                                      for n, sv in stored.items()) if f}
         formats.update({n: v.recorded_format for n, v in pool.volumes.items()
                         if v.recorded_format})
+        # what storagefs itself does meanwhile is newer than this listing: a poll that
+        # overlaps a create or delete is dropped (the next one sees it), and volumes
+        # changed since it began keep what the operation left
+        version, began = pool.version, now_ns()
         info, found = await pool.backend.refresh(formats)
+        if not deep and pool.version != version:
+            return False
+        changed = info != pool.info
         pool.info = info
         pool.refreshed = time.monotonic()
-        seen = set()
+        seen, fresh = set(), set()
         for vinfo in found:
             seen.add(vinfo.name)
             vol = pool.volumes.get(vinfo.name)
+            if vinfo.name in pool.reserved or (vol is not None and vol.changed_ns >= began):
+                continue  # being made, or changed by storagefs since the listing began
+            if vol is not None and not deep and not vol.busy and same_file(vol.info, vinfo):
+                continue
+            fresh.add(vinfo.name)
             if vol is None:
                 vol = Volume(pool, vinfo.name, vinfo)
                 sv = stored.get(vinfo.name)
@@ -340,21 +381,34 @@ class VolumeIndex:
                 vol.info = vinfo
                 vol.pending = False  # made outside storagefs meanwhile
                 vol.touch()
-        for name in [n for n, v in pool.volumes.items()
-                     if n not in seen and n not in pool.reserved and not v.pending]:
+        gone = [n for n, v in pool.volumes.items() if n not in seen and
+                n not in pool.reserved and not v.pending and v.changed_ns < began]
+        for name in gone:
             pool.drop_volume(name)
             reg.listener.removed(pool.name, name)
         for name, sv in stored.items():
-            if name not in seen and not sv.broken:
+            if name not in seen and name not in pool.volumes and name not in pool.reserved \
+                    and not sv.broken:
                 try:  # the record of a volume that is gone: tidied, not required
                     reg.state.delete_volume(pool.name, name)
                 except StorageError as exc:
                     log.warning("pool %s: %s", pool.name, exc.reason)
-        slow = [v.name for v in found if v.format != "raw"]
+        slow = [v.name for v in found if v.format != "raw" and v.name in fresh]
         if not deep:
             self.want_details(pool, slow)
-            return
+            return changed or bool(fresh) or bool(gone)
         for name in slow:
             vol = pool.volumes.get(name)
             if vol is not None and not vol.busy:
                 await self.fill_details(vol)
+        return True
+
+
+def same_file(old: VolumeInfo, new: VolumeInfo) -> bool:
+    """True when a fresh probe shows the file as storagefs last knew it (same size,
+    allocation, times, format): what qemu-img said of it still holds."""
+    a, b = old.file, new.file
+    return (a is not None and b is not None and old.path == new.path
+            and old.format == new.format and old.physical == new.physical
+            and old.allocation == new.allocation and a.mtime_ns == b.mtime_ns
+            and a.ctime_ns == b.ctime_ns)

@@ -18,6 +18,7 @@ from ..backends.base import VolumeSpec
 from ..errors import Busy, InvalidArgument, StorageError
 from ..parsing import CREATE_USAGE, CreateVolume, PoolCommand
 from ..xml.pooltypes import POOL_TYPE_INFO
+from .index import POLL
 from .objects import DEGRADED, INACCESSIBLE, INACTIVE, RUNNING, Pool, claim
 from .recording import error_line
 from .volspec import check_allocation, default_spec
@@ -152,6 +153,7 @@ class PoolLifecycle:
 
     async def stop(self, pool: Pool) -> None:
         reg = self.reg
+        await reg.index.give_way(pool)
         with claim(pool, "stop"):
             if not pool.active:
                 raise Busy(f"storage pool '{pool.name}' is not active")
@@ -185,6 +187,7 @@ class PoolLifecycle:
         reg.listener.changed(pool.name)
 
     async def refresh(self, pool: Pool) -> None:
+        await self.reg.index.give_way(pool)
         with claim(pool, "refresh"):
             if not pool.active:
                 raise Busy(f"storage pool '{pool.name}' is not active")
@@ -200,6 +203,17 @@ class PoolLifecycle:
             self.apply_health(pool, "refresh")
             pool.touch()
         self.reg.listener.changed(pool.name)
+
+    async def poll(self, pool: Pool) -> None:
+        """A background listing of a pool that cannot be watched (remote storage): new,
+        changed and gone volumes, and its figures. Nothing happens while another
+        operation holds the pool; a user's command cancels it (index.give_way)."""
+        if pool.busy or pool.state not in (RUNNING, DEGRADED):
+            return
+        with claim(pool, POLL):
+            if await self.reg.index.load(pool):
+                pool.touch()
+                self.reg.listener.changed(pool.name)
 
     async def refresh_quietly(self, pool: Pool) -> None:
         """A listing in the background (a polled pool): skipped while the pool is busy."""
