@@ -7,13 +7,9 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
-import signal
 import subprocess
-import threading
 import time
 
-import pytest
 from mount_helpers import (
     assert_one_error_line,
     assert_valid,
@@ -80,6 +76,21 @@ def mount_of(path) -> tuple[str, str] | None:
     return found
 
 
+def client_cmdlines(target) -> list[list[str]]:
+    """Command lines of the GlusterFS FUSE clients serving ``target`` (from /proc)."""
+    want = str(target)
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                args = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+        except OSError:
+            continue
+        if args and os.path.basename(args[0]) == "glusterfs" and want in args:
+            found.append(args)
+    return found
+
+
 # ---- netfs over GlusterFS ---------------------------------------------------------------
 def test_netfs_glusterfs_start_volumes_status_stop(mounted, gluster_volume, tmp_path):
     vol, host = gluster_volume.name, gluster_volume.server.host
@@ -95,8 +106,8 @@ def test_netfs_glusterfs_start_volumes_status_stop(mounted, gluster_volume, tmp_
     # and libvirt's default options
     opts = sh(f"grep ' {target} ' /proc/mounts").stdout
     assert "nosuid" in opts and "nodev" in opts and "noexec" in opts, opts
-    clients = sh(f"ps -eo args | grep -F -- '{target}' | grep -v grep").stdout
-    assert "--direct-io-mode=1" in clients, clients
+    clients = client_cmdlines(target)
+    assert clients and all("--direct-io-mode=1" in c for c in clients), clients
 
     status = read_bytes(p / "status.xml")
     assert_valid(status, "storagepool")

@@ -107,10 +107,10 @@ async def volume_info(host: str, volume: str | None = None,
     return parse_volume_info(res.stdout)
 
 
-async def require_started(host: str, volume: str) -> GlusterVolume:
+async def require_started(host: str, volume: str, timeout: float = 30) -> GlusterVolume:
     """The volume, if ``host`` has it and it is started (else ENOENT / EBUSY)."""
     try:
-        found = await volume_info(host, volume)
+        found = await volume_info(host, volume, timeout=timeout)
     except NotFound:
         raise NotFound(f"Gluster volume '{volume}' does not exist on host '{host}'") from None
     for vol in found:

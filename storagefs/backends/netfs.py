@@ -154,6 +154,22 @@ class NetfsBackend(SharedFiles, MountedBackend):
         return entry.fstype in kinds and \
             entry.source.rstrip("/") == self.mount_source().rstrip("/")
 
+    async def check_source(self) -> None:
+        """glusterfs: ask the host's glusterd first (mount.glusterfs only says "Mounting
+        glusterfs on T failed"): a volume that does not exist is ENOENT, one not started
+        EBUSY. A host whose glusterd cannot be asked is left to mount(8)."""
+        if self.net_format != "glusterfs":
+            return
+        host = self.definition.source.hosts[0].name
+        volume = (self.definition.source.dir or "").strip("/").split("/")[0]
+        try:
+            await glustercli.require_started(host, volume, timeout=15)
+        except StorageError as exc:
+            if exc.errno in (errno.ENOENT, errno.EBUSY):
+                raise
+            log.info("pool %s: gluster cannot ask %s (%s): mounting anyway",
+                     self.definition.name, host, exc.reason)
+
     @classmethod
     def source_key(cls, definition: PoolDef) -> tuple | None:
         """libvirt's netfs source conflict: the same host and directory."""
