@@ -160,3 +160,95 @@ def test_netfs_refuses_a_volume_that_does_not_exist_with_mounts_reason(
     line = assert_one_error_line(p)
     assert "novol" in line, line
     assert state(p) == "inactive" and mount_of(target) is None
+
+
+def client_pid(target) -> int:
+    want = str(target)
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                args = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+        except OSError:
+            continue
+        if args and os.path.basename(args[0]) == "glusterfs" and want in args:
+            return int(pid)
+    raise AssertionError(f"no GlusterFS client serves {target}")
+
+
+def within(fn, seconds: float = 0.1):
+    """(answered, ("ok", result) | ("err", OSError)) of fn() in a helper thread."""
+    box: list = []
+
+    def work():
+        try:
+            box.append(("ok", fn()))
+        except OSError as exc:
+            box.append(("err", exc))
+
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    t.join(seconds)
+    return bool(box), (box[0] if box else None)
+
+
+# ---- gluster, used natively -----------------------------------------------------------
+def test_gluster_pool_private_mount_urls_and_volumes(mounted, gluster_volume, tmp_path):
+    vol, host = gluster_volume.name, gluster_volume.server.host
+    p = define(mounted, "gp", gluster_xml("gp", host, vol))
+    assert "build" not in read(p / "control").split()  # libvirt's gluster builds nothing
+    command(p / "state", "running")
+    private = mounted.state_dir / "run" / "gluster" / "gp"
+    assert mount_of(private) == (f"{host}:/{vol}", "fuse.glusterfs")
+    status = read_bytes(p / "status.xml")
+    assert_valid(status, "storagepool")
+    assert xml_value(status, "/pool/source/name") == vol
+    assert not parse_xpath(status, "/pool/target")  # as libvirt: no target
+
+    os.mkdir(p / "volumes" / "a.qcow2")
+    write(p / "volumes" / "a.qcow2" / "config.xml", volume_xml("a.qcow2", 64 * MiB, "qcow2"))
+    assert (gluster_volume.brick / "a.qcow2").is_file()
+    vstatus = read_bytes(p / "volumes" / "a.qcow2" / "status.xml")
+    assert_valid(vstatus, "storagevol")
+    assert xml_value(vstatus, "/volume/@type") == "network"
+    assert xml_value(vstatus, "/volume/key") == f"{vol}/a.qcow2"
+    url = f"gluster://{host}/{vol}/a.qcow2"
+    assert xml_value(vstatus, "/volume/target/path") == url
+    assert xml_value(vstatus, "/volume/target/format/@type") == "qcow2"
+    command(p / "volumes" / "a.qcow2" / "control", "resize 128M")
+    assert int(read(p / "volumes" / "a.qcow2" / "capacity")) == 128 * MiB
+    # the URL is what a guest opens: qemu's gluster driver reads the image through it
+    info = run(["qemu-img", "info", "--output=json", url], timeout=90).stdout
+    assert '"virtual-size": 134217728' in info and '"qcow2"' in info, info
+    # no lock or temp file is left on the volume
+    assert sorted(os.listdir(gluster_volume.brick)) == [".glusterfs", "a.qcow2"]
+
+    # files made and removed by another client appear and vanish at the next ls (≤ 2 s)
+    with gluster_volume.mounted(tmp_path / "other") as other:
+        run(["qemu-img", "create", "-q", "-f", "qcow2", other / "theirs.qcow2", "1G"])
+        assert wait_for(lambda: "theirs.qcow2" in ls_names(p / "volumes"), 2.5)
+        assert read(p / "volumes" / "theirs.qcow2" / "capacity").strip() == str(1024**3)
+        os.unlink(other / "theirs.qcow2")
+        assert wait_for(lambda: "theirs.qcow2" not in ls_names(p / "volumes"), 2.5)
+        # and a volume deleted here is gone for them
+        os.rmdir(p / "volumes" / "a.qcow2")
+        assert wait_for(lambda: not (other / "a.qcow2").exists(), 2)
+
+    command(p / "state", "inactive")
+    assert mount_of(private) is None and not private.exists()
+    assert ls_names(p / "volumes") == set()
+
+
+def parse_xpath(data: bytes, xpath: str) -> list:
+    from mount_helpers import parse
+    return parse(data).xpath(xpath)
+
+
+def test_gluster_refuses_a_missing_volume_and_changes_nothing(mounted, gluster_server):
+    p = define(mounted, "nv", gluster_xml("nv", gluster_server.host, "novolume"))
+    code, call = write_errno(p / "state", "running\n")
+    assert (code, call) == (errno.ENOENT, "write")
+    line = assert_one_error_line(p)
+    assert "Gluster volume 'novolume' does not exist" in line, line
+    assert state(p) == "inactive"
+    assert not (mounted.state_dir / "run" / "gluster" / "nv").exists() or \
+        mount_of(mounted.state_dir / "run" / "gluster" / "nv") is None

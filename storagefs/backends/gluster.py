@@ -42,6 +42,8 @@ DEFAULT_RUN_DIR = "/run/storagefs"
 #: glusterd's port: the CLI (gluster --remote-host) can ask no other
 GLUSTERD_PORT = 24007
 _URL_SAFE = "/-._~!$&'()*+,;=:@"
+#: image files are kept a multiple of this long (qemu's gluster driver: padded())
+PAD = 512
 
 
 class GlusterBackend(NetfsBackend):
@@ -156,22 +158,35 @@ class GlusterBackend(NetfsBackend):
         return self.public(await super().volume_details(info))
 
     async def create_volume(self, spec: VolumeSpec) -> VolumeInfo:
-        return self.public(await super().create_volume(spec))
+        return await self.padded(await super().create_volume(spec))
 
     async def resize_volume(self, info: VolumeInfo, capacity: int, **kwargs) -> VolumeInfo:
-        return self.public(await super().resize_volume(info, capacity, **kwargs))
+        return await self.padded(await super().resize_volume(info, capacity, **kwargs))
 
     async def update_volume(self, info: VolumeInfo, spec: VolumeSpec) -> VolumeInfo:
-        return self.public(await super().update_volume(info, spec))
+        return await self.padded(await super().update_volume(info, spec))
 
     async def clone_volume(self, src: VolumeInfo, spec: VolumeSpec, report) -> VolumeInfo:
-        return self.public(await super().clone_volume(src, spec, report))
+        return await self.padded(await super().clone_volume(src, spec, report))
 
     async def wipe_volume(self, info: VolumeInfo, algorithm: str, report) -> VolumeInfo:
-        return self.public(await super().wipe_volume(info, algorithm, report))
+        return await self.padded(await super().wipe_volume(info, algorithm, report))
 
     async def snapshot_volume(self, info: VolumeInfo, op: str, name: str) -> VolumeInfo:
-        return self.public(await super().snapshot_volume(info, op, name))
+        return await self.padded(await super().snapshot_volume(info, op, name))
+
+    async def padded(self, info: VolumeInfo) -> VolumeInfo:
+        """An image file's length rounded up to 512 bytes. qemu's gluster driver (the
+        gluster:// URL a guest opens) fails a read that ends past the end of the file
+        with EIO ("Could not read L1 table: Input/output error" for a fresh qcow2 of
+        196,616 bytes made by qemu-img on a local path); qemu-img itself pads what it
+        creates through gluster://. Zeros after a qcow2's last cluster are harmless."""
+        info = self.public(info)
+        if info.format != "raw" and info.path:
+            size = await self.io(_pad, info.path, PAD, what=f"pad {info.path}")
+            if size is not None:
+                info.physical = size
+        return info
 
     # ---- discovery ------------------------------------------------------------------------
     @classmethod
@@ -182,6 +197,16 @@ class GlusterBackend(NetfsBackend):
         return [source_document("gluster", source_name(vol.name, taken), host, dir="/",
                                 volume=vol.name)
                 for vol in await glustercli.volume_info(host)]
+
+
+def _pad(path: str, unit: int) -> int | None:
+    """Extend the file to a multiple of ``unit`` bytes; its new length, None if it was."""
+    size = os.stat(path).st_size
+    if size % unit == 0:
+        return None
+    new = size + unit - size % unit
+    os.truncate(path, new)
+    return new
 
 
 def _rmdir_quietly(path: str) -> None:
