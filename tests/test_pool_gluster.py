@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import subprocess
+import threading
 import time
 
+import pytest
 from mount_helpers import (
     assert_one_error_line,
     assert_valid,
@@ -252,3 +255,171 @@ def test_gluster_refuses_a_missing_volume_and_changes_nothing(mounted, gluster_s
     assert state(p) == "inactive"
     assert not (mounted.state_dir / "run" / "gluster" / "nv").exists() or \
         mount_of(mounted.state_dir / "run" / "gluster" / "nv") is None
+
+
+# ---- the server going away ------------------------------------------------------------
+def limited_mount(mount_factory):
+    return mount_factory(env=dict(os.environ, STORAGEFS_TOOL_TIMEOUT=str(LIMIT)))
+
+
+def others_answer(m, other) -> None:
+    """Every call on another pool answers within 100 ms."""
+    calls = {
+        "ls pools/": lambda: os.listdir(m.pools),
+        "cat other/status.xml": lambda: read(other / "status.xml"),
+        "ls -l other/volumes/": lambda: [os.lstat(p) for p in (other / "volumes").iterdir()],
+        "mkdir in other": lambda: os.mkdir(other / "volumes" / f"v{time.monotonic_ns()}"),
+    }
+    for name, fn in calls.items():
+        answered, res = within(fn)
+        assert answered, f"{name} did not answer within 100 ms"
+        assert res[0] == "ok", f"{name}: {res[1]}"
+
+
+def test_gluster_brick_killed_makes_the_pool_inaccessible_then_refresh_recovers(
+        mount_factory, gluster_volume, tmp_path):
+    m = limited_mount(mount_factory)
+    server, vol = gluster_volume.server, gluster_volume.name
+    other = m.pool("other")
+    os.mkdir(other)
+    write(other / "config.xml", f"<pool type='dir'><name>other</name><target><path>"
+          f"{tmp_path / 'otherdir'}</path></target></pool>\n")
+    command(other / "control", "build")
+    command(other / "control", "start")
+    p = define(m, "gp", gluster_xml("gp", server.host, vol))
+    command(p / "control", "start")
+    os.mkdir(p / "volumes" / "v1")
+    assert "v1" in ls_names(p / "volumes")
+
+    server.kill_brick(vol)  # the server going away
+    others_answer(m, other)
+    # someone reading volumes/ makes the poll notice (no command needed) ...
+    began = time.monotonic()
+    assert wait_for(lambda: (ls_names(p / "volumes"), state(p))[1] == "inaccessible",
+                    LIMIT + 4), state(p)
+    assert time.monotonic() - began < LIMIT + 4
+    reason = read(p / "error")
+    assert "Transport endpoint is not connected" in reason, reason
+    others_answer(m, other)
+    # ... and an operation that needs the storage fails within the time limit, not later
+    answered, res = within(lambda: os.mkdir(p / "volumes" / "v2"), LIMIT + 2)
+    assert answered and res[0] == "err", res
+    answered, res = within(lambda: command(p / "control", "refresh"), LIMIT + 5)
+    assert answered and res[0] == "err", res
+    assert state(p) == "inaccessible"
+
+    server.start_volume(vol, force=True)  # the server is back
+    assert wait_for(lambda: _try(lambda: command(p / "control", "refresh")), 20)
+    assert state(p) == "running"
+    assert "v1" in ls_names(p / "volumes")
+    os.mkdir(p / "volumes" / "v3")
+    assert (gluster_volume.brick / "v3").is_file()
+    command(p / "state", "inactive")
+
+
+def _try(fn) -> bool:
+    try:
+        fn()
+        return True
+    except OSError:
+        return False
+
+
+def test_gluster_client_stopped_holds_up_only_its_pool(mount_factory, gluster_volume,
+                                                       tmp_path):
+    m = limited_mount(mount_factory)
+    other = m.pool("other")
+    os.mkdir(other)
+    write(other / "config.xml", f"<pool type='dir'><name>other</name><target><path>"
+          f"{tmp_path / 'otherdir'}</path></target></pool>\n")
+    command(other / "control", "build")
+    command(other / "control", "start")
+    p = define(m, "gp", gluster_xml("gp", gluster_volume.server.host, gluster_volume.name))
+    command(p / "control", "start")
+    os.mkdir(p / "volumes" / "v1")
+    before = read(p / "volumes" / "v1" / "status.xml")
+    pid = client_pid(m.state_dir / "run" / "gluster" / "gp")
+    os.kill(pid, signal.SIGSTOP)  # the FUSE client hangs: every call on it waits
+    try:
+        others_answer(m, other)
+        # what storagefs knows answers at once, without touching the storage
+        answered, res = within(lambda: read(p / "volumes" / "v1" / "status.xml"))
+        assert answered and res == ("ok", before), res
+        answered, _ = within(lambda: read(p / "capacity"))
+        assert answered
+        # a command that needs the storage returns within the time limit ...
+        began = time.monotonic()
+        answered, res = within(lambda: command(p / "control", "refresh"), LIMIT + 5)
+        assert answered, "refresh did not return within the time limit"
+        assert res[0] == "err" and res[1].errno in (errno.EIO, errno.EBUSY), res
+        assert time.monotonic() - began < LIMIT + 5
+        # ... and the pool says why
+        assert state(p) == "inaccessible"
+        assert "not responding" in read(p / "error")
+        others_answer(m, other)
+        answered, res = within(lambda: os.mkdir(p / "volumes" / "v2"))
+        assert answered and res[0] == "err", res
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert wait_for(lambda: _try(lambda: command(p / "control", "refresh")), 20)
+    assert state(p) == "running"
+    assert "v1" in ls_names(p / "volumes")
+    command(p / "state", "inactive")
+
+
+# ---- volume locks across hosts ----------------------------------------------------------
+def test_a_volume_locked_by_another_host_is_refused_naming_it(mounted, gluster_volume,
+                                                              tmp_path):
+    from storagefs.backends import sharedlock
+
+    p = define(mounted, "gp", gluster_xml("gp", gluster_volume.server.host,
+                                          gluster_volume.name))
+    command(p / "control", "start")
+    os.mkdir(p / "volumes" / "v1")
+    # another host takes the volume's lock through its own client of the Gluster volume
+    with gluster_volume.mounted(tmp_path / "hostB") as other:
+        fd = sharedlock.acquire(str(other), "v1", "hostB", "wipe")
+        try:
+            code, call = write_errno(p / "volumes" / "v1" / "control", "resize 2G\n")
+            assert (code, call) == (errno.EBUSY, "write")
+            line = assert_one_error_line(p / "volumes" / "v1")
+            assert "locked by host 'hostB' (wipe since" in line, line
+            assert int(read(p / "volumes" / "v1" / "capacity")) != 2 * 1024**3
+            with pytest.raises(OSError) as err:
+                os.rmdir(p / "volumes" / "v1")
+            assert err.value.errno == errno.EBUSY
+            assert (gluster_volume.brick / "v1").is_file()
+        finally:
+            sharedlock.release(str(other), "v1", fd)
+        command(p / "volumes" / "v1" / "control", "resize 2G")
+        assert int(read(p / "volumes" / "v1" / "capacity")) == 2 * 1024**3
+        # storagefs let go of its own lock: no lock file is left
+        assert not (other / sharedlock.lock_name("v1")).exists()
+    command(p / "state", "inactive")
+
+
+# ---- discovery ---------------------------------------------------------------------------
+def test_find_sources_offers_the_hosts_volumes_as_pools_that_start(mounted, gluster_volume):
+    import trio
+
+    from storagefs.backends.gluster import GlusterBackend
+    from storagefs.backends.netfs import NetfsBackend
+
+    host, vol = gluster_volume.server.host, gluster_volume.name
+    docs = trio.run(GlusterBackend.find_sources, host)
+    mine = [d for d in docs if f"<name>{vol}</name>" in d]
+    assert len(mine) == 1, docs
+    assert_valid(mine[0], "storagepool")
+    netfs_docs = [d for d in trio.run(NetfsBackend.find_sources, host) if f"/{vol}'" in d]
+    assert len(netfs_docs) == 1, netfs_docs
+    assert_valid(netfs_docs[0], "storagepool")
+    assert "<format type='glusterfs'/>" in netfs_docs[0]
+    # a document found is a pool definition that works as it is
+    p = define(mounted, vol, mine[0])
+    command(p / "control", "start")
+    assert state(p) == "running"
+    command(p / "control", "stop")
+    # a query that is no host name is refused
+    with pytest.raises(Exception) as err:
+        trio.run(GlusterBackend.find_sources, "a b/c")
+    assert getattr(err.value, "errno", None) == errno.EINVAL

@@ -108,6 +108,10 @@ class GlusterBackend(NetfsBackend):
     def is_ours(self, entry: blockdev.MountEntry) -> bool:
         return entry.fstype == "fuse.glusterfs" and entry.source == self.mount_source()
 
+    def should_mount_again(self) -> bool:
+        """The private mount is ours: whenever it is gone while the pool runs."""
+        return not self.mounted()
+
     def not_mounted_reason(self) -> str:
         return f"Gluster volume '{self.mount_source()}' is not mounted (its private mount " \
             f"on '{self.target}' is gone)"

@@ -133,6 +133,8 @@ async def nfs_exports(host: str) -> list[str]:
 class NetfsBackend(SharedFiles, MountedBackend):
     type = "netfs"
     default_options = DEFAULT_OPTIONS
+    #: storagefs unmounted the mount as dead and has not mounted it again yet
+    _dropped = False
 
     # ---- what is mounted -------------------------------------------------------------
     @property
@@ -195,7 +197,16 @@ class NetfsBackend(SharedFiles, MountedBackend):
         log.warning("pool %s: the mount on %s is dead: mounting it again",
                     self.definition.name, self.target)
         await hostcmd.run([UMOUNT, "-l", self.real_target()], timeout=60)
+        self._dropped = True  # a later refresh mounts it, if this mount fails
+        await self.mount_again()
+
+    async def mount_again(self) -> None:
         await MountedBackend.start(self)
+        self._dropped = False
+
+    def should_mount_again(self) -> bool:
+        """Not mounted, and storagefs unmounted it itself (a dead mount it dropped)."""
+        return self._dropped and not self.mounted()
 
     async def start(self) -> None:
         if await self.mount_is_dead():
@@ -204,12 +215,22 @@ class NetfsBackend(SharedFiles, MountedBackend):
         await super().start()
 
     async def refresh(self, formats=None) -> tuple[PoolInfo, list[VolumeInfo]]:
+        """As dir; a mount whose client died, or that storagefs dropped as dead, is
+        mounted again (the pool recovers on refresh when the server is back)."""
+        if self.should_mount_again():
+            await self.mount_again()
+            return await super().refresh(formats)
         try:
             return await super().refresh(formats)
         except StorageError as exc:
             if exc.errno not in DEAD_MOUNT or not await self.mount_is_dead():
                 raise
-        await self.remount()
+            lost = exc
+        try:
+            await self.remount()
+        except StorageError as exc:
+            raise StorageError(f"{lost.reason}; mounting it again failed: {exc.reason}",
+                               lost.errno) from None
         return await super().refresh(formats)
 
     # ---- discovery ----------------------------------------------------------------------

@@ -34,8 +34,10 @@ import time
 from ..errors import Busy, from_oserror
 
 SUFFIX = ".storagefs-lock"
-#: how often a lock whose file was replaced under us is tried again
-ATTEMPTS = 5
+#: how often a lock whose file was replaced under us is tried again, and how long apart
+#: (a GlusterFS client looks a name up again after its entry-timeout, 1 s by default)
+ATTEMPTS = 8
+STALE_WAIT = 0.2
 _OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", 37)
 
 
@@ -88,34 +90,52 @@ def describe(text: str) -> str:
     return f"host '{host}'" + (f" ({', '.join(parts)})" if parts else "")
 
 
+def _close(fd: int) -> None:
+    """close(2) that cannot fail the caller (a network filesystem may answer ESTALE for
+    a file another host removed: the descriptor is gone all the same)."""
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
 def acquire(directory: str, volume: str, host: str, op: str) -> int:
     """Take the lock of ``volume`` in ``directory``; the open descriptor that holds it.
-    Busy naming the holder when another has it."""
+    Busy naming the holder when another has it.
+
+    ESTALE (the client still knew a lock file another host has removed meanwhile) is
+    the file being replaced: tried again after a moment, once the client looked again."""
     path = os.path.join(directory, lock_name(volume))
-    for _ in range(ATTEMPTS):
+    for attempt in range(ATTEMPTS):
+        if attempt:
+            time.sleep(STALE_WAIT)
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as exc:
+            if exc.errno == errno.ESTALE:
+                continue
             raise from_oserror(exc, f"cannot open the lock of volume '{volume}'") from None
         try:
             _setlk(fd)
         except OSError as exc:
             if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                os.close(fd)
+                _close(fd)
+                if exc.errno == errno.ESTALE:
+                    continue
                 raise from_oserror(exc, f"cannot lock volume '{volume}'") from None
             who = describe(holder_of(fd))
-            os.close(fd)
+            _close(fd)
             raise Busy(f"volume '{volume}' is locked by {who}: try again when it is "
                        "done") from None
         try:
             same = os.fstat(fd).st_ino == os.stat(path, follow_symlinks=False).st_ino
-        except FileNotFoundError:
-            same = False
         except OSError as exc:
-            os.close(fd)
-            raise from_oserror(exc, f"cannot lock volume '{volume}'") from None
+            if exc.errno not in (errno.ENOENT, errno.ESTALE):
+                _close(fd)
+                raise from_oserror(exc, f"cannot lock volume '{volume}'") from None
+            same = False
         if not same:  # its holder let go and removed it meanwhile: lock the new one
-            os.close(fd)
+            _close(fd)
             continue
         since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         who = "".join(c if c.isprintable() and not c.isspace() else "_" for c in host)
@@ -142,4 +162,4 @@ def release(directory: str, volume: str, fd: int) -> None:
     except OSError:
         pass  # the lock still goes with the close
     finally:
-        os.close(fd)
+        _close(fd)
