@@ -8,14 +8,17 @@ storage_backend_gluster.c): ``<source><host name='H'/><dir path='/'/><name>VOL</
   started (ENOENT / EBUSY with the reason). gfapi is not used from Python: PyPI's binding
   is old and broken (ENVIRONMENT.md), and every gfapi connection pays glfs_fini's 10 s
   on close (qemu-img on gluster:// shows it).
-- **Volumes are network volumes, named as libvirt names them**: key ``VOL/DIR/NAME``,
-  target path (status.xml) ``gluster://HOST[:PORT]/VOL/DIR/NAME``, the URL a guest (or
-  qemu-img) opens. The ``path`` link points at the file on the private mount, for local
-  tools while the pool runs.
+- **Volumes are network volumes, named as libvirt names them**: target path
+  (status.xml) ``gluster://HOST[:PORT]/VOL/DIR/NAME``, the URL a guest (or qemu-img)
+  opens, and the same URL as the key (libvirt 9.0 does both). The ``path`` link points
+  at the file on the private mount, for local tools while the pool runs.
 - **storagefs's own work runs on the private mount** (create, resize, clone, wipe,
   snapshots: the same code and qemu-img calls as ``dir``, in milliseconds). qemu-img
-  itself works on the gluster:// URLs (qemu-block-extra: create, info, resize, convert),
-  but each call costs 10 s or more of glfs_fini, so a mkdir would take 20 s.
+  itself works on the gluster:// URLs here (qemu-block-extra 7.2: create, info, resize;
+  measured: create 21 s, resize 10 s, info 10 s, nearly all of it glfs_fini), so a
+  mkdir through them would take half a minute. Image files are padded to 512 bytes
+  (padded()): qemu's gluster driver fails with EIO on a qcow2 whose file ends
+  mid-sector, as qemu-img makes them on a local path.
 - **Shared**: other hosts use the same volume, so everything of sharedfiles.py applies
   (atomic create, volume locks, polled listing), as for ``netfs``.
 - No build or delete (libvirt's gluster backend has neither: a Gluster volume is made
@@ -74,21 +77,24 @@ class GlusterBackend(NetfsBackend):
         run = getattr(self.ctx, "run_dir", None) or DEFAULT_RUN_DIR
         return os.path.join(run, "gluster", self.definition.name)
 
-    def key_of(self, name: str) -> str:
+    def path_in_volume(self, name: str) -> str:
+        """VOL/DIR/NAME, as libvirt joins them (its state->volname, state->dir, name)."""
         return f"{self.volname}{self.subdir}{name}"
 
     def url_of(self, name: str) -> str:
         host = self.definition.source.hosts[0]
         where = f"[{host.name}]" if ":" in host.name else host.name
         port = f":{host.port}" if host.port else ""
-        path = urllib.parse.quote(f"/{self.key_of(name)}", safe=_URL_SAFE)
+        path = urllib.parse.quote(f"/{self.path_in_volume(name)}", safe=_URL_SAFE)
         return f"gluster://{where}{port}{path}"
 
     def public(self, info: VolumeInfo | None) -> VolumeInfo | None:
-        """A volume as libvirt shows it: network type, key and gluster:// URL."""
+        """A volume as libvirt shows it: network type, and the gluster:// URL as both its
+        target path and its key (virStorageBackendGlusterSetMetadata: "the path is
+        unique enough to serve as a volume key")."""
         if info is not None:
-            info.type, info.key, info.url = "network", self.key_of(info.name), \
-                self.url_of(info.name)
+            url = self.url_of(info.name)
+            info.type, info.key, info.url = "network", url, url
         return info
 
     # ---- what is mounted -----------------------------------------------------------------

@@ -6,15 +6,17 @@ mount(8) is called as libvirt 9.0 calls it (virStorageBackendFileSystemMountCmd 
 storage_util.c): libvirt's default options first, then the type's own, then those of
 ``<fs:mount_opts>``::
 
-    glusterfs  mount -o nodev,nosuid,noexec,direct-io-mode=1 -t glusterfs HOST:DIR TARGET
-    nfs        mount -o nodev,nosuid,noexec[,nfsvers=VER] -t nfs HOST:DIR TARGET
-    cifs       mount -o nodev,nosuid,noexec,guest -t cifs //HOST/DIR TARGET
-    auto       mount -o nodev,nosuid,noexec[,nfsvers=VER] HOST:DIR TARGET
+    glusterfs  mount -o nodev,nosuid,noexec,direct-io-mode=1[,OPTS] -t glusterfs HOST:DIR TARGET
+    nfs        mount -o nodev,nosuid,noexec[,OPTS][,nfsvers=VER] -t nfs HOST:DIR TARGET
+    cifs       mount -o nodev,nosuid,noexec,guest[,OPTS] -t cifs //HOST/DIR TARGET
+    auto       mount -o nodev,nosuid,noexec[,OPTS][,nfsvers=VER] HOST:DIR TARGET
 
-(``auto`` has no ``-t``: ``mount -t auto`` does not find nfs or cifs, plain mount does.)
-``<protocol ver='4'/>`` becomes ``nfsvers=4``, so NFSv4-only servers work. Two changes
-from libvirt: an IPv6 address is put in brackets (``[fd00::1]:/export``), and a CIFS
-share is ``//HOST/share`` whether or not the document's dir starts with '/'.
+``<protocol ver='4'/>`` becomes ``nfsvers=4``, so NFSv4-only servers work. Three changes
+from libvirt: ``auto`` gets no ``-t auto`` (libvirt passes it, and mount(8) then tries
+only the local filesystem types of /proc/filesystems, never nfs or cifs; without ``-t``
+mount(8) picks nfs for HOST:DIR and cifs for //HOST/SHARE); an IPv6 address is put in
+brackets (``[fd00::1]:/export``); a CIFS share is ``//HOST/share`` whether or not the
+document's dir starts with '/' (libvirt makes ``//HOST//share``).
 
 ``stop`` refuses with EBUSY naming the processes that hold files on the mount before
 umount is tried (mounted.py). A mount whose client died ("Transport endpoint is not
@@ -72,13 +74,13 @@ def mount_source(defn: PoolDef) -> str:
 
 
 def mount_argv(defn: PoolDef, target: str, extra: tuple[str, ...] = ()) -> list[str]:
-    """mount(8)'s command line for a netfs pool, as libvirt 9.0 builds it; ``extra``
-    options go after libvirt's (before those of <fs:mount_opts>)."""
+    """mount(8)'s command line for a netfs pool, options in libvirt 9.0's order
+    (virStorageBackendFileSystemMountAddOptions): its defaults, the format's own
+    (direct-io-mode=1, guest), ``extra``, <fs:mount_opts>, then nfsvers=."""
     fmt = defn.source.format or "auto"
-    opts = [*DEFAULT_OPTIONS]
+    opts = [*DEFAULT_OPTIONS, *FORMAT_OPTIONS.get(fmt, ()), *extra, *defn.mount_opts]
     if defn.source.protocol_ver and fmt in ("nfs", "auto"):
         opts.append(f"nfsvers={defn.source.protocol_ver}")
-    opts += [*FORMAT_OPTIONS.get(fmt, ()), *extra, *defn.mount_opts]
     argv = ["mount", "-o", ",".join(opts)]
     if fmt != "auto":
         argv += ["-t", fmt]
@@ -90,7 +92,7 @@ def parse_showmount(text: str) -> list[str]:
     path may hold spaces, the last field is the client list), as libvirt parses it."""
     out = []
     for line in text.splitlines():
-        m = re.match(r"^(/.*\S) +\S+$", line)
+        m = re.match(r"^(/(?:.*\S)?) +\S+$", line)
         if m:
             out.append(m.group(1))
     return out
