@@ -26,6 +26,16 @@ Use it from a test module::
 
 Volumes get ``network.ping-timeout 5`` (clients give up on a silent brick after 5 s
 instead of 42 s).
+
+Several "hosts" on one machine (a test of pools shared by hosts): glusterd allows one per
+machine, so run several storagefs mounts, each with its own ``--host-id`` (and state
+directory), against the one volume; each host's gluster pool has its own private FUSE
+client, so locks and listings go through GlusterFS as they would between machines.
+``gluster_volume.mounted(path)`` adds a plain client (a program on yet another host).
+
+Outside pytest (contrib/bench/bench_gluster.py): ``start_glusterd(workdir)`` returns the
+process (GlusterdError when it cannot start), ``GlusterServer(workdir, proc)`` drives it,
+``server.close()`` removes its volumes and stops it by pid.
 """
 
 from __future__ import annotations
@@ -139,6 +149,12 @@ class GlusterServer:
             self.volumes.remove(name)
         shutil.rmtree(self.workdir / "bricks" / name, ignore_errors=True)
 
+    def close(self) -> None:
+        """Delete every volume this server made (unmounting their clients), stop it."""
+        for name in list(self.volumes):
+            self.delete_volume(name)
+        stop_glusterd(self.proc)
+
     def brick_pid(self, name: str) -> int | None:
         """The pid of the volume's brick process (glusterfsd), None when it is down."""
         res = gluster("--xml", "volume", "status", name, check=False)
@@ -177,15 +193,22 @@ class GlusterServer:
             subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
-def _start_glusterd(workdir: Path) -> subprocess.Popen:
+class GlusterdError(RuntimeError):
+    """glusterd cannot be started here (one runs already, or it did not come up)."""
+
+
+def start_glusterd(workdir: Path) -> subprocess.Popen:
+    """Start a private glusterd (working dir and logs under ``workdir``, bound to
+    127.0.0.1) and wait until its CLI answers; GlusterdError when it cannot. Used by the
+    fixture and by contrib/bench/bench_gluster.py; stop it with ``stop_glusterd``."""
     running = _pids_named("glusterd")
     if running or _port_open(GLUSTERD_PORT):
-        pytest.fail(f"a glusterd this test session did not start is running (pid "
-                    f"{', '.join(map(str, running)) or '?'} / port {GLUSTERD_PORT} in use): "
-                    "glusterd allows one per machine; stop it or run these tests elsewhere",
-                    pytrace=False)
+        raise GlusterdError(
+            f"a glusterd this test session did not start is running (pid "
+            f"{', '.join(map(str, running)) or '?'} / port {GLUSTERD_PORT} in use): "
+            "glusterd allows one per machine; stop it or run these tests elsewhere")
     wd = workdir / "wd"
-    wd.mkdir()
+    wd.mkdir(parents=True)
     for sub in ("groups", "hooks"):
         if os.path.isdir(f"/var/lib/glusterd/{sub}"):
             shutil.copytree(f"/var/lib/glusterd/{sub}", wd / sub)
@@ -202,13 +225,25 @@ def _start_glusterd(workdir: Path) -> subprocess.Popen:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"glusterd exited with {proc.returncode}: see {workdir}/glusterd.log",
-                        pytrace=False)
+            raise GlusterdError(f"glusterd exited with {proc.returncode}: see "
+                                f"{workdir}/glusterd.log")
         if gluster("pool", "list", check=False, timeout=10).returncode == 0:
             return proc
         time.sleep(0.2)
-    proc.kill()
-    pytest.fail(f"glusterd did not answer within {START_TIMEOUT:g} s", pytrace=False)
+    stop_glusterd(proc)
+    raise GlusterdError(f"glusterd did not answer within {START_TIMEOUT:g} s")
+
+
+def stop_glusterd(proc: subprocess.Popen) -> None:
+    """Stop the glusterd we started, by its pid (never another one)."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=15)
 
 
 @pytest.fixture(scope="session")
@@ -217,19 +252,15 @@ def gluster_server(tmp_path_factory):
         if shutil.which(tool) is None and not os.path.exists(f"/sbin/{tool}"):
             pytest.skip(f"{tool} not installed (Debian: glusterfs-server, glusterfs-client)")
     workdir = tmp_path_factory.mktemp("glusterd")
-    proc = _start_glusterd(workdir)
+    try:
+        proc = start_glusterd(workdir)
+    except GlusterdError as exc:
+        pytest.fail(str(exc), pytrace=False)
     server = GlusterServer(workdir, proc)
     try:
         yield server
     finally:
-        for name in list(server.volumes):
-            server.delete_volume(name)
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
+        server.close()
 
 
 @dataclass
