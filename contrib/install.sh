@@ -10,8 +10,10 @@ want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
 apt_pkgs=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv qemu-utils util-linux coreutils scrub
-          parted lvm2 e2fsprogs xfsprogs btrfs-progs)
-test_pkgs=(vim rsync sed systemd xfsprogs puppet bindfs)
+          parted lvm2 e2fsprogs xfsprogs btrfs-progs
+          glusterfs-client glusterfs-cli qemu-block-extra nfs-common cifs-utils)
+test_pkgs=(vim rsync sed systemd xfsprogs puppet bindfs
+           glusterfs-server libvirt-daemon-system libvirt-clients libvirt-daemon-driver-storage-gluster)
 
 missing=()
 for p in "${apt_pkgs[@]}" $( [ $want_test = 1 ] && echo "${test_pkgs[@]}" ); do
