@@ -423,3 +423,29 @@ def test_find_sources_offers_the_hosts_volumes_as_pools_that_start(mounted, glus
     with pytest.raises(Exception) as err:
         trio.run(GlusterBackend.find_sources, "a b/c")
     assert getattr(err.value, "errno", None) == errno.EINVAL
+
+
+# ---- the corpus through the mount ---------------------------------------------------------
+def test_corpus_netfs_and_gluster_documents_define_and_print_valid_xml(mounted):
+    import corpus
+
+    names = [n for n in corpus.names("tests/storagepoolxml2xmlin")
+             if n.startswith(("pool-netfs", "pool-gluster"))]
+    assert len(names) >= 10, names
+    for name in names:
+        data = corpus.read(f"tests/storagepoolxml2xmlin/{name}")
+        pool_name = xml_value(data, "/pool/name")
+        p = define(mounted, pool_name, data.decode())
+        assert read_bytes(p / "config.xml") == data  # reads back byte for byte
+        status = read_bytes(p / "status.xml")
+        assert_valid(status, "storagepool")
+        expected = f"tests/storagepoolxml2xmlout/{name}"
+        if (corpus.libvirt_dir() / expected).is_file():
+            want = corpus.read(expected)
+            for xpath in ("/pool/@type", "/pool/source/host/@name", "/pool/source/dir/@path",
+                          "/pool/source/name", "/pool/source/format/@type",
+                          "/pool/source/protocol/@ver"):
+                if parse_xpath(want, xpath):
+                    assert xml_value(status, xpath) == xml_value(want, xpath), (name, xpath)
+        assert state(p) == "inactive"
+        os.rmdir(p)
