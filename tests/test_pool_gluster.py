@@ -449,3 +449,46 @@ def test_corpus_netfs_and_gluster_documents_define_and_print_valid_xml(mounted):
                     assert xml_value(status, xpath) == xml_value(want, xpath), (name, xpath)
         assert state(p) == "inactive"
         os.rmdir(p)
+
+
+# ---- two hosts on one Gluster volume ----------------------------------------------------
+def test_two_hosts_share_a_gluster_volume(mount_factory, gluster_volume, tmp_path):
+    a = mount_factory(extra=("--host-id", "hostA"))
+    b = mount_factory(name="mntB", create_state=False, start=False)
+    b.state_dir = tmp_path / "stateB"
+    b.state_dir.mkdir()
+    b.start("--host-id", "hostB")
+    doc = gluster_xml("gp", gluster_volume.server.host, gluster_volume.name)
+    pa, pb = define(a, "gp", doc), define(b, "gp", doc)
+    command(pa / "control", "start")
+    command(pb / "control", "start")
+
+    # what one host makes the other lists at its next ls (polled, ≤ 2 s)
+    os.mkdir(pa / "volumes" / "v1.qcow2")
+    assert wait_for(lambda: "v1.qcow2" in ls_names(pb / "volumes"), 2.5)
+    assert read(pb / "volumes" / "v1.qcow2" / "format").strip() == "qcow2"
+
+    # both create one name at once: exactly one host gets it, the other EEXIST
+    results: dict[str, object] = {}
+
+    def create(name, pdir):
+        results[name] = write_errno(pdir / "control", "create same.raw 64M\n")
+
+    threads = [threading.Thread(target=create, args=(n, p)) for n, p in (("a", pa), ("b", pb))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    codes = sorted(str(r[0]) for r in results.values())
+    assert codes == ["17", "None"], results
+    loser = pa if results["a"][0] else pb
+    assert "exists" in assert_one_error_line(loser)
+    assert wait_for(lambda: "same.raw" in ls_names(pa / "volumes") and
+                    "same.raw" in ls_names(pb / "volumes"), 2.5)
+    assert [n for n in os.listdir(gluster_volume.brick) if n.startswith(".storagefs")] == []
+
+    # a volume removed on one host is gone on the other
+    os.rmdir(pb / "volumes" / "v1.qcow2")
+    assert wait_for(lambda: "v1.qcow2" not in ls_names(pa / "volumes"), 2.5)
+    command(pa / "state", "inactive")
+    command(pb / "state", "inactive")
