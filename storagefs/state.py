@@ -78,6 +78,8 @@ class StateDir:
         self.volumes_dir = self.path / "volumes"
         self.images_dir = self.path / "images"
         self.secrets_dir = self.path / "secrets"
+        #: what exists only while storagefs runs (private mounts of gluster pools)
+        self.run_dir = self.path / "run"
         self._lock_fd: int | None = None
 
     @property

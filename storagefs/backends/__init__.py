@@ -8,9 +8,11 @@ from .base import PoolBackend, PoolContext, PoolInfo, VolumeInfo, VolumePolicy, 
 from .dir import DirBackend
 from .disk import DiskBackend
 from .fs import FsBackend
+from .gluster import GlusterBackend
 from .iscsi import IscsiBackend
 from .iscsi_direct import IscsiDirectBackend
 from .logical import LogicalBackend
+from .netfs import NetfsBackend
 from .zfs import ZfsBackend
 
 BACKENDS: dict[str, type[PoolBackend]] = {
@@ -21,6 +23,8 @@ BACKENDS: dict[str, type[PoolBackend]] = {
     IscsiBackend.type: IscsiBackend,
     IscsiDirectBackend.type: IscsiDirectBackend,
     ZfsBackend.type: ZfsBackend,
+    NetfsBackend.type: NetfsBackend,
+    GlusterBackend.type: GlusterBackend,
 }
 
 

@@ -193,12 +193,15 @@ class PoolContext:
     AUTH_USAGE: ClassVar[dict[str, str]] = {"chap": "iscsi", "ceph": "ceph"}
 
     def __init__(self, runner: PoolRunner | None = None, secrets: Any = None,
-                 host: str = "") -> None:
+                 host: str = "", run_dir: str | None = None) -> None:
         self.runner = runner
         self.secrets = secrets
         #: who this storagefs is among hosts sharing storage (``mount --host-id``): named
         #: in the locks it takes, and by another host refused by one of them
         self.host = host or socket.gethostname()
+        #: where a backend keeps what exists only while storagefs runs (STATE/run: the
+        #: private mounts of gluster pools); None: the backend's own default
+        self.run_dir = run_dir
 
     def auth_uuid(self, auth) -> str:
         """The uuid of the secret a pool's ``<auth>`` names (by uuid or usage); ENOENT

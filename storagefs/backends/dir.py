@@ -8,7 +8,6 @@ import stat
 from collections.abc import Mapping
 
 from ..errors import Busy, InvalidArgument, NotFound, from_oserror
-from . import imagefmt
 from .base import FILE_POLICY, PoolBackend, PoolInfo, VolumeInfo, VolumeSpec
 from .filevol import FileVolumes
 
@@ -62,10 +61,10 @@ def _build(path: str, mode: int, owner: int | None, group: int | None) -> None:
         raise from_oserror(exc, f"cannot create directory '{path}'") from None
 
 
-def _start(path: str) -> None:
+def _start(path: str, tidy) -> None:
     if not is_dir(path):
         raise NotFound(f"cannot open directory '{path}': No such file or directory")
-    imagefmt.remove_leftovers(path)
+    tidy()
 
 
 def _delete(path: str) -> None:
@@ -102,7 +101,8 @@ class DirBackend(PoolBackend):
                       perms.group if perms else None, what=f"mkdir {self.target}")
 
     async def start(self) -> None:
-        await self.io(_start, self.target, what=f"open {self.target}")
+        await self.io(_start, self.target, self.files.remove_leftovers,
+                      what=f"open {self.target}")
 
     async def delete(self) -> None:
         await self.io(_delete, self.target, what=f"rmdir {self.target}")

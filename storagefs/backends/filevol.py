@@ -39,12 +39,30 @@ async def _plain(fn: Callable[..., Any], *args: Any, **_kw: Any) -> Any:
 class FileVolumes:
     """Volume operations on regular files in one directory."""
 
+    #: a new volume is made complete under a temp name and only then given its name
+    #: (place_new): for a directory other hosts list too (sharedfiles.py)
+    stage_new = False
+
     def __init__(self, directory: str, io: IO = _plain) -> None:
         self.dir = directory
         self.io = io
 
     def path_of(self, name: str) -> str:
         return os.path.join(self.dir, check_name(name, "volume name"))
+
+    def temp_name(self, what: str, name: str) -> str:
+        """The name of our temp file beside volume ``name`` while ``what`` runs."""
+        return fileops.temp_name(what, name)
+
+    @staticmethod
+    def place_new(tmp: str, path: str) -> None:
+        """Give a finished temp file its volume name, never over an existing one
+        (a syscall: run through ``io``)."""
+        fileio.rename_new(tmp, path)
+
+    def remove_leftovers(self) -> list[str]:
+        """Temp files an interrupted storagefs left here (a syscall: run through ``io``)."""
+        return imagefmt.remove_leftovers(self.dir)
 
     # ---- looking -------------------------------------------------------------------
     async def scan(self, formats: Mapping[str, str]) -> list[VolumeInfo]:
@@ -142,6 +160,10 @@ class FileVolumes:
         file it writes into)."""
         check_creatable(spec.format)
         final = self.path_of(spec.name)
+        staged = path is None and self.stage_new
+        if staged:
+            path = os.path.join(self.dir, self.temp_name("new", spec.name))
+            await self.discard(path)  # left by an interrupted create of ours
         path = path or final
         mode = spec.mode if spec.mode is not None else 0o600
         if spec.allocation:
@@ -156,7 +178,9 @@ class FileVolumes:
                 await self._qemu_create(path, spec)
                 if spec.allocation and not imagefmt.qemu_preallocates(spec):
                     await self.io(fileio.reserve, path, spec.allocation, what=f"allocate {path}")
-            if path != final:
+            if staged:
+                await self.io(self.place_new, path, final, what=f"link {final}")
+            elif path != final:
                 await self.io(os.replace, path, final, what=f"rename {path}")
             info = await self.probe(spec.name, fmt=made_format(spec))
             if info is None:
@@ -300,7 +324,7 @@ class FileVolumes:
 
     async def _remake(self, info: VolumeInfo, spec: VolumeSpec) -> VolumeInfo:
         """Made beside the old one, then renamed over it: a failure keeps the old."""
-        tmp = os.path.join(self.dir, fileops.temp_name("new", info.name))
+        tmp = os.path.join(self.dir, self.temp_name("new", info.name))
         await self.discard(tmp)
         return await self.create(spec, tmp)
 
@@ -309,7 +333,7 @@ class FileVolumes:
         path = self.path_of(spec.name)
         if await self.io(os.path.lexists, path, what=f"stat {path}"):
             raise Exists(f"volume target path '{path}' already exists")
-        tmp = os.path.join(self.dir, fileops.temp_name("clone", spec.name))
+        tmp = os.path.join(self.dir, self.temp_name("clone", spec.name))
         await self.discard(tmp)  # left by an interrupted clone (the name is reserved now)
         try:
             if spec.format == src.format:
@@ -318,7 +342,7 @@ class FileVolumes:
                 if spec.format not in CREATABLE:
                     raise NotSupported(f"cannot convert to format '{spec.format}'")
                 await fileops.qemu_convert(src, tmp, spec.format, report)
-            await self.io(fileio.rename_new, tmp, path, what=f"rename {tmp}")
+            await self.io(self.place_new, tmp, path, what=f"rename {tmp}")
         except OSError as exc:
             await self.discard(tmp)
             raise from_oserror(exc, f"cannot clone to '{path}'") from None

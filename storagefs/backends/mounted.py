@@ -19,6 +19,8 @@ from __future__ import annotations
 import errno
 import os
 
+import trio
+
 from .. import hostcmd
 from ..errors import Busy, NotFound, StorageError
 from . import blockdev
@@ -90,6 +92,11 @@ class MountedBackend(DirBackend):
         """Before a mount: is the source there, and what the pool says it is?"""
         return None
 
+    def mount_argv(self, target: str) -> list[str]:
+        """The mount(8) command line that mounts the source on ``target``."""
+        return [MOUNT, "-t", self.mount_type(), "-o", ",".join(self.mount_options()),
+                self.mount_source(), target]
+
     # ---- state of the mount -----------------------------------------------------------
     def real_target(self) -> str:
         return self._real_target or os.path.normpath(self.target)
@@ -124,10 +131,20 @@ class MountedBackend(DirBackend):
         if not await self.io(is_dir, target, what=f"stat {target}"):
             raise NotFound(f"cannot mount '{self.mount_source()}' on '{target}': the mount "
                            "point does not exist (build the pool first)")
-        await hostcmd.run([MOUNT, "-t", self.mount_type(), "-o",
-                           ",".join(self.mount_options()), self.mount_source(), target],
-                          timeout=120, errno_map=MOUNT_ERRNOS)
+        await hostcmd.run(self.mount_argv(target), timeout=120, errno_map=MOUNT_ERRNOS)
+        await self.wait_mounted()
         await super().start()
+
+    async def wait_mounted(self, seconds: float = 3.0) -> None:
+        """After mount(8) said yes: the mount table shows it (a FUSE helper such as
+        mount.glusterfs may return 0 and its daemon give up a moment later)."""
+        with trio.move_on_after(seconds):
+            while not self.mounted():
+                await trio.sleep(0.05)
+        if not self.mounted():
+            raise StorageError(f"mounting '{self.mount_source()}' on '{self.target}' "
+                               "failed: mount reported success, but nothing is mounted there",
+                               errno.EIO)
 
     async def stop(self) -> None:
         if not self.mounted():

@@ -60,8 +60,11 @@ class Chains:
         document names: qemu-img would read it. qemu-img info, which opens none of them,
         refreshes what the image says first."""
         if info is None:
-            if vol.info.type != "file" or (vol.info.format == "raw" and
-                                           not vol.info.data_files):
+            # file volumes, and network volumes storagefs reaches through a local file
+            # (a gluster pool's private mount): image tools open their chains too
+            local = vol.info.type == "file" or (vol.info.type == "network" and
+                                                bool(vol.info.path))
+            if not local or (vol.info.format == "raw" and not vol.info.data_files):
                 return
             info = await vol.pool.backend.volume_details(dataclasses.replace(vol.info))
             if not vol.busy:

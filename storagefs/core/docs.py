@@ -71,11 +71,23 @@ def volume_doc(defn: PoolDef, info: VolumeInfo, *, live: bool,
         name=info.name, type=info.type, key=info.key if live else None,
         capacity=info.capacity, allocation=info.allocation if live else 0,
         physical=info.physical if live else None,
-        target=xv.VolTarget(path=(info.path or info.shown_path) if live else None,
-                            format=shown_format(info), permissions=perms, timestamps=ts,
+        target=xv.VolTarget(path=target_path(info) if live else None,
+                            format=shown_format(info),
+                            permissions=perms, timestamps=ts,
                             encryption=volume_encryption(info, config, defn)),
         backing=backing)
     return xv.format_volume(vol, defn).encode()
+
+
+def target_path(info: VolumeInfo) -> str | None:
+    """The volume's <target><path> as libvirt prints it: the URL of a network volume
+    (gluster://...) unless the backend names what libvirt shows (iscsi-direct's
+    ip-HOST:PORT-iscsi-IQN-lun-N), else its local path."""
+    if info.shown_path:
+        return info.shown_path
+    if info.type in ("network", "netdir") and info.url:
+        return info.url
+    return info.path
 
 
 def _ts(ns: int) -> str:

@@ -25,7 +25,7 @@ from ..backends.base import VolumeInfo
 from ..errors import Busy, StorageError
 from ..names import check_name
 from ..watch import DirWatcher
-from .objects import Pool, Volume
+from .objects import Pool, Volume, now_ns
 from .recording import error_line
 from .volspec import stored_format
 
@@ -40,6 +40,8 @@ PROBE_EVERY = 0.5
 FIGURES_EVERY = 2.0
 #: a polled pool is listed while someone read it within this many seconds
 READERS_WITHIN = 30.0
+#: pool operations during which its storage may go away without being lost
+STOPPING = ("stop", "undefine")
 #: errnos of storage that is gone (the pool becomes inaccessible)
 LOST = (errno.ENOENT, errno.EIO, errno.ENOTCONN, errno.ETIMEDOUT, errno.EHOSTDOWN,
         errno.EHOSTUNREACH, errno.ESTALE)
@@ -128,13 +130,15 @@ class VolumeIndex:
             due = self._figures_due[pool.name] = trio.Event()
             with trio.move_on_after(policy.poll_interval if polled else FIGURES_EVERY):
                 await due.wait()
-            if not pool.active or pool.runner.stuck:
+            if not pool.active or pool.runner.stuck or pool.busy in STOPPING:
                 continue
             try:
                 if polled and self._read_lately(pool):
                     await self._poll(pool)
                 await self.refresh_figures(pool)
             except StorageError as exc:
+                if pool.busy in STOPPING:
+                    continue  # its storage goes away because a user stops it
                 if pool.runner.stuck or exc.errno in LOST:
                     self.reg.life.lost_storage(pool, exc)
                     return
@@ -184,16 +188,17 @@ class VolumeIndex:
         operation's own result is newer). A failure is raised to the figures task."""
         if pool.busy or pool.busy_volumes:
             return
-        version = pool.version
+        version, began = pool.version, now_ns()
         stored, formats = self._formats(pool)
         info, found = await pool.backend.refresh(formats)
         if pool.busy or pool.busy_volumes or pool.version != version or not pool.active:
             return
-        changed = self._apply(pool, info, found, stored, formats)
+        changed, fresh = self._apply(pool, info, found, stored, formats, began, deep=False)
         was = pool.state
         self.reg.life.apply_health(pool, "refresh")
         if not pool.backend.policy.listing_has_details:
-            self.want_details(pool, [v.name for v in found if v.format != "raw"])
+            self.want_details(pool, [v.name for v in found
+                                     if v.format != "raw" and v.name in fresh])
         if changed or pool.state != was:
             pool.touch()
             self.reg.listener.changed(pool.name)
@@ -335,13 +340,15 @@ class VolumeIndex:
         """Refresh the pool from its storage; keep Volume objects that still exist.
 
         Volumes come from cheap probes (headers); qemu-img's details follow in the
-        background, or at once when ``deep`` (a refresh the user asked for)."""
+        background, or at once when ``deep`` (a refresh the user asked for). Unless
+        ``deep``, a volume whose file is as it was keeps what qemu-img said of it."""
+        began = now_ns()
         stored, formats = self._formats(pool)
         info, found = await pool.backend.refresh(formats)
-        self._apply(pool, info, found, stored, formats)
+        _, fresh = self._apply(pool, info, found, stored, formats, began, deep)
         if pool.backend.policy.listing_has_details:
             return
-        slow = [v.name for v in found if v.format != "raw"]
+        slow = [v.name for v in found if v.format != "raw" and v.name in fresh]
         if not deep:
             self.want_details(pool, slow)
             return
@@ -351,16 +358,23 @@ class VolumeIndex:
                 await self.fill_details(vol)
 
     def _apply(self, pool: Pool, info, found: list[VolumeInfo], stored: dict,
-               formats: dict[str, str]) -> bool:
-        """Put a refresh's result in place; True when anything changed."""
+               formats: dict[str, str], began: int, deep: bool) -> tuple[bool, set[str]]:
+        """Put a listing begun at ``began`` in place: whether anything changed, and the
+        volumes that are new or changed (the ones whose details are wanted again).
+        What storagefs itself changed since the listing began is newer and kept."""
         reg = self.reg
         changed = info != pool.info
         pool.info = info
         pool.refreshed = time.monotonic()
-        seen = set()
+        seen, fresh = set(), set()
         for vinfo in found:
             seen.add(vinfo.name)
             vol = pool.volumes.get(vinfo.name)
+            if vinfo.name in pool.reserved or (vol is not None and vol.changed_ns >= began):
+                continue  # being made, or changed by storagefs since the listing began
+            if vol is not None and not deep and not vol.busy and same_file(vol.info, vinfo):
+                continue
+            fresh.add(vinfo.name)
             if vol is None:
                 vol = Volume(pool, vinfo.name, vinfo)
                 sv = stored.get(vinfo.name)
@@ -380,14 +394,25 @@ class VolumeIndex:
                 changed = True
         for name in [n for n, v in pool.volumes.items()
                      if n not in seen and n not in pool.reserved and not v.pending
-                     and not v.busy]:  # an rmdir under way drops its own volume
+                     and not v.busy and v.changed_ns < began]:  # an rmdir drops its own
             pool.drop_volume(name)
             reg.listener.removed(pool.name, name)
             changed = True
         for name, sv in stored.items():
-            if name not in seen and not sv.broken:
+            if name not in seen and name not in pool.volumes and name not in pool.reserved \
+                    and not sv.broken:
                 try:  # the record of a volume that is gone: tidied, not required
                     reg.state.delete_volume(pool.name, name)
                 except StorageError as exc:
                     log.warning("pool %s: %s", pool.name, exc.reason)
-        return changed
+        return changed, fresh
+
+
+def same_file(old: VolumeInfo, new: VolumeInfo) -> bool:
+    """True when a fresh probe shows the file as storagefs last knew it (same size,
+    allocation, times, format): what qemu-img said of it still holds."""
+    a, b = old.file, new.file
+    return (a is not None and b is not None and old.path == new.path
+            and old.format == new.format and old.physical == new.physical
+            and old.allocation == new.allocation and a.mtime_ns == b.mtime_ns
+            and a.ctime_ns == b.ctime_ns)

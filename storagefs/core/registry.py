@@ -119,7 +119,8 @@ class Registry:
     def make_backend(self, pool: Pool, definition):
         """A backend for ``definition`` that works through the pool's runner and can
         resolve the pool's secrets (CHAP, cephx)."""
-        return backend_for(definition, PoolContext(pool.runner, self.secrets, self.host_id))
+        return backend_for(definition, PoolContext(pool.runner, self.secrets, self.host_id,
+                                                   str(self.state.run_dir)))
 
     def set_config_meta(self, owner: Owner, meta: FileMeta) -> None:
         """chmod/chown/touch of an object's config.xml: kept and persisted."""
