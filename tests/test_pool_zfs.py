@@ -257,6 +257,7 @@ def test_zfs_datasets_made_outside_show_at_the_next_ls(mounted, zfs):
     assert zfs.exists(f"{zp}/again/child")
 
 
+@pytest.mark.log_allows("storage became inaccessible", "figures not refreshed")
 def test_zfs_exported_behind_storagefs_is_inaccessible_then_recovers(mounted, zfs):
     zp = zfs.name()
     dev = zfs.vdev("128M")
@@ -290,6 +291,7 @@ def test_zfs_exported_behind_storagefs_is_inaccessible_then_recovers(mounted, zf
     assert ls_names(p / "volumes") == {"d1"}
 
 
+@pytest.mark.log_allows("storage became inaccessible", "returned after", "figures not refreshed")
 def test_zfs_daemon_stopped_makes_the_pool_inaccessible_and_nothing_hangs(
         mount_factory, zfs, zfs_server, tmp_path):
     zp = zfs.name()

@@ -43,7 +43,8 @@ READERS_WITHIN = 30.0
 #: pool operations during which its storage may go away without being lost
 STOPPING = ("stop", "undefine")
 #: errnos of storage that is gone (the pool becomes inaccessible)
-LOST = (errno.ENOENT, errno.EIO, errno.ENOTCONN, errno.ETIMEDOUT, errno.EHOSTDOWN,
+LOST = (errno.ENOENT, errno.EIO, errno.ENOTCONN, errno.ECONNREFUSED, errno.ECONNRESET,
+        errno.ENETUNREACH, errno.ETIMEDOUT, errno.EHOSTDOWN,
         errno.EHOSTUNREACH, errno.ESTALE)
 
 

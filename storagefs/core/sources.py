@@ -236,7 +236,9 @@ class Sources:
         except StorageError as exc:
             line = error_line("discover", exc.reason)
             if line.split(" ", 1)[1] != kind.error.split(" ", 1)[-1]:
-                log.warning("sources %s: discovery failed: %s", kind.type, exc.reason)
+                # shown in sources/TYPE/error; a host without the type's tools or daemon
+                # (no zfs-fuse running) is not something wrong with storagefs
+                log.info("sources %s: discovery failed: %s", kind.type, exc.reason)
                 kind.error = line
                 kind.touch()
                 self._notify(kind)
