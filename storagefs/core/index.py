@@ -248,6 +248,7 @@ class VolumeIndex:
                 # its record goes with it: a file of that name found later is probed
                 self.reg.state.delete_volume(pool.name, name)
                 self.reg.listener.removed(pool.name, name)
+                self.reg.events.volume(pool.name, name, "vanished")
             return
         if vol is None:
             try:
@@ -256,6 +257,7 @@ class VolumeIndex:
                 return
             pool.volumes[name] = Volume(pool, name, info)
             self.reg.listener.added(pool.name, name)
+            self.reg.events.volume(pool.name, name, "appeared", f"format={info.format}")
         elif not vol.busy:
             vol.pending = False
             self.update(vol, info)
@@ -336,6 +338,7 @@ class VolumeIndex:
                 pool.volumes[vinfo.name] = vol
                 if pool.active:
                     reg.listener.added(pool.name, vinfo.name)
+                    reg.events.volume(pool.name, vinfo.name, "appeared", f"format={vinfo.format}")
             elif not vol.busy:
                 vol.info = vinfo
                 vol.pending = False  # made outside storagefs meanwhile
@@ -344,6 +347,7 @@ class VolumeIndex:
                      if n not in seen and n not in pool.reserved and not v.pending]:
             pool.drop_volume(name)
             reg.listener.removed(pool.name, name)
+            reg.events.volume(pool.name, name, "vanished")
         for name, sv in stored.items():
             if name not in seen and not sv.broken:
                 try:  # the record of a volume that is gone: tidied, not required

@@ -46,6 +46,11 @@ README = b"""storagefs: the host's storage as files (libvirt's storage model)
                                         255 bytes ends in _ and 16 hex of its sha256)
   secrets/UUID/         config.xml (libvirt secret XML) and value (0600; write-only
                         for private='yes'); referenced by <encryption> and <auth>
+  events                read it to follow what happens, one line per event, from the
+                        moment it is opened: TIME KIND NAME EVENT [DETAIL]
+                        (cat events; tail -f events; poll/select work)
+  metrics.prom          Prometheus text exposition of pools, volumes, operations,
+                        refusals and host tool times; metrics -> metrics.prom
 
 Define a pool:   mkdir pools/P; cat pool.xml > pools/P/config.xml
 Start it:        echo running > pools/P/state
