@@ -22,6 +22,7 @@ share one stream (each still gets every line from the first open on).
 from __future__ import annotations
 
 import errno
+import os
 import select
 import signal
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,47 @@ if TYPE_CHECKING:
 
 _STOP = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGKILL, signal.SIGQUIT)
 _MASK = sum(1 << (s - 1) for s in _STOP)
+
+
+def _fdinfo(pid: int, fd: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+
+
+def find_fd(pid: int, ino: int) -> int | None:
+    """The descriptor in ``pid`` that has our file of inode ``ino`` open, if any.
+    /proc's fd links and fdinfo are read, never the file itself (that would be a
+    request to this very process)."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return None
+    for name in fds:
+        try:
+            if not os.readlink(f"/proc/{pid}/fd/{name}").endswith("/events"):
+                continue
+            if int(_fdinfo(pid, int(name)).get("ino", "-1")) == ino:
+                return int(name)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def nonblocking(pid: int, fd: int | None, ino: int) -> tuple[bool, int | None]:
+    """Whether ``pid`` reads the file with O_NONBLOCK (as ``tail -f`` does once it
+    follows), and the descriptor it has it under. pyfuse3 does not pass a read's
+    flags, so they are looked up in /proc when a read would wait."""
+    for known in ([fd] if fd is not None else []) + [None]:
+        cand = find_fd(pid, ino) if known is None else known
+        if cand is None:
+            return False, None
+        try:
+            info = _fdinfo(pid, cand)
+            if int(info.get("ino", "-1")) == ino:
+                return bool(int(info.get("flags", "0"), 8) & os.O_NONBLOCK), cand
+        except (OSError, ValueError):
+            pass
+    return False, None
 
 
 def stop_pending(pid: int) -> bool:
@@ -119,6 +161,9 @@ class StreamHandle(Handle):
         self.pos = 0
         self._poll: pyfuse3.PollHandle | None = None
         self.released = False
+        #: the inode number (set at open): how the reader's descriptor is found
+        self.ino = 0
+        self._fd: int | None = None
 
     def read(self, off: int, size: int) -> bytes:
         return self.reader.read(off, size)
@@ -130,6 +175,9 @@ class StreamHandle(Handle):
         while off >= r.end and not r.closed:
             if off > r.end:
                 return b""  # past the end (a seek): nothing there, and nothing to wait for
+            nb, self._fd = nonblocking(self.pid, self._fd, self.ino)
+            if nb:  # O_NONBLOCK: tail -f, asyncio ... read until EAGAIN
+                raise FUSEError(errno.EAGAIN)
             with trio.move_on_after(POLL_SECONDS):
                 await r.wait()
             if r.end > off:

@@ -250,6 +250,7 @@ class Operations(pyfuse3.Operations):
         if getattr(node, "streaming", False):
             with self.refusing(node, f"open {ino.name}"):
                 handle = node.open_stream(caller(ctx))  # type: ignore[attr-defined]
+            handle.ino = ino.ino
             return self._new_handle(ino, handle, direct_io=True, pid=ctx.pid)
         if node.live:
             return self._new_handle(ino, node.open_read(), direct_io=True)
