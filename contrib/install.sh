@@ -11,7 +11,7 @@ want_test=0
 
 apt_pkgs=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv qemu-utils util-linux coreutils scrub
           parted lvm2 e2fsprogs xfsprogs btrfs-progs)
-test_pkgs=(vim rsync sed systemd xfsprogs puppet bindfs)
+test_pkgs=(vim rsync sed systemd xfsprogs puppet bindfs prometheus-node-exporter)
 
 missing=()
 for p in "${apt_pkgs[@]}" $( [ $want_test = 1 ] && echo "${test_pkgs[@]}" ); do

@@ -151,10 +151,13 @@ async def serve(mountpoint: str, state_dir: str, *, allow_other: bool,
     """Mount and serve until unmounted; ``ready(None)`` once the tree is usable,
     ``ready(reason)`` if it cannot start."""
     os.umask(UMASK)
+    # first: it takes $NOTIFY_SOCKET out of the environment before any host tool runs
+    notifier = Notifier()
     try:
         core = await make_core(state_dir, devices=True, mountpoint=mountpoint,
                                host_id=host_id)
     except Exception as exc:
+        notifier.send(f"STATUS=cannot start: {exc}")
         ready(str(exc))
         return
     state = core.state
@@ -166,6 +169,7 @@ async def serve(mountpoint: str, state_dir: str, *, allow_other: bool,
     try:
         pyfuse3.init(ops, mountpoint, options)
     except Exception as exc:
+        notifier.send(f"STATUS=cannot mount {mountpoint}: {exc}")
         ready(f"cannot mount {mountpoint}: {exc}")
         state.close()
         return
@@ -173,7 +177,6 @@ async def serve(mountpoint: str, state_dir: str, *, allow_other: bool,
     try:
         RUN_DIR.mkdir(parents=True, exist_ok=True)
         pidfile.write_text(f"{os.getpid()}\n")
-        notifier = Notifier()
         async with trio.open_nursery() as nursery:
             await core.run_background(nursery)
             nursery.start_soon(_signals, core, notifier)
