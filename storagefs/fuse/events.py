@@ -5,10 +5,12 @@ Every lookup of ``events`` gets an inode of its own (entry and attribute timeout
 0), and the first open of an inode subscribes a stream of its own (core/events.py),
 so that the file's size is exact for its reader: it is the number of bytes of that
 stream so far, and its mtime the time of its last line. That is what ``tail -f``
-needs (on FUSE it polls fstat and reads what the size grew by); a stream starts with
+needs (on FUSE it polls fstat, and reads when the size grew); a stream starts with
 an ``opened`` line, so tail's first look finds a line and then follows. Reads honour
-their offset: a read at the end waits for the next line (``cat``), a read before the
-end returns what is there without waiting (``tail``; bash's ``read``, which reads a
+their offset: a read at the end waits for the next line (``cat``) unless the reader
+set O_NONBLOCK (``tail -f`` does once it follows, and reads until EAGAIN: it gets
+EAGAIN; pyfuse3 does not pass a read's flags, so they are looked up in /proc), a read
+before the end returns what is there without waiting (bash's ``read``, which reads a
 buffer and seeks back to the end of the line, finds the rest again), a read past the
 end returns end of file.
 
