@@ -18,6 +18,7 @@ import pytest
 from events_reader import Event, EventReader
 from loopdev import LoopDevice, host, skip_reason
 from mount_helpers import command, define_pool, is_mounted, run, write, write_errno
+from test_devices_tree import drop_partitions
 
 LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d "
                   r"(pool|volume|secret|device|storagefs) \S+ [a-z-]+( .*)?$")
@@ -134,15 +135,27 @@ def test_loop_device_attached_shows_its_partitions_added(mounted, tmp_path):
             path = host(["losetup", "-f", "--show", str(image)]).stdout.strip()
             loop.path = path
             assert loop.ours()
-            host(["partx", "-a", path])
+            add_partitions(loop)
             added = wait_device(r, lambda e: e.event == "added" and
                                 (e.detail + " ").startswith(f"devnode={path}p1 "))
             wait_device(r, lambda e: e.event == "changed" and
                         (e.detail + " ").startswith(f"devnode={path} size=67108864 "))
+            drop_partitions(path)
         finally:
             loop.detach()
         # the detail is empty: the device is gone
         wait_device(r, lambda e: e.event == "removed" and e.name == added.name)
+
+
+def add_partitions(loop: LoopDevice) -> None:
+    """partx -a, retried while a probe of the new device holds it (EBUSY)."""
+    deadline = time.monotonic() + 10
+    while True:
+        res = host(["partx", "-a", loop.path], check=False)
+        if res.returncode == 0 or len(loop.partitions()) == 2:
+            return
+        assert time.monotonic() < deadline, res.stderr
+        time.sleep(0.2)
 
 
 def wait_device(r: EventReader, match, timeout: float = 20) -> Event:
