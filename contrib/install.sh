@@ -25,7 +25,8 @@ apt_pkgs=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv qemu-utils 
           parted lvm2 e2fsprogs xfsprogs btrfs-progs libiscsi7 open-iscsi
           glusterfs-client glusterfs-cli qemu-block-extra nfs-common cifs-utils)
 test_pkgs=(vim rsync sed systemd xfsprogs puppet bindfs tgt zfs-fuse glusterfs-server
-           libvirt-daemon-system libvirt-clients libvirt-daemon-driver-storage-gluster)
+           libvirt-daemon-system libvirt-clients libvirt-daemon-driver-storage-gluster
+           prometheus-node-exporter)
 
 missing=()
 for p in "${apt_pkgs[@]}" $( [ $want_test = 1 ] && echo "${test_pkgs[@]}" ); do

@@ -14,6 +14,7 @@ import trio
 
 from . import __version__, importer
 from .mount import UMASK, abort_connection, is_dead, lazy_unmount, mount_entry, pidfile_for, serve
+from .notify import JournalFormatter, stderr_is_journal
 
 DEFAULT_STATE_DIR = "/var/lib/storagefs"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -60,8 +61,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def setup_logging(level: str, foreground: bool, state_dir: str) -> None:
     root = logging.getLogger()
     root.setLevel(level.upper())
-    if foreground:
+    if foreground and stderr_is_journal():
+        # under systemd: journald adds time and pid, and reads <PRIORITY> prefixes
         handler: logging.Handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JournalFormatter())
+    elif foreground:
+        handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
     elif os.path.exists("/dev/log"):
         handler = logging.handlers.SysLogHandler("/dev/log")

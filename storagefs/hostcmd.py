@@ -25,12 +25,14 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import trio
 
 from .errors import NotSupported, StorageError, ToolError
+from .metrics import TOOLS
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +163,17 @@ def _spawn(argv: list[str], env: Mapping[str, str], stdin: bytes | None):
 
 async def _run_tool(argv: list[str], env: Mapping[str, str], timeout: float,
                     stdin: bytes | None, on_stdout: Callable[[bytes], None]) -> tuple[int, str]:
+    """Run a tool to its end, timed for the metrics (how long, whether it failed)."""
+    started, rc = time.monotonic(), None
+    try:
+        rc, err = await _run_untimed(argv, env, timeout, stdin, on_stdout)
+        return rc, err
+    finally:
+        TOOLS.observe(argv[0], time.monotonic() - started, failed=rc != 0)
+
+
+async def _run_untimed(argv: list[str], env: Mapping[str, str], timeout: float,
+                       stdin: bytes | None, on_stdout: Callable[[bytes], None]) -> tuple[int, str]:
     """Run a tool to its end; (exit status, stderr). A time-out or a cancellation kills
     its process group and waits for it; a time-out raises ToolError."""
     try:

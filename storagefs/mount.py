@@ -15,10 +15,13 @@ import pyfuse3
 import trio
 
 from .core import Registry
+from .core.events import MAX_READERS
 from .devices import DeviceIndex
 from .fuse.operations import Operations
 from .fuse.render import README
+from .metrics import status_line
 from .names import systemd_escape_path
+from .notify import Notifier
 from .state import StateDir
 
 log = logging.getLogger(__name__)
@@ -27,6 +30,9 @@ RUN_DIR = Path("/run/storagefs")
 #: the umask storagefs and the tools it runs work with: a file it makes is never
 #: readable by others unless given a mode explicitly (SPEC "Never trust guest bytes")
 UMASK = 0o077
+#: pyfuse3's worker tasks: its default, plus one for every reader of events that may
+#: wait in read() (each holds a task until its next line)
+MAX_TASKS = 99 + MAX_READERS
 
 
 def canonical(mountpoint: str) -> str:
@@ -85,10 +91,12 @@ def lazy_unmount(mountpoint: str) -> bool:
     return False
 
 
-async def _signals(nursery_scope: trio.CancelScope) -> None:
+async def _signals(core: Registry, notifier: Notifier) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
         async for signum in sigs:
             log.info("signal %d: unmounting", signum)
+            notifier.stopping(f"signal {signum}: unmounting")
+            await close_events(core)
             pyfuse3.terminate()
 
 
@@ -101,6 +109,27 @@ def load_devices() -> DeviceIndex | None:
     except Exception:
         log.exception("cannot read the host's devices; devices/ is left out")
         return None
+
+
+async def close_events(core: Registry, grace: float = 1.0) -> None:
+    """Reads waiting for events end (end of file), and their readers get a moment to
+    close the file while the tree still answers (cat's close() would fail after)."""
+    core.events.close()
+    with trio.move_on_after(grace):
+        while core.events.handles:
+            await trio.sleep(0.02)
+
+
+def _device_listener(core: Registry, ops: Operations):
+    """What a batch of uevents changed: the kernel's caches, the event stream, and
+    sources/ (listed again soon)."""
+
+    def changed(added: set[str], removed: set[str], modified: set[str]) -> None:
+        ops.inval.devices_changed(added, removed, modified)
+        core.events.devices(core.devices, added, removed, modified)
+        core.sources.devices_changed()
+
+    return changed
 
 
 async def make_core(state_dir: str, *, devices: bool = False,
@@ -124,10 +153,13 @@ async def serve(mountpoint: str, state_dir: str, *, allow_other: bool,
     """Mount and serve until unmounted; ``ready(None)`` once the tree is usable,
     ``ready(reason)`` if it cannot start."""
     os.umask(UMASK)
+    # first: it takes $NOTIFY_SOCKET out of the environment before any host tool runs
+    notifier = Notifier()
     try:
         core = await make_core(state_dir, devices=True, mountpoint=mountpoint,
                                host_id=host_id)
     except Exception as exc:
+        notifier.send(f"STATUS=cannot start: {exc}")
         ready(str(exc))
         return
     state = core.state
@@ -139,6 +171,7 @@ async def serve(mountpoint: str, state_dir: str, *, allow_other: bool,
     try:
         pyfuse3.init(ops, mountpoint, options)
     except Exception as exc:
+        notifier.send(f"STATUS=cannot mount {mountpoint}: {exc}")
         ready(f"cannot mount {mountpoint}: {exc}")
         state.close()
         return
@@ -148,20 +181,20 @@ async def serve(mountpoint: str, state_dir: str, *, allow_other: bool,
         pidfile.write_text(f"{os.getpid()}\n")
         async with trio.open_nursery() as nursery:
             await core.run_background(nursery)
-            nursery.start_soon(_signals, nursery.cancel_scope)
+            nursery.start_soon(_signals, core, notifier)
             if core.devices is not None:
-                def devices_changed(added: set[str], removed: set[str],
-                                    changed: set[str]) -> None:
-                    ops.inval.devices_changed(added, removed, changed)
-                    core.sources.devices_changed()
-
-                nursery.start_soon(core.devices.run, devices_changed)
+                nursery.start_soon(core.devices.run, _device_listener(core, ops))
             ops.inval.enabled = True
             ready(None)
-            await pyfuse3.main()
+            notifier.ready(status_line(core))
+            nursery.start_soon(notifier.run, lambda: status_line(core),
+                               lambda: os.listdir(mountpoint))
+            await pyfuse3.main(max_tasks=MAX_TASKS)
             clean = True
+            notifier.stopping("unmounted")
             nursery.cancel_scope.cancel()
     finally:
+        core.events.close()
         ops.inval.enabled = False
         pyfuse3.close(unmount=clean)
         state.close()

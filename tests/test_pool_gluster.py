@@ -276,7 +276,8 @@ def others_answer(m, other) -> None:
         assert res[0] == "ok", f"{name}: {res[1]}"
 
 
-@pytest.mark.log_allows("storage became inaccessible", "is dead: mounting it again", "figures not refreshed")
+@pytest.mark.log_allows("storage became inaccessible", "is dead: mounting it again",
+                        "figures not refreshed")
 def test_gluster_brick_killed_makes_the_pool_inaccessible_then_refresh_recovers(
         mount_factory, gluster_volume, tmp_path):
     m = limited_mount(mount_factory)
@@ -326,7 +327,8 @@ def _try(fn) -> bool:
         return False
 
 
-@pytest.mark.log_allows("storage became inaccessible", "returned after", "is dead: mounting it again", "figures not refreshed")
+@pytest.mark.log_allows("storage became inaccessible", "returned after",
+                        "is dead: mounting it again", "figures not refreshed")
 def test_gluster_client_stopped_holds_up_only_its_pool(mount_factory, gluster_volume,
                                                        tmp_path):
     m = limited_mount(mount_factory)

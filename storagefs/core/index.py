@@ -269,6 +269,7 @@ class VolumeIndex:
                 # its record goes with it: a file of that name found later is probed
                 self.reg.state.delete_volume(pool.name, name)
                 self.reg.listener.removed(pool.name, name)
+                self.reg.events.volume(pool.name, name, "vanished")
             return
         if vol is None:
             try:
@@ -277,6 +278,7 @@ class VolumeIndex:
                 return
             pool.volumes[name] = Volume(pool, name, info)
             self.reg.listener.added(pool.name, name)
+            self.reg.events.volume(pool.name, name, "appeared", f"format={info.format}")
         elif not vol.busy:
             vol.pending = False
             self.update(vol, info)
@@ -388,6 +390,7 @@ class VolumeIndex:
                 changed = True
                 if pool.active:
                     reg.listener.added(pool.name, vinfo.name)
+                    reg.events.volume(pool.name, vinfo.name, "appeared", f"format={vinfo.format}")
             elif not vol.busy and (vol.pending or vol.info != vinfo):
                 vol.info = vinfo
                 vol.pending = False  # made outside storagefs meanwhile
@@ -399,6 +402,7 @@ class VolumeIndex:
             pool.drop_volume(name)
             reg.listener.removed(pool.name, name)
             changed = True
+            reg.events.volume(pool.name, name, "vanished")
         for name, sv in stored.items():
             if name not in seen and name not in pool.volumes and name not in pool.reserved \
                     and not sv.broken:

@@ -148,6 +148,7 @@ class PoolLifecycle:
             self.apply_health(pool, "start")
             pool.touch()
             reg.index.started(pool)
+            reg.events.of(pool, "started", f"state={pool.state} volumes={len(pool.volumes)}")
         reg.listener.changed(pool.name)
 
     async def stop(self, pool: Pool) -> None:
@@ -180,11 +181,13 @@ class PoolLifecycle:
             names = list(pool.volumes)
             pool.drop_volumes()
             pool.touch()
+            reg.events.of(pool, "stopped")
         for vol in names:
             reg.listener.removed(pool.name, vol)
         reg.listener.changed(pool.name)
 
-    async def refresh(self, pool: Pool) -> None:
+    async def refresh(self, pool: Pool, announce: bool = True) -> None:
+        """List the pool again; ``announce``: a ``refreshed`` event (not for polling)."""
         with claim(pool, "refresh"):
             if not pool.active:
                 raise Busy(f"storage pool '{pool.name}' is not active")
@@ -199,6 +202,8 @@ class PoolLifecycle:
                 self.reg.index.started(pool)
             self.apply_health(pool, "refresh")
             pool.touch()
+            if announce:
+                self.reg.events.of(pool, "refreshed", f"volumes={len(pool.volumes)}")
         self.reg.listener.changed(pool.name)
 
     def apply_health(self, pool: Pool, op: str) -> None:
@@ -221,6 +226,7 @@ class PoolLifecycle:
             pool.state = INACCESSIBLE
             pool.error = error_line("refresh", exc.reason)
             pool.touch()
+            self.reg.events.of(pool, "inaccessible", exc.reason)
         self.reg.index.stopped(pool)
         if pool.runner.stuck:
             self.reg.listener.changed(pool.name)
@@ -229,6 +235,7 @@ class PoolLifecycle:
         pool.drop_volumes()
         for vol in names:
             self.reg.listener.removed(pool.name, vol)
+            self.reg.events.volume(pool.name, vol, "vanished", "storage inaccessible")
         self.reg.listener.changed(pool.name)
 
     async def build(self, pool: Pool, overwrite: bool = False) -> None:
@@ -238,6 +245,7 @@ class PoolLifecycle:
             await self.reg.defs.check_paths(pool, pool.definition)
             await pool.backend.build(overwrite=overwrite)
             pool.touch()
+            self.reg.events.of(pool, "built", "overwrite" if overwrite else "")
         await self.reg.index.refresh_perms(pool)
         self.reg.listener.changed(pool.name)
 
@@ -247,5 +255,6 @@ class PoolLifecycle:
                 raise Busy(f"storage pool '{pool.name}' is still active")
             await pool.backend.delete()
             pool.touch()
+            self.reg.events.of(pool, "deleted")
         await self.reg.index.refresh_perms(pool)
         self.reg.listener.changed(pool.name)

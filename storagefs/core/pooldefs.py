@@ -164,6 +164,7 @@ class PoolDefinitions:
                     reg.state.drop_broken_pool(name)
                     pool.broken = ""
                 pool.touch()
+                reg.events.of(pool, "defined", f"type={defn.type} uuid={new_uuid}")
         if not pool.active:
             await reg.index.refresh_perms(pool)
         reg.listener.changed(name)
@@ -194,6 +195,7 @@ class PoolDefinitions:
                     raise Busy(f"storage pool '{name}' is still active")
                 if pool.defined or pool.broken:
                     reg.state.delete_pool(name)
+                    reg.events.of(pool, "undefined")
                 del reg.pools[name]
                 pool.gone = True
         reg.listener.removed(name)

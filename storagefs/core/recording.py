@@ -4,13 +4,16 @@ kernel's caches of that object are dropped at once."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import errno
 import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from ..errors import InvalidArgument, StorageError
+from .events import EventBus
 from .objects import Owner, Pool, Secret, Volume
 
 log = logging.getLogger("storagefs.core")
@@ -80,8 +83,12 @@ class Recorder:
     """Turns refusals into error lines; ``listener`` is looked up at each use (the FUSE
     layer sets it once the tree exists)."""
 
-    def __init__(self, listener: Callable[[], Listener]) -> None:
+    def __init__(self, listener: Callable[[], Listener], events: EventBus | None = None) -> None:
         self._listener = listener
+        #: the event stream (accepted changes); refusals are counted here, by
+        #: (object kind, operation, errno name), for the metrics
+        self.events = events if events is not None else EventBus()
+        self.refusals: collections.Counter[tuple[str, str, str]] = collections.Counter()
 
     @contextlib.contextmanager
     def recording(self, obj: Owner | None, op: str) -> Iterator[None]:
@@ -99,6 +106,8 @@ class Recorder:
     def note_refusal(self, obj: Owner | None, op: str, exc: StorageError) -> None:
         """One line in the object's error file, one in the log."""
         exc.recorded = True
+        self.refusals[(describe(obj).split()[0], (op.split() or ["?"])[0],
+                       errno.errorcode.get(exc.errno, str(exc.errno)))] += 1
         log.log(REFUSED, "%s: refused %s", describe(obj), one_line(op, exc.reason))
         if obj is not None:
             self.set_error(obj, error_line(op, exc.reason))

@@ -22,6 +22,7 @@ from ..errors import Busy, NotFound, StorageError
 from ..state import FileMeta, StateDir, StoredPool
 from ..xml.pool import parse_pool
 from .chains import Chains
+from .events import EventBus
 from .index import VolumeIndex
 from .lifecycle import PoolLifecycle
 from .objects import Owner, Pool, Secret, Volume, new_meta, now_ns
@@ -86,7 +87,9 @@ class Registry:
         self.started_ns = now_ns()
         #: the live device index (devices/), set by the mount when it is loaded
         self.devices = None
-        self.rec = Recorder(lambda: self.listener)
+        #: the event stream (MNT/events): each part emits where a change is accepted
+        self.events = EventBus()
+        self.rec = Recorder(lambda: self.listener, self.events)
         self.secrets = SecretStore(state, self.rec)
         self.defs = PoolDefinitions(self)
         self.life = PoolLifecycle(self)

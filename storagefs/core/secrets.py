@@ -136,6 +136,7 @@ class SecretStore:
                 self.state.delete_secret_aside(uid)
                 s.broken = ""
             s.touch()
+            self.rec.events.of(s, "defined", f"usage={defn.usage_type or 'none'}")
         return True
 
     def _store(self, s: Secret, defn, data: bytes, meta: FileMeta) -> None:
@@ -179,12 +180,14 @@ class SecretStore:
                 self.state.save_secret_value(uid, value)
             s.value = value
             s.touch()
+            self.rec.events.of(s, "value-changed")
 
     async def undefine(self, uid: str) -> None:
         s = self.secret(uid)
         with self.rec.recording(s, "undefine"):
             self.state.delete_secret(uid)
             del self.by_uuid[uid]
+            self.rec.events.of(s, "undefined")
 
     # ---- values for host tools ------------------------------------------------------
     @contextlib.asynccontextmanager

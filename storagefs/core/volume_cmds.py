@@ -21,6 +21,7 @@ from ..errors import Exists, NotFound, NotSupported
 from ..parsing import Clone, Resize, Snapshot, VolumeCommand, Wipe, check_snapshot_name
 from ..state import StoredVolume
 from ..xml.volume import format_volume, parse_volume
+from .events import SNAPSHOT_EVENTS
 from .objects import Volume, claim
 
 if TYPE_CHECKING:
@@ -144,6 +145,7 @@ class VolumeCommands:
             if record is not None:
                 record.commit()
                 vol.config = None
+            reg.events.of(vol, "resized", f"capacity={vol.info.capacity}")
             await reg.vols.remember_made(vol, pristine)  # storagefs's own resize writes no data
 
     @staticmethod
@@ -188,6 +190,8 @@ class VolumeCommands:
             target.reserved.discard(new)
             target.busy_volumes -= 1
         target.touch()
+        reg.events.of(vol, "cloned", f"to={target.name}/{new}")
+        reg.events.of(clone, "created", f"format={fmt} from={vol.pool.name}/{vol.name}")
         reg.listener.added(target.name, new)
         reg.listener.changed(target.name)
         await reg.index.settle(target)
@@ -202,6 +206,7 @@ class VolumeCommands:
         async with self._op(vol, "wipe"):
             report = self._progress(vol, "wipe")
             vol.info = await vol.pool.backend.wipe_volume(vol.info, cmd.algorithm, report)
+            self.reg.events.of(vol, "wiped", f"algorithm={cmd.algorithm}")
 
     async def snapshot(self, vol: Volume, op: str, name: str) -> None:
         kinds = vol.pool.backend.policy.snapshots_for(vol.info.format)
@@ -223,6 +228,7 @@ class VolumeCommands:
             if op != "create" and name not in taken:
                 raise NotFound(f"no snapshot '{name}' in volume '{vol.name}'")
             vol.info = await vol.pool.backend.snapshot_volume(vol.info, op, name)
+            self.reg.events.of(vol, SNAPSHOT_EVENTS[op], f"name={name}")
 
     async def mkdir_snapshot(self, vol: Volume, name: str) -> None:
         with self.reg.rec.recording(vol, f"snapshot {name}"):

@@ -122,6 +122,7 @@ class Volumes:
             pool.reserved.discard(name)
             pool.busy_volumes -= 1
         pool.touch()
+        reg.events.of(vol, "created", f"format={info.format} capacity={info.capacity}")
         reg.listener.added(pool.name, name)
         reg.listener.changed(pool.name)
         await reg.index.settle(pool)
@@ -166,6 +167,7 @@ class Volumes:
         record.commit()
         vol.pending = False
         vol.config, vol.meta, vol.recorded_format = data, new_meta, recorded_format(spec)
+        reg.events.of(vol, "created", f"format={vol.info.format} capacity={vol.info.capacity}")
         vol.touch()
         pool.touch()
         await self.remember_made(vol, True)
@@ -197,6 +199,8 @@ class Volumes:
                 record.commit()
                 pool.drop_volume(name)
                 pool.touch()
+                if not vol.pending:  # a pending volume was never created
+                    reg.events.of(vol, "destroyed")
         reg.listener.removed(pool.name, name)
         reg.listener.changed(pool.name)
         await reg.index.settle(pool)
@@ -247,6 +251,8 @@ class Volumes:
             record.commit()
             vol.config, vol.meta, vol.made = data, new_meta, None
             vol.recorded_format = fmt
+            reg.events.of(vol, "defined", f"format={vol.info.format} "
+                          f"capacity={vol.info.capacity}{' re-made' if spec.remake else ''}")
             await self.remember_made(vol, spec.remake)  # a re-made volume is pristine still
         reg.listener.changed(pool.name, vol.name)
         await reg.index.settle(pool)

@@ -56,8 +56,16 @@ class Handle:
     def read(self, off: int, size: int) -> bytes:
         return self.snapshot[off:off + size]
 
+    async def aread(self, off: int, size: int) -> bytes:
+        """What a read() gets; a stream (fuse/events.py) may wait here for data."""
+        return self.read(off, size)
+
     async def write(self, off: int, buf: bytes) -> int:
         raise FUSEError(errno.EBADF)
+
+    def release(self) -> None:
+        """The last close of the file."""
+        return None
 
     async def flush(self) -> None:
         return None

@@ -64,6 +64,14 @@ class InodeTable:
         self.inodes[inode.ino] = inode
         return inode
 
+    def fresh(self, parent: Inode, name: str, node: Node) -> Inode:
+        """An inode of its own for parent/name at every lookup, outside the name table
+        (so it never goes stale while open; forget drops it): the events file, whose
+        size and content belong to the stream of one open."""
+        inode = Inode(next(self._next), (*parent.path, name), parent, node)
+        self.inodes[inode.ino] = inode
+        return inode
+
     def find(self, path: Path) -> Inode | None:
         inode = self.root
         for name in path:

@@ -22,6 +22,7 @@ from pyfuse3 import FUSEError
 
 from ..errors import Busy, InvalidArgument, NotFound, NotPermitted, StorageError
 from .attrs import dir_setattr, entry_attributes, set_meta
+from .events import StreamHandle
 from .handles import Handle, LiveHandle, ScratchHandle
 from .inodes import Inode, InodeTable
 from .interrupt import interruptible
@@ -88,6 +89,8 @@ class Operations(pyfuse3.Operations):
 
     def child(self, parent: Inode, name: str, who: Caller) -> Inode:
         node = parent.node.child(name, who)
+        if getattr(node, "streaming", False):  # events: each lookup its own inode
+            return self.table.fresh(parent, name, node)
         return self.table.child(parent, name, node)
 
     @contextlib.contextmanager
@@ -244,6 +247,11 @@ class Operations(pyfuse3.Operations):
         if writing:
             return self._new_handle(ino, node.open_write(caller(ctx)), direct_io=True,
                                     pid=ctx.pid)
+        if getattr(node, "streaming", False):
+            with self.refusing(node, f"open {ino.name}"):
+                handle = node.open_stream(caller(ctx))  # type: ignore[attr-defined]
+            handle.ino = ino.ino
+            return self._new_handle(ino, handle, direct_io=True, pid=ctx.pid)
         if node.live:
             return self._new_handle(ino, node.open_read(), direct_io=True)
         handle = node.open_read()
@@ -258,7 +266,7 @@ class Operations(pyfuse3.Operations):
 
     @fuse_op
     async def read(self, fh, off, size):
-        return self.handles[fh][1].read(off, size)
+        return await self.handles[fh][1].aread(off, size)
 
     @fuse_op
     async def write(self, fh, off, buf):
@@ -280,7 +288,9 @@ class Operations(pyfuse3.Operations):
 
     @fuse_op
     async def release(self, fh):
-        self.handles.pop(fh, None)
+        entry = self.handles.pop(fh, None)
+        if entry is not None:
+            entry[1].release()
 
     @fuse_op
     async def fsync(self, fh, datasync):
@@ -290,6 +300,8 @@ class Operations(pyfuse3.Operations):
     async def poll(self, inode, fh, poll_handle, ctx):
         """progress files: readable when they changed since last read, else wait."""
         ino, handle = self.handles[fh]
+        if isinstance(handle, StreamHandle):
+            return handle.poll(poll_handle)
         if not isinstance(handle, LiveHandle):
             return select.POLLIN | select.POLLOUT
         if handle.version() != handle.seen:

@@ -47,6 +47,11 @@ README = b"""storagefs: the host's storage as files (libvirt's storage model)
                                         255 bytes ends in _ and 16 hex of its sha256)
   secrets/UUID/         config.xml (libvirt secret XML) and value (0600; write-only
                         for private='yes'); referenced by <encryption> and <auth>
+  events                read it to follow what happens, one line per event, from the
+                        moment it is opened: TIME KIND NAME EVENT [DETAIL]
+                        (cat events; tail -f events; poll/select work)
+  metrics.prom          Prometheus text exposition of pools, volumes, operations,
+                        refusals and host tool times; metrics -> metrics.prom
   sources/TYPE/         storage that could become a pool of TYPE, as ready pool
                         documents NAME.xml (NAME: the pool name it proposes)
     query               write a device, a volume group or a host to ask about it;

@@ -12,7 +12,7 @@ from ..core.objects import now_ns
 from ..errors import NotFound
 from ..state import FileMeta
 from .handles import Scratch
-from .node import Caller, Dir, Node, Static
+from .node import Caller, Dir, Link, Node, Static
 
 Path = tuple[str, ...]
 #: how long a name unlinked by a process stays hidden from that process (GNU install
@@ -132,11 +132,14 @@ class Root(Dir):
 
     def names(self, caller: Caller) -> list[str]:
         devices = ["devices"] if self.t.core.devices is not None else []
-        return ["README", *devices, "pools", "secrets", "sources", "volumes"]
+        return ["README", *devices, "events", "metrics", "metrics.prom", "pools", "secrets",
+                "sources", "volumes"]
 
     def child(self, name: str, caller: Caller) -> Node:
         from .devices import DevicesDir
+        from .events import EventsFile
         from .links import VolumeLinksDir
+        from .metrics import METRICS_FILE, MetricsFile
         from .pools import PoolsDir
         from .secrets import SecretsDir
         from .sources import SourcesDir
@@ -153,4 +156,10 @@ class Root(Dir):
             return SourcesDir(self.t, ("sources",))
         if name == "devices" and self.t.core.devices is not None:
             return DevicesDir(self.t, ("devices",))
+        if name == "events":
+            return EventsFile(self.t, ("events",))
+        if name == METRICS_FILE:
+            return MetricsFile(self.t, (METRICS_FILE,))
+        if name == "metrics":
+            return Link(self.t, ("metrics",), METRICS_FILE)
         raise NotFound(name)
