@@ -20,6 +20,7 @@ from mount_helpers import (
     command,
     conformance,
     read,
+    run,
     write,
     write_errno,
     xml_value,
@@ -252,6 +253,25 @@ def test_find_sources_gives_one_pool_document_per_target(mounted, tgt):
     # ready to be written as a pool's config.xml
     p = define(mounted, "found", doc.replace(f"<name>{iqn}</name>", "<name>found</name>"))
     assert os.listdir(p / "volumes") == ["unit:0:0:1"]
+
+
+def test_a_portal_query_in_sources_offers_its_targets_as_pools_to_cp(mounted, tgt):
+    """What a user does: ask sources/ about a portal, cp a document, the pool runs."""
+    _, iqn = tgt.target("asked", [2 * MiB])
+    kind = mounted.mnt / "sources" / "iscsi-direct"
+    write(kind / "query", tgt.portal + "\n")
+    answer = kind / tgt.portal
+    assert f"{iqn}.xml" in os.listdir(answer)
+    doc = read((answer / f"{iqn}.xml"))
+    assert_valid(doc, "storagepool")
+    os.mkdir(mounted.pool(iqn))
+    run(["cp", str(answer / f"{iqn}.xml"), str(mounted.pool(iqn) / "config.xml")])
+    command(mounted.pool(iqn) / "state", "running")
+    assert os.listdir(mounted.pool(iqn) / "volumes") == ["unit:0:0:1"]
+    # a portal that is no portal: EINVAL, one line in sources/iscsi-direct/error
+    code, _ = write_errno(kind / "query", "a b\n")
+    assert code == errno.EINVAL
+    assert read(kind / "error").count("\n") == 1
 
 
 def test_find_sources_refuses_what_is_no_portal(tgt):
