@@ -262,7 +262,7 @@ def test_a_portal_query_in_sources_offers_its_targets_as_pools_to_cp(mounted, tg
     write(kind / "query", tgt.portal + "\n")
     answer = kind / tgt.portal
     assert f"{iqn}.xml" in os.listdir(answer)
-    doc = read((answer / f"{iqn}.xml"))
+    doc = read(answer / f"{iqn}.xml")
     assert_valid(doc, "storagepool")
     os.mkdir(mounted.pool(iqn))
     run(["cp", str(answer / f"{iqn}.xml"), str(mounted.pool(iqn) / "config.xml")])
