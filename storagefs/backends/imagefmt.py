@@ -73,8 +73,10 @@ def probe_header(path: str) -> tuple[str, int | None, str | None]:
         return "raw", None, None
     try:
         head = os.pread(fd, 512, 0)
-        size = os.fstat(fd).st_size
-        tail = os.pread(fd, 512, size - 512) if size >= 512 else b""
+        tail = b""
+        if not head.startswith((b"QFI\xfb", b"QED\0", b"KDMV", b"# Disk", b"LUKS")):
+            size = os.fstat(fd).st_size  # a vpc footer (or raw: most files found)
+            tail = os.pread(fd, 512, size - 512) if size >= 512 else b""
     except OSError:
         return "raw", None, None
     finally:
