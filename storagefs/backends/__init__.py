@@ -9,12 +9,14 @@ from .dir import DirBackend
 from .disk import DiskBackend
 from .fs import FsBackend
 from .logical import LogicalBackend
+from .rbd import RbdBackend
 
 BACKENDS: dict[str, type[PoolBackend]] = {
     DirBackend.type: DirBackend,
     FsBackend.type: FsBackend,
     DiskBackend.type: DiskBackend,
     LogicalBackend.type: LogicalBackend,
+    RbdBackend.type: RbdBackend,
 }
 
 

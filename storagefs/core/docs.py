@@ -71,11 +71,17 @@ def volume_doc(defn: PoolDef, info: VolumeInfo, *, live: bool,
         name=info.name, type=info.type, key=info.key if live else None,
         capacity=info.capacity, allocation=info.allocation if live else 0,
         physical=info.physical if live else None,
-        target=xv.VolTarget(path=info.path if live else None, format=shown_format(info),
+        target=xv.VolTarget(path=_target_path(info) if live else None, format=shown_format(info),
                             permissions=perms, timestamps=ts,
                             encryption=volume_encryption(info, config, defn)),
         backing=backing)
     return xv.format_volume(vol, defn).encode()
+
+
+def _target_path(info: VolumeInfo) -> str | None:
+    """<target><path>: the local node, or for a network volume what libvirt prints
+    there (POOL/IMAGE of an RBD image)."""
+    return info.path or (info.url if info.type == "network" else None)
 
 
 def _ts(ns: int) -> str:
