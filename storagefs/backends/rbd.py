@@ -38,8 +38,17 @@ from ..errors import Busy, Exists, InvalidArgument, NotSupported, StorageError
 from . import rbdlock
 from .base import PoolBackend, PoolInfo, VolumeInfo, VolumePolicy, VolumeSpec
 from .fileops import Snapshot
-from .rbdtool import (LONG_TIMEOUT, Connection, ImageRow, call, call_json, key_text, keyring,
-                      parse_df, parse_ls_long)
+from .rbdtool import (
+    LONG_TIMEOUT,
+    Connection,
+    ImageRow,
+    call,
+    call_json,
+    key_text,
+    keyring,
+    parse_df,
+    parse_ls_long,
+)
 
 log = logging.getLogger(__name__)
 
@@ -131,16 +140,11 @@ class RbdBackend(PoolBackend):
         return self._info
 
     async def refresh(self, formats=None) -> tuple[PoolInfo, list[VolumeInfo]]:
-        rows: list[ImageRow] = []
-
-        async def listing() -> None:
-            data = await self._json("ls", "-l", "-p", self.pool,
-                                    what=f"failed to list the images of '{self.pool}'")
-            rows.extend(parse_ls_long(data))
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(listing)
-            nursery.start_soon(self.pool_info)
+        # one after the other: a nursery would wrap a refusal in an ExceptionGroup
+        data = await self._json("ls", "-l", "-p", self.pool,
+                                what=f"failed to list the images of '{self.pool}'")
+        rows = parse_ls_long(data)
+        await self.pool_info()
         vols = [self._from_row(r) for r in rows if not r.name.startswith(".")]
         return self._info or PoolInfo(), vols
 
@@ -206,8 +210,8 @@ class RbdBackend(PoolBackend):
             if exc.errno == errno.ENOENT:
                 return
             if exc.errno == errno.ENOTEMPTY:
-                raise Busy(f"{exc.reason}: remove its snapshots first (rmdir "
-                           "snapshots/NAME)") from None
+                raise StorageError(f"{exc.reason.rstrip('.')} (remove them in "
+                                   "snapshots/ first)", errno.ENOTEMPTY) from None
             raise
 
     async def resize_volume(self, info: VolumeInfo, capacity: int, *, shrink: bool = False,
@@ -253,8 +257,8 @@ class RbdBackend(PoolBackend):
         conn = self.conn()
         try:
             if self._same_cluster(src):
-                # a deep copy with its snapshots' data, in this cluster
-                await self._copy(conn, ["deep", "cp", src.url, self._spec(hidden)], report)
+                # a full copy of the image's data (not its snapshots), in the cluster
+                await self._copy(conn, ["cp", src.url, self._spec(hidden)], report)
             elif src.path:
                 await self._rbd("create", self._spec(hidden), "--size", f"{src.capacity}B",
                                 what=f"failed to create volume '{self._spec(spec.name)}'")
@@ -300,14 +304,14 @@ class RbdBackend(PoolBackend):
                                    f"discard 0 {info.capacity}", url],
                                   timeout=LONG_TIMEOUT)
             else:  # zeros written over every byte (-S 0: no zero detection)
-                src = json.dumps({"driver": "null-co", "size": info.capacity,
-                                  "read-zeroes": True})
+                src = json.dumps({"driver": "raw", "file": {
+                    "driver": "null-co", "size": info.capacity, "read-zeroes": True}})
                 await hostcmd.run_progress(
-                    ["qemu-img", "convert", "-p", "-n", "-S", "0", "-f", "raw", "-O", "raw",
+                    ["qemu-img", "convert", "-p", "-n", "-S", "0", "-O", "raw",
                      f"json:{src}", url], _PROGRESS, report, timeout=LONG_TIMEOUT)
         report(1.0)
         return await self._must_probe(info.name)
 
     # ---- locks across hosts -----------------------------------------------------------------
     def volume_lock(self, info: VolumeInfo, op: str):
-        return rbdlock.held(self.conn(), info.name, self.ctx.host, op)
+        return rbdlock.held(self.conn(), info.name, self.ctx.host, op, self.ctx.runner)

@@ -109,7 +109,7 @@ async def _try_take(conn: Connection, obj: str, cookie: str, host: str, op: str)
         return False
     await _rados(conn, "rmxattr", obj, f"beat.{cookie}", what="remove the beat", check=False)
     from .rbdtool import ceph_reason
-    reason, code = ceph_reason(res.stderr)
+    reason, code = ceph_reason(res.stderr, res.returncode)
     raise StorageError(f"cannot lock '{obj}': {reason}", code)
 
 
@@ -163,17 +163,23 @@ async def _heartbeat(conn: Connection, image: str, cookie: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def held(conn: Connection, image: str, host: str, op: str) -> AsyncIterator[None]:
-    """``async with held(...)``: the lock, renewed while the block runs, then released."""
+async def held(conn: Connection, image: str, host: str, op: str,
+               runner=None) -> AsyncIterator[None]:
+    """``async with held(...)``: the lock, its heartbeat running in the pool's task
+    group (``runner``) while the block runs, then released."""
     cookie = await take(conn, image, host, op)
+    scope = trio.CancelScope()
+
+    async def beating() -> None:
+        with scope:
+            await _heartbeat(conn, image, cookie)
+
+    if runner is not None:
+        runner.start_soon(beating)
     try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_heartbeat, conn, image, cookie)
-            try:
-                yield
-            finally:
-                nursery.cancel_scope.cancel()
+        yield
     finally:
+        scope.cancel()
         with trio.CancelScope(shield=True):
             try:
                 await release(conn, image, cookie)

@@ -39,10 +39,11 @@ _ERRNO = re.compile(r"\((\d+)\)\s*([^()\n]*)")
 _LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
 
 
-def ceph_reason(stderr: str) -> tuple[str, int]:
+def ceph_reason(stderr: str, returncode: int = 1) -> tuple[str, int]:
     """Ceph's reason and errno from a tool's stderr: the last line the tool itself
     printed ("rbd: error opening image x: (2) No such file or directory"), not the
-    librados log lines. (reason, errno); EIO when no errno is given."""
+    librados log lines. (reason, errno); the errno is the "(N)" of that line, else the
+    exit status (rbd exits with the errno: 39 for an image with snapshots), else EIO."""
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
     own = [ln for ln in lines if not _LOG_LINE.match(ln)]
     pick = [ln for ln in own if _ERRNO.search(ln)] or own or lines
@@ -50,7 +51,7 @@ def ceph_reason(stderr: str) -> tuple[str, int]:
         return "", errno.EIO
     line = pick[-1]
     m = _ERRNO.search(line)
-    code = int(m.group(1)) if m else errno.EIO
+    code = int(m.group(1)) if m else (returncode if 1 < returncode < 126 else errno.EIO)
     if code == errno.EPERM and "auth" in stderr.lower():
         code = errno.EACCES
     if code in (errno.ETIMEDOUT, errno.EINTR, 110):
@@ -153,7 +154,7 @@ async def call(conn: Connection, tool: str, argv: Sequence[str], *, what: str,
             raise StorageError(f"{what}: {exc.reason}", exc.errno if "not installed" in
                                exc.reason else errno.ETIMEDOUT) from None
     if check and res.returncode != 0:
-        reason, code = ceph_reason(res.stderr)
+        reason, code = ceph_reason(res.stderr, res.returncode)
         raise StorageError(f"{what}: {reason or f'{tool} exit {res.returncode}'}", code)
     return res
 

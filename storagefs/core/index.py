@@ -341,7 +341,8 @@ class VolumeIndex:
                 vol.pending = False  # made outside storagefs meanwhile
                 vol.touch()
         for name in [n for n, v in pool.volumes.items()
-                     if n not in seen and n not in pool.reserved and not v.pending]:
+                     if n not in seen and n not in pool.reserved and not v.pending
+                     and not v.busy]:  # a volume being deleted is dropped by that
             pool.drop_volume(name)
             reg.listener.removed(pool.name, name)
         for name, sv in stored.items():
