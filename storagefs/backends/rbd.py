@@ -76,8 +76,11 @@ class RbdBackend(PoolBackend):
         return self.definition.source.name or self.definition.name
 
     def mons(self) -> list[str]:
-        return [f"{h.name}:{h.port}" if h.port else h.name
-                for h in self.definition.source.hosts]
+        """Monitor addresses. A port names its protocol: 3300 msgr2, any other msgr1
+        (6789, libvirt's default) — on a bare host:port librados tries msgr2 first, and
+        a wrong key then times out instead of saying "Permission denied"."""
+        return [(f"v2:{h.name}:{h.port}" if h.port == 3300 else f"v1:{h.name}:{h.port}")
+                if h.port else h.name for h in self.definition.source.hosts]
 
     def conn(self) -> Connection:
         """The connection, with the key as it is in secrets/ right now."""
