@@ -10,8 +10,10 @@ want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
 apt_pkgs=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv qemu-utils util-linux coreutils scrub
-          parted lvm2 e2fsprogs xfsprogs btrfs-progs)
-test_pkgs=(vim rsync sed systemd xfsprogs puppet bindfs)
+          parted lvm2 e2fsprogs xfsprogs btrfs-progs
+          ceph-common qemu-block-extra)   # rbd pools: the rbd/rados CLIs, qemu's rbd driver
+test_pkgs=(vim rsync sed systemd xfsprogs puppet bindfs
+           ceph-mon ceph-osd ceph-mgr python3-rbd python3-rados libvirt-daemon-driver-storage-rbd)
 
 missing=()
 for p in "${apt_pkgs[@]}" $( [ $want_test = 1 ] && echo "${test_pkgs[@]}" ); do

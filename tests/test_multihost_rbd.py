@@ -10,8 +10,8 @@ import os
 import threading
 import time
 
-from multihost import three_hosts, wait_until  # noqa: F401
 from mount_helpers import MiB, command, read, write_errno, xml_value
+from multihost import three_hosts, wait_until  # noqa: F401
 from server_ceph import POOL, ceph_cluster  # noqa: F401
 
 
@@ -136,3 +136,43 @@ def test_lock_left_by_a_dead_host_is_broken(three_hosts, ceph_cluster):  # noqa:
     assert ceph_cluster.rbd_json("info", f"{POOL}/orphan")["size"] == 1024 * MiB
     hosts.a.recover()
     os.rmdir(vols(hosts.b) / "orphan")
+
+
+def test_one_ansible_play_for_three_hosts(three_hosts, ceph_cluster, tmp_path):  # noqa: F811
+    """Configuration management writes the same config.xml on every host: one play,
+    three hosts (three mountpoints); the second run changes nothing."""
+    import json
+    import re
+    import subprocess
+
+    from test_config_mgmt import PLAYBOOK_DIR, ansible_env, ansible_playbook
+
+    hosts = three_hosts()
+    inv = tmp_path / "inventory.ini"
+    inv.write_text("[fleet]\n" + "".join(
+        f"{h.host_id} ansible_connection=local mnt={h.mnt}\n" for h in hosts))
+    extra = tmp_path / "vars.json"
+    extra.write_text(json.dumps({"shared_pools": [
+        {"name": "shared", "xml": shared_xml(ceph_cluster)}]}))
+    recap = re.compile(r"^(host-\w)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+"
+                       r"failed=(\d+)", re.M)
+
+    def play() -> dict[str, int]:
+        res = subprocess.run([ansible_playbook(), "-i", str(inv), "-e", f"@{extra}",
+                              str(PLAYBOOK_DIR / "multihost.yml")], capture_output=True,
+                             text=True, timeout=300, env=ansible_env(tmp_path),
+                             cwd=PLAYBOOK_DIR)
+        assert res.returncode == 0, res.stdout + res.stderr
+        rows = {m[0]: (int(m[2]), int(m[4])) for m in recap.findall(res.stdout)}
+        assert sorted(rows) == ["host-a", "host-b", "host-c"], res.stdout
+        assert all(failed == 0 for _, failed in rows.values())
+        return {h: changed for h, (changed, _) in rows.items()}
+
+    first = play()
+    assert all(c > 0 for c in first.values()), first
+    second = play()
+    print(f"ansible three hosts: first run changed={first}, second run changed={second}")
+    assert second == {"host-a": 0, "host-b": 0, "host-c": 0}
+    docs = {read(h.pool("shared") / "config.xml") for h in hosts}
+    assert len(docs) == 1
+    assert all(read(h.pool("shared") / "state") == "running\n" for h in hosts)

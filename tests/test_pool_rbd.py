@@ -103,7 +103,7 @@ def test_key_text_accepts_text_or_bytes():
 
 
 # ---- a pool of images -------------------------------------------------------------------------
-def test_images_are_volumes(mounted, ceph_cluster):
+def test_images_are_volumes(mounted, ceph_cluster):  # noqa: F811
     m, c = mounted, ceph_cluster
     p = define_rbd(m, "r1", c)
     assert read(p / "state") == "running\n"
@@ -170,7 +170,7 @@ def test_images_are_volumes(mounted, ceph_cluster):
     assert not {"disk1", "disk2"} & images(c)
 
 
-def test_clone_from_a_dir_pool_into_rbd(mounted, ceph_cluster, tmp_path):
+def test_clone_from_a_dir_pool_into_rbd(mounted, ceph_cluster, tmp_path):  # noqa: F811
     m, c = mounted, ceph_cluster
     r = define_rbd(m, "r2", c)
     d = define_pool(m, "files", tmp_path / "files")
@@ -184,7 +184,7 @@ def test_clone_from_a_dir_pool_into_rbd(mounted, ceph_cluster, tmp_path):
     os.rmdir(r / "volumes" / "fromdir")
 
 
-def test_images_made_elsewhere_show_up_by_polling(mounted, ceph_cluster):
+def test_images_made_elsewhere_show_up_by_polling(mounted, ceph_cluster):  # noqa: F811
     m, c = mounted, ceph_cluster
     p = define_rbd(m, "r3", c)
     vols = p / "volumes"
@@ -196,7 +196,7 @@ def test_images_made_elsewhere_show_up_by_polling(mounted, ceph_cluster):
     assert wait_for(lambda: "outside" not in os.listdir(vols), 3.0)
 
 
-def test_listing_is_one_call(mounted, ceph_cluster):
+def test_listing_is_one_call(mounted, ceph_cluster):  # noqa: F811
     m, c = mounted, ceph_cluster
     for i in range(5):
         c.rbd("create", f"{POOL}/many{i}", "--size", "1M")
@@ -225,7 +225,7 @@ AUTH = f"    <auth username='storagefs' type='ceph'>\n      <secret uuid='{SECRE
        "    </auth>\n"
 
 
-def test_cephx_key_from_secrets(mounted, ceph_cephx):
+def test_cephx_key_from_secrets(mounted, ceph_cephx):  # noqa: F811
     m, c = mounted, ceph_cephx
     ceph_secret(m, c.client_key)
     p = define_rbd(m, "cx", c, auth=AUTH)
@@ -237,7 +237,7 @@ def test_cephx_key_from_secrets(mounted, ceph_cephx):
     assert not list((m.state_dir / "run").glob("*")) if (m.state_dir / "run").exists() else True
 
 
-def test_cephx_wrong_key_is_eacces(mounted, ceph_cephx):
+def test_cephx_wrong_key_is_eacces(mounted, ceph_cephx):  # noqa: F811
     m, c = mounted, ceph_cephx
     ceph_secret(m, "AQBhSWZnAAAAABAAm1ZxQk8hUuYmJ6n3GJtJCw==")  # a key, not theirs
     p = define_rbd(m, "cxbad", c, auth=AUTH, start=False)
@@ -249,7 +249,7 @@ def test_cephx_wrong_key_is_eacces(mounted, ceph_cephx):
 
 
 # ---- the cluster stops answering (last: it pauses the session's OSD) -------------------------
-def test_cluster_that_stops_answering(mount_factory, ceph_cluster, tmp_path):
+def test_cluster_that_stops_answering(mount_factory, ceph_cluster, tmp_path):  # noqa: F811
     c = ceph_cluster
     env = dict(os.environ, STORAGEFS_TOOL_TIMEOUT="4")
     m = mount_factory(env=env)
