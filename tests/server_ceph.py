@@ -260,17 +260,37 @@ memstore device bytes = {self.memstore_bytes}
         self.stop()
 
 
+#: the clusters of this test session, by auth, with how many fixtures hold each: every
+#: test module that imports the fixtures gets fixtures of its own (pytest keys them by
+#: module), and they must share one cluster
+_SHARED: dict[str, list] = {}
+
+
 def _session_cluster(tmp_path_factory, auth: str):
     import shutil
 
     import pytest
 
+    if auth in _SHARED:
+        _SHARED[auth][1] += 1
+        return _SHARED[auth][0]
     for tool in ("ceph-mon", "ceph-osd", "ceph-mgr", "rbd", "monmaptool", "ceph-authtool"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed (contrib/install.sh installs ceph)")
     cluster = CephCluster(tmp_path_factory.mktemp(f"ceph-{auth}"), auth=auth)
     cluster.start()
+    _SHARED[auth] = [cluster, 1]
     return cluster
+
+
+def _release(auth: str) -> None:
+    held = _SHARED.get(auth)
+    if held is None:
+        return
+    held[1] -= 1
+    if held[1] <= 0:
+        _SHARED.pop(auth, None)
+        held[0].stop()
 
 
 try:
@@ -283,7 +303,7 @@ try:
         try:
             yield cluster
         finally:
-            cluster.stop()
+            _release("none")
 
     @pytest.fixture(scope="session")
     def ceph_cephx(tmp_path_factory):
@@ -292,6 +312,6 @@ try:
         try:
             yield cluster
         finally:
-            cluster.stop()
+            _release("cephx")
 except ImportError:  # the benchmark uses CephCluster without pytest
     pass

@@ -196,17 +196,26 @@ def test_images_made_elsewhere_show_up_by_polling(mounted, ceph_cluster):  # noq
     assert wait_for(lambda: "outside" not in os.listdir(vols), 3.0)
 
 
-def test_listing_is_one_call(mounted, ceph_cluster):  # noqa: F811
-    m, c = mounted, ceph_cluster
+@pytest.mark.parametrize("how", ["lister", "cli"])
+def test_listing_is_one_call(mount_factory, ceph_cluster, how):  # noqa: F811
+    """One call lists every image: rbd_lister.py (header objects, no image opened) or,
+    without python3-rados, ``rbd ls -l``; never one ``rbd info`` per image."""
+    env = dict(os.environ, STORAGEFS_RBD_LISTING=how)
+    m, c = mount_factory(env=env), ceph_cluster
     for i in range(5):
         c.rbd("create", f"{POOL}/many{i}", "--size", "1M")
     p = define_rbd(m, "r4", c)
-    before = m.log().count(" ls -l ")
+    before = m.log().count("rbd_lister.py") + m.log().count(" ls -l ")
     opens = m.log().count(" info ")
     command(p / "control", "refresh")
-    assert m.log().count(" ls -l ") == before + 1
+    assert m.log().count("rbd_lister.py") + m.log().count(" ls -l ") == before + 1
     assert m.log().count(" info ") == opens  # no image opened one by one
     assert {f"many{i}" for i in range(5)} <= set(os.listdir(p / "volumes"))
+    assert ("rbd_lister.py" in m.log()) == (how == "lister")
+    c.rbd("snap", "create", f"{POOL}/many0@snap")
+    command(p / "control", "refresh")
+    assert os.listdir(p / "volumes" / "many0" / "snapshots") == ["snap"]
+    os.rmdir(p / "volumes" / "many0" / "snapshots" / "snap")
     for i in range(5):
         os.rmdir(p / "volumes" / f"many{i}")
 

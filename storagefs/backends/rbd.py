@@ -28,6 +28,7 @@ import contextlib
 import errno
 import json
 import logging
+import os
 import re
 import secrets
 
@@ -40,13 +41,16 @@ from .base import PoolBackend, PoolInfo, VolumeInfo, VolumePolicy, VolumeSpec
 from .fileops import Snapshot
 from .rbdtool import (
     LONG_TIMEOUT,
+    QUICK_TIMEOUT,
     Connection,
     ImageRow,
     call,
     call_json,
+    ceph_reason,
     key_text,
     keyring,
     parse_df,
+    parse_json,
     parse_ls_long,
 )
 
@@ -56,6 +60,11 @@ log = logging.getLogger(__name__)
 POLL_INTERVAL = 1.0
 #: prefix of the hidden name a clone is made under before its rename
 HIDDEN = ".storagefs-"
+#: Debian's Python, whose python3-rados the listing script uses
+SYSTEM_PYTHON = "/usr/bin/python3"
+LISTER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rbd_lister.py")
+#: None: not tried yet; False: that Python has no rados module
+_LISTER_OK: bool | None = None
 _PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 
 
@@ -69,6 +78,8 @@ class RbdBackend(PoolBackend):
     def __init__(self, definition, ctx=None) -> None:
         super().__init__(definition, ctx)
         self._info: PoolInfo | None = None
+        #: the figures the last listing brought along (None: ask rados df)
+        self._listed_df: tuple[int, int, int] | None = None
 
     # ---- the definition -------------------------------------------------------------
     @property
@@ -144,12 +155,47 @@ class RbdBackend(PoolBackend):
 
     async def refresh(self, formats=None) -> tuple[PoolInfo, list[VolumeInfo]]:
         # one after the other: a nursery would wrap a refusal in an ExceptionGroup
-        data = await self._json("ls", "-l", "-p", self.pool,
-                                what=f"failed to list the images of '{self.pool}'")
-        rows = parse_ls_long(data)
-        await self.pool_info()
+        rows = parse_ls_long(await self._listing())
+        if self._listed_df is None:
+            await self.pool_info()
         vols = [self._from_row(r) for r in rows if not r.name.startswith(".")]
         return self._info or PoolInfo(), vols
+
+    async def _listing(self) -> object:
+        """Every image with its size and snapshots, as ``rbd ls -l --format json`` rows:
+        from rbd_lister.py under Debian's Python (reads the header objects, opens no
+        image: 5x faster), else from ``rbd ls -l`` (which opens each one)."""
+        what = f"failed to list the images of '{self.pool}'"
+        global _LISTER_OK
+        self._listed_df = None
+        cli_only = os.environ.get("STORAGEFS_RBD_LISTING") == "cli"  # tests, or by choice
+        if _LISTER_OK is not False and not cli_only and os.path.exists(SYSTEM_PYTHON):
+            conn = self.conn()
+            limit = hostcmd.limit(QUICK_TIMEOUT)
+            async with keyring(conn) as kr:
+                cfg = {"pool": conn.pool, "mon_host": conn.mon_host(), "user": conn.user,
+                       "keyring": kr, "timeout": max(1, int(limit) - 1)}
+                try:
+                    res = await hostcmd.run([SYSTEM_PYTHON, LISTER], timeout=limit,
+                                            check=False, stdin=json.dumps(cfg).encode())
+                except StorageError as exc:
+                    raise StorageError(f"{what}: {exc.reason}", errno.ETIMEDOUT) from None
+            if res.returncode == 0:
+                _LISTER_OK = True
+                data = parse_json(res.stdout, what)
+                data = data if isinstance(data, dict) else {}
+                self._listed_df = parse_df(data.get("df"), self.pool)
+                if self._listed_df is not None:
+                    self._info = PoolInfo(*self._listed_df)
+                return data.get("images")
+            if "Traceback" not in res.stderr:  # Ceph's refusal: the same for rbd
+                reason, code = ceph_reason(res.stderr, res.returncode)
+                raise StorageError(f"{what}: {reason}", code)
+            if "ModuleNotFoundError" in res.stderr:
+                _LISTER_OK = False  # no python3-rados: rbd ls -l from now on
+            log.warning("pool %s: %s failed (%s); listing with rbd ls -l", self.pool,
+                        LISTER, res.stderr.strip().splitlines()[-1][:200])
+        return await self._json("ls", "-l", "-p", self.pool, what=what)
 
     # ---- one volume ----------------------------------------------------------------------
     async def probe_volume(self, name: str, fmt: str | None = None) -> VolumeInfo | None:
