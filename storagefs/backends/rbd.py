@@ -294,8 +294,10 @@ class RbdBackend(PoolBackend):
 
     # ---- copies ------------------------------------------------------------------------------
     def _same_cluster(self, src: VolumeInfo) -> bool:
-        return src.type == "network" and bool(src.url) and "/" in (src.url or "") and \
-            src.path is None
+        """An RBD image (url POOL/IMAGE, no local node): copied inside the cluster."""
+        url = src.url or ""
+        return src.type == "network" and src.path is None and url.count("/") == 1 and \
+            "://" not in url and ":" not in url
 
     async def clone_volume(self, src: VolumeInfo, spec: VolumeSpec, report) -> VolumeInfo:
         self.check_volume_name(spec.name)
