@@ -75,6 +75,30 @@ def test_ceph_reason_of_any_stderr(text, rc):
     assert 0 < code < 4096 and "\n" not in reason
 
 
+@given(st.binary(max_size=64))
+def test_lister_decoders_take_any_bytes(data):
+    import struct
+
+    from storagefs.backends.rbd_lister import decode_directory_id, decode_snapshot
+
+    decode_directory_id(data + b"\0\0\0\0")
+    try:
+        snap = decode_snapshot(data)
+    except struct.error:
+        return
+    assert set(snap) == {"snapshot", "snapshot_id", "size"}
+
+
+def test_lister_decodes_cls_rbd_snap():
+    import struct
+
+    from storagefs.backends.rbd_lister import decode_snapshot
+
+    value = bytes([8, 1]) + struct.pack("<I", 99) + struct.pack("<Q", 4) + \
+        struct.pack("<I", 2) + b"s1" + struct.pack("<Q", 10 * MiB) + b"rest"
+    assert decode_snapshot(value) == {"snapshot": "s1", "snapshot_id": 4, "size": 10 * MiB}
+
+
 def test_ceph_reason_picks_the_tools_line():
     err = ("2026-12-01T13:25:02.318+0000 7f25 -1 auth: unable to find a keyring: (2) No such "
            "file or directory\nrbd: create error: (17) File exists\n")

@@ -46,7 +46,7 @@ def decode_snapshot(value):
 def decode_directory_id(value):
     """rbd_directory's name_NAME value: the id as an encoded string (u32 + bytes)."""
     n = _u32(value, 0)
-    return value[4:4 + n].decode()
+    return value[4:4 + n].decode("ascii", "replace")
 
 
 def main():
