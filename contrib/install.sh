@@ -23,10 +23,12 @@ command -v apt-get >/dev/null || die "apt-get not found: this installs on Debian
 
 apt_pkgs=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv qemu-utils util-linux coreutils scrub
           parted lvm2 e2fsprogs xfsprogs btrfs-progs libiscsi7 open-iscsi
-          glusterfs-client glusterfs-cli qemu-block-extra nfs-common cifs-utils)
+          glusterfs-client glusterfs-cli qemu-block-extra nfs-common cifs-utils
+          ceph-common)   # rbd pools: the rbd/rados CLIs (qemu's rbd driver: qemu-block-extra)
 test_pkgs=(vim rsync sed systemd xfsprogs puppet bindfs tgt zfs-fuse glusterfs-server
            libvirt-daemon-system libvirt-clients libvirt-daemon-driver-storage-gluster
-           prometheus-node-exporter)
+           prometheus-node-exporter
+           ceph-mon ceph-osd ceph-mgr python3-rbd python3-rados libvirt-daemon-driver-storage-rbd)
 
 missing=()
 for p in "${apt_pkgs[@]}" $( [ $want_test = 1 ] && echo "${test_pkgs[@]}" ); do

@@ -13,6 +13,7 @@ from .iscsi import IscsiBackend
 from .iscsi_direct import IscsiDirectBackend
 from .logical import LogicalBackend
 from .netfs import NetfsBackend
+from .rbd import RbdBackend
 from .zfs import ZfsBackend
 
 BACKENDS: dict[str, type[PoolBackend]] = {
@@ -25,6 +26,7 @@ BACKENDS: dict[str, type[PoolBackend]] = {
     ZfsBackend.type: ZfsBackend,
     NetfsBackend.type: NetfsBackend,
     GlusterBackend.type: GlusterBackend,
+    RbdBackend.type: RbdBackend,
 }
 
 
