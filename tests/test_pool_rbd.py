@@ -285,6 +285,8 @@ def test_cephx_wrong_key_is_eacces(mounted, ceph_cephx):  # noqa: F811
 
 
 # ---- the cluster stops answering (last: it pauses the session's OSD) -------------------------
+@pytest.mark.log_allows("storage became inaccessible", "rbd_lister.py failed",
+                        "figures not refreshed", "returned after")
 def test_cluster_that_stops_answering(mount_factory, ceph_cluster, tmp_path):  # noqa: F811
     c = ceph_cluster
     env = dict(os.environ, STORAGEFS_TOOL_TIMEOUT="4")
