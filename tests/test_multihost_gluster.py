@@ -1,0 +1,228 @@
+"""Three hosts share one gluster pool on one Gluster volume (issue 13, "Shared pools
+across hosts", GlusterFS half): what one host makes the others list, one name made on two
+hosts at once, the volume lock (a POSIX lock on ``.NAME.storagefs-lock`` held by
+GlusterFS's features/locks on the brick: EBUSY naming the holder; released when its
+holder dies, since the lock goes with the holder's open file).
+
+Each host's ``gluster`` pool mounts the volume with a FUSE client of its own
+(``STATE/run/gluster/POOL``), so locks, link(2) and listings go through GlusterFS as they
+would between machines. (A ``netfs`` pool of format glusterfs would do the same with a
+mount of its own at its <target>; gluster pools need no target per host.)"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import time
+
+from mount_helpers import MiB, command, read, write_errno, xml_value
+from multihost import three_hosts, wait_until  # noqa: F401
+from server_gluster import gluster_server, gluster_volume  # noqa: F401
+
+
+def shared_xml(volume, name: str = "shared") -> str:
+    return (f"<pool type='gluster'>\n  <name>{name}</name>\n  <uuid>"
+            "5d1e7a3c-2b4f-4e6a-9c8d-0f1e2d3c4b5a</uuid>\n  <source>\n"
+            f"    <host name='{volume.server.host}'/>\n    <dir path='/'/>\n"
+            f"    <name>{volume.name}</name>\n  </source>\n</pool>\n")
+
+
+def vols(h, pool: str = "shared"):
+    return h.pool(pool) / "volumes"
+
+
+def test_what_one_host_makes_the_others_list(three_hosts, gluster_volume):  # noqa: F811
+    hosts = three_hosts()
+    hosts.define("shared", shared_xml(gluster_volume))
+    for h in hosts:
+        os.listdir(vols(h))  # each host's pool is being read: it is polled
+    command(hosts.a.pool("shared") / "control", "create seen 12M")
+    took = {}
+    for h in (hosts.b, hosts.c):
+        took[h.host_id] = wait_until(lambda h=h: "seen" in os.listdir(vols(h)), 2.5)
+    print(f"gluster: a volume made on host-a listed after {took}")
+    docs = [read(vols(h) / "seen" / "status.xml") for h in hosts]
+    assert docs[0] == docs[1] == docs[2]
+    assert xml_value(docs[0], "/volume/capacity") == str(12 * MiB)
+    assert (gluster_volume.brick / "seen").stat().st_size == 12 * MiB
+    os.rmdir(vols(hosts.a) / "seen")
+    gone = {}
+    for h in (hosts.b, hosts.c):
+        gone[h.host_id] = wait_until(lambda h=h: "seen" not in os.listdir(vols(h)), 2.5)
+    print(f"gluster: its removal on host-a seen after {gone}")
+    assert not (gluster_volume.brick / "seen").exists()
+
+
+ROUNDS = 12
+
+
+def test_one_name_made_on_two_hosts_at_once(three_hosts, gluster_volume):  # noqa: F811
+    hosts = three_hosts()
+    hosts.define("shared", shared_xml(gluster_volume))
+    seen: dict[str, set[str]] = {}
+    stop = threading.Event()
+
+    def watch() -> None:  # host c never lists a half-made volume
+        while not stop.is_set():
+            for name in os.listdir(vols(hosts.c)):
+                try:
+                    cap = read(vols(hosts.c) / name / "capacity").strip()
+                except OSError:
+                    continue
+                seen.setdefault(name, set()).add(cap)
+            time.sleep(0.01)
+
+    w = threading.Thread(target=watch)
+    w.start()
+    winners = {"host-a": 0, "host-b": 0}
+    try:
+        for r in range(ROUNDS):
+            name = f"race{r}"
+            results: dict[str, int | None] = {}
+            go = threading.Barrier(2)
+
+            def make(h, size: str, name=name, results=results, go=go) -> None:
+                go.wait()
+                results[h.host_id] = write_errno(h.pool("shared") / "control",
+                                                 f"create {name} {size}\n")[0]
+
+            t = [threading.Thread(target=make, args=(hosts.a, "8M")),
+                 threading.Thread(target=make, args=(hosts.b, "16M"))]
+            for x in t:
+                x.start()
+            for x in t:
+                x.join(60)
+            codes = sorted(results.values(), key=lambda c: c or 0)
+            assert codes == [None, errno.EEXIST], (name, results)
+            winner = next(h for h in hosts if results.get(h.host_id) is None)
+            winners[winner.host_id] += 1
+            size = 8 * MiB if winner is hosts.a else 16 * MiB
+            assert (gluster_volume.brick / name).stat().st_size == size
+            for h in hosts:  # the loser too lists it at its next ls, within the poll
+                wait_until(lambda h=h, name=name: name in os.listdir(vols(h)), 2.5)
+                assert read(vols(h) / name / "capacity").strip() == str(size)
+    finally:
+        stop.set()
+        w.join(10)
+    print(f"gluster: {ROUNDS} rounds of one name made on two hosts at once, won {winners}")
+    for r in range(ROUNDS):
+        name = f"race{r}"
+        size = (gluster_volume.brick / name).stat().st_size
+        assert seen.get(name, {str(size)}) <= {str(size)}, (name, seen.get(name))
+    # nothing half-made, nothing left over: only the winners' files (and gluster's own)
+    left = sorted(n for n in os.listdir(gluster_volume.brick) if not n.startswith(".glusterfs"))
+    assert left == sorted(f"race{r}" for r in range(ROUNDS)), left
+    for r in range(ROUNDS):
+        os.rmdir(vols(hosts.a) / f"race{r}")
+
+
+def _wipe_in_background(h, vol: str) -> tuple[threading.Thread, dict]:
+    out: dict = {}
+
+    def run() -> None:
+        out["errno"] = write_errno(vols(h) / vol / "control", "wipe\n")[0]
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, out
+
+
+WIPE_SIZE = "512M"
+
+
+def test_second_host_gets_ebusy_naming_the_holder(three_hosts, gluster_volume):  # noqa: F811
+    hosts = three_hosts()
+    hosts.define("shared", shared_xml(gluster_volume))
+    command(hosts.a.pool("shared") / "control", f"create big {WIPE_SIZE}")
+    for h in (hosts.b, hosts.c):
+        wait_until(lambda h=h: "big" in os.listdir(vols(h)), 3)
+    t, out = _wipe_in_background(hosts.a, "big")
+    try:
+        wait_until(lambda: "wipe" in read(vols(hosts.a) / "big" / "progress"), 10, 0.01)
+        for h in (hosts.b, hosts.c):
+            code, _ = write_errno(vols(h) / "big" / "control", "resize 1G\n")
+            assert code == errno.EBUSY, h.host_id
+            line = read(vols(h) / "big" / "error")
+            assert "host 'host-a'" in line and "wipe" in line, line
+    finally:
+        t.join(150)
+    assert out.get("errno") is None
+    command(vols(hosts.b) / "big" / "control", "resize 600M")  # free again
+    assert (gluster_volume.brick / "big").stat().st_size == 600 * MiB
+    assert not [n for n in os.listdir(gluster_volume.brick) if n.endswith(".storagefs-lock")]
+    os.rmdir(vols(hosts.b) / "big")
+
+
+def test_lock_of_a_killed_host_goes_with_it(three_hosts, gluster_volume):  # noqa: F811
+    """SIGKILL of host A's storagefs in the middle of a wipe: the kernel closes its files,
+    the FUSE client unlocks and releases them, the brick drops the lock: host B's resize
+    succeeds at once (no stale time-out as for rbd)."""
+    hosts = three_hosts()
+    hosts.define("shared", shared_xml(gluster_volume))
+    command(hosts.a.pool("shared") / "control", f"create orphan {WIPE_SIZE}")
+    wait_until(lambda: "orphan" in os.listdir(vols(hosts.b)), 3)
+    t, _ = _wipe_in_background(hosts.a, "orphan")
+    wait_until(lambda: "wipe" in read(vols(hosts.a) / "orphan" / "progress"), 10, 0.01)
+    code, _ = write_errno(vols(hosts.b) / "orphan" / "control", "resize 1G\n")
+    assert code == errno.EBUSY
+    hosts.a.kill()  # SIGKILL while it holds the lock
+    killed_at = time.monotonic()
+    while True:
+        code, _ = write_errno(vols(hosts.b) / "orphan" / "control", "resize 1G\n")
+        if code is None:
+            break
+        assert code == errno.EBUSY, code
+        assert time.monotonic() - killed_at < 60, "the dead host's lock is still held"
+        time.sleep(0.05)
+    released = time.monotonic() - killed_at
+    print(f"gluster: lock of a SIGKILLed host released after {released:.2f} s")
+    assert released < 5
+    t.join(10)
+    assert (gluster_volume.brick / "orphan").stat().st_size == 1024 * MiB
+    hosts.a.recover()
+    os.rmdir(vols(hosts.b) / "orphan")
+
+
+def test_one_ansible_play_for_three_hosts(three_hosts, gluster_volume, tmp_path):  # noqa: F811
+    """tests/ansible/multihost.yml is engine-neutral: the same play for a gluster pool on
+    three hosts; the second run changes nothing."""
+    import json
+    import re
+    import subprocess
+
+    from test_config_mgmt import PLAYBOOK_DIR, ansible_env, ansible_playbook
+
+    hosts = three_hosts()
+    inv = tmp_path / "inventory.ini"
+    inv.write_text("[fleet]\n" + "".join(
+        f"{h.host_id} ansible_connection=local mnt={h.mnt}\n" for h in hosts))
+    extra = tmp_path / "vars.json"
+    extra.write_text(json.dumps({"shared_pools": [
+        {"name": "shared", "xml": shared_xml(gluster_volume)}]}))
+    recap = re.compile(r"^(host-\w)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+"
+                       r"failed=(\d+)", re.M)
+
+    def play() -> dict[str, int]:
+        res = subprocess.run([ansible_playbook(), "-i", str(inv), "-e", f"@{extra}",
+                              str(PLAYBOOK_DIR / "multihost.yml")], capture_output=True,
+                             text=True, timeout=300, env=ansible_env(tmp_path),
+                             cwd=PLAYBOOK_DIR)
+        assert res.returncode == 0, res.stdout + res.stderr
+        rows = {m[0]: (int(m[2]), int(m[4])) for m in recap.findall(res.stdout)}
+        assert sorted(rows) == ["host-a", "host-b", "host-c"], res.stdout
+        assert all(failed == 0 for _, failed in rows.values())
+        return {h: changed for h, (changed, _) in rows.items()}
+
+    first = play()
+    assert all(c > 0 for c in first.values()), first
+    second = play()
+    print(f"ansible three hosts (gluster): first run changed={first}, second {second}")
+    assert second == {"host-a": 0, "host-b": 0, "host-c": 0}
+    docs = {read(h.pool("shared") / "config.xml") for h in hosts}
+    assert len(docs) == 1
+    assert all(read(h.pool("shared") / "state") == "running\n" for h in hosts)
+    command(hosts.a.pool("shared") / "control", "create fleet 4M")
+    for h in (hosts.b, hosts.c):
+        wait_until(lambda h=h: "fleet" in os.listdir(vols(h)), 2.5)
+    os.rmdir(vols(hosts.c) / "fleet")
