@@ -184,6 +184,52 @@ def test_lock_of_a_killed_host_goes_with_it(three_hosts, gluster_volume):  # noq
     os.rmdir(vols(hosts.b) / "orphan")
 
 
+def _client_pid(h) -> int:
+    """The pid of the host's private GlusterFS client (the FUSE mount of its pool)."""
+    where = str(h.state_dir / "run" / "gluster" / "shared")
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if os.path.basename(argv[0]) == b"glusterfs" and where.encode() in argv:
+            return int(pid)
+    raise AssertionError(f"no glusterfs client for {where}")
+
+
+def test_lock_of_a_host_whose_client_died_goes_with_it(three_hosts, gluster_volume):  # noqa: F811
+    """The whole storage stack of host A dies (storagefs and its GlusterFS client, both
+    SIGKILLed): the brick drops the lock as the client's connection closes."""
+    import signal
+
+    hosts = three_hosts()
+    hosts.define("shared", shared_xml(gluster_volume))
+    command(hosts.a.pool("shared") / "control", f"create orphan {WIPE_SIZE}")
+    wait_until(lambda: "orphan" in os.listdir(vols(hosts.b)), 3)
+    client = _client_pid(hosts.a)
+    t, _ = _wipe_in_background(hosts.a, "orphan")
+    wait_until(lambda: "wipe" in read(vols(hosts.a) / "orphan" / "progress"), 10, 0.01)
+    assert write_errno(vols(hosts.b) / "orphan" / "control", "resize 1G\n")[0] == errno.EBUSY
+    os.kill(client, signal.SIGKILL)
+    hosts.a.kill()
+    killed_at = time.monotonic()
+    while True:
+        code, _ = write_errno(vols(hosts.b) / "orphan" / "control", "resize 1G\n")
+        if code is None:
+            break
+        assert code == errno.EBUSY, code
+        assert time.monotonic() - killed_at < 60, "the dead host's lock is still held"
+        time.sleep(0.05)
+    released = time.monotonic() - killed_at
+    print(f"gluster: lock of a host whose client was SIGKILLed released after {released:.2f} s")
+    assert released < 5
+    t.join(10)
+    assert (gluster_volume.brick / "orphan").stat().st_size == 1024 * MiB
+    hosts.a.recover()
+    os.rmdir(vols(hosts.b) / "orphan")
+
+
 def test_one_ansible_play_for_three_hosts(three_hosts, gluster_volume, tmp_path):  # noqa: F811
     """tests/ansible/multihost.yml is engine-neutral: the same play for a gluster pool on
     three hosts; the second run changes nothing."""
