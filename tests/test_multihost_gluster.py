@@ -96,7 +96,11 @@ def test_one_name_made_on_two_hosts_at_once(three_hosts, gluster_volume):  # noq
             codes = sorted(results.values(), key=lambda c: c or 0)
             assert codes == [None, errno.EEXIST], (name, results)
             winner = next(h for h in hosts if results.get(h.host_id) is None)
+            loser = hosts.b if winner is hosts.a else hosts.a
             winners[winner.host_id] += 1
+            # the host told EEXIST lists the winner's volume at once (not at its next poll)
+            wait_until(lambda name=name, loser=loser: name in os.listdir(vols(loser)), 0.5,
+                       0.02)
             size = 8 * MiB if winner is hosts.a else 16 * MiB
             assert (gluster_volume.brick / name).stat().st_size == size
             for h in hosts:  # the loser too lists it at its next ls, within the poll

@@ -212,6 +212,12 @@ class VolumeIndex:
         self._dirty.setdefault(pool.name, set()).add(name)
         self._dirty_event.set()
 
+    def probe_soon(self, pool: Pool, name: str) -> None:
+        """Probe one volume in the background (one another host made meanwhile: the host
+        told EEXIST lists it at once, not at its next poll)."""
+        self._dirty.setdefault(pool.name, set()).add(name)
+        self._dirty_event.set()
+
     async def _probe_worker(self) -> None:
         while True:
             await self._dirty_event.wait()

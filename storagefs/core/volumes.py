@@ -108,7 +108,11 @@ class Volumes:
         pool.reserved.add(name)
         pool.busy_volumes += 1
         try:
-            info = await pool.backend.create_volume(spec)
+            try:
+                info = await pool.backend.create_volume(spec)
+            except Exists:
+                reg.index.probe_soon(pool, name)  # made meanwhile elsewhere: list it now
+                raise
             vol = Volume(pool, name, info, recorded_format=info.format)
             vol.made = await pool.backend.signature(info)
             try:
