@@ -18,7 +18,10 @@ import time
 
 from mount_helpers import MiB, command, read, write_errno, xml_value
 from multihost import three_hosts, wait_until  # noqa: F401
-from server_gluster import gluster_server, gluster_volume  # noqa: F401
+
+#: gluster_server (one glusterd per session, shared with test_pool_gluster.py: a plugin,
+#: since a fixture imported into two modules is two fixtures), gluster_volume
+pytest_plugins = ["server_gluster"]
 
 
 def shared_xml(volume, name: str = "shared") -> str:
@@ -32,7 +35,7 @@ def vols(h, pool: str = "shared"):
     return h.pool(pool) / "volumes"
 
 
-def test_what_one_host_makes_the_others_list(three_hosts, gluster_volume):  # noqa: F811
+def test_what_one_host_makes_the_others_list(gluster_volume, three_hosts):
     hosts = three_hosts()
     hosts.define("shared", shared_xml(gluster_volume))
     for h in hosts:
@@ -57,7 +60,7 @@ def test_what_one_host_makes_the_others_list(three_hosts, gluster_volume):  # no
 ROUNDS = 12
 
 
-def test_one_name_made_on_two_hosts_at_once(three_hosts, gluster_volume):  # noqa: F811
+def test_one_name_made_on_two_hosts_at_once(gluster_volume, three_hosts):
     hosts = three_hosts()
     hosts.define("shared", shared_xml(gluster_volume))
     seen: dict[str, set[str]] = {}
@@ -135,7 +138,7 @@ def _wipe_in_background(h, vol: str) -> tuple[threading.Thread, dict]:
 WIPE_SIZE = "256M"  # a random wipe: seconds of writes through GlusterFS
 
 
-def test_second_host_gets_ebusy_naming_the_holder(three_hosts, gluster_volume):  # noqa: F811
+def test_second_host_gets_ebusy_naming_the_holder(gluster_volume, three_hosts):
     hosts = three_hosts()
     hosts.define("shared", shared_xml(gluster_volume))
     command(hosts.a.pool("shared") / "control", f"create big {WIPE_SIZE}")
@@ -158,7 +161,7 @@ def test_second_host_gets_ebusy_naming_the_holder(three_hosts, gluster_volume): 
     os.rmdir(vols(hosts.b) / "big")
 
 
-def test_lock_of_a_killed_host_goes_with_it(three_hosts, gluster_volume):  # noqa: F811
+def test_lock_of_a_killed_host_goes_with_it(gluster_volume, three_hosts):
     """SIGKILL of host A's storagefs in the middle of a wipe: the kernel closes its files,
     the FUSE client unlocks and releases them, the brick drops the lock: host B's resize
     succeeds at once (no stale time-out as for rbd)."""
@@ -202,7 +205,7 @@ def _client_pid(h) -> int:
     raise AssertionError(f"no glusterfs client for {where}")
 
 
-def test_lock_of_a_host_whose_client_died_goes_with_it(three_hosts, gluster_volume):  # noqa: F811
+def test_lock_of_a_host_whose_client_died_goes_with_it(gluster_volume, three_hosts):
     """The whole storage stack of host A dies (storagefs and its GlusterFS client, both
     SIGKILLed): the brick drops the lock as the client's connection closes."""
     import signal
@@ -234,7 +237,7 @@ def test_lock_of_a_host_whose_client_died_goes_with_it(three_hosts, gluster_volu
     os.rmdir(vols(hosts.b) / "orphan")
 
 
-def test_one_ansible_play_for_three_hosts(three_hosts, gluster_volume, tmp_path):  # noqa: F811
+def test_one_ansible_play_for_three_hosts(gluster_volume, three_hosts, tmp_path):
     """tests/ansible/multihost.yml is engine-neutral: the same play for a gluster pool on
     three hosts; the second run changes nothing."""
     import json

@@ -27,7 +27,9 @@ from mount_helpers import (
     write_errno,
     xml_value,
 )
-from server_gluster import gluster_mounts, gluster_server, gluster_volume  # noqa: F401
+
+#: one glusterd per session (a plugin: fixtures imported into two modules would be two)
+pytest_plugins = ["server_gluster"]
 
 MiB = 1024**2
 LIMIT = 6  # seconds: the storage time limit of mounts that watch the server go away
