@@ -27,9 +27,7 @@ from mount_helpers import (
     write_errno,
     xml_value,
 )
-
-#: one glusterd per session (a plugin: fixtures imported into two modules would be two)
-pytest_plugins = ["server_gluster"]
+from server_gluster import gluster_mounts, gluster_server, gluster_volume  # noqa: F401
 
 MiB = 1024**2
 LIMIT = 6  # seconds: the storage time limit of mounts that watch the server go away
