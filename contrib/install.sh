@@ -2,12 +2,24 @@
 # Install storagefs on Debian 12 as root: apt packages, a venv, the package.
 #   contrib/install.sh            the product, into /opt/storagefs/venv, with
 #                                 /usr/local/bin/storagefs pointing at it
-#   contrib/install.sh --test     also the test needs, into ./.venv (editable)
-set -euo pipefail
+#   contrib/install.sh --test     also the test needs (servers included), into ./.venv
+#                                 (editable)
+# It ends with one line saying what it installed, or one line saying what failed
+# (the tools' own output is in $log).
+set -uo pipefail
 cd "$(dirname "$0")/.."
 
 want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
+log=$(mktemp /tmp/storagefs-install.XXXXXX.log)
+
+die() {
+  echo "storagefs install: $1 (details: $log)" >&2
+  exit 1
+}
+
+[ "$(id -u)" = 0 ] || die "run as root"
+command -v apt-get >/dev/null || die "apt-get not found: this installs on Debian 12"
 
 apt_pkgs=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv qemu-utils util-linux coreutils scrub
           parted lvm2 e2fsprogs xfsprogs btrfs-progs)
@@ -19,11 +31,14 @@ for p in "${apt_pkgs[@]}" $( [ $want_test = 1 ] && echo "${test_pkgs[@]}" ); do
 done
 if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  apt-get update -qq >>"$log" 2>&1 || die "apt-get update failed"
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >>"$log" 2>&1 \
+    || die "apt-get could not install: ${missing[*]}"
 fi
 
 py=python3
+command -v "$py" >/dev/null || die "python3 not found"
+"$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "python3 is older than 3.11"
 if [ $want_test = 1 ]; then
   venv=.venv
   extra='.[test]'
@@ -33,8 +48,14 @@ else
   extra='.'
   editable=()
 fi
-[ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
-"$venv/bin/pip" install -q --disable-pip-version-check "${editable[@]}" "$extra"
+[ -x "$venv/bin/python" ] || "$py" -m venv "$venv" >>"$log" 2>&1 || die "cannot make the venv $venv"
+"$venv/bin/pip" install -q --disable-pip-version-check "${editable[@]}" "$extra" >>"$log" 2>&1 \
+  || die "pip could not install storagefs into $venv: $(grep -m1 -E '^ERROR' "$log" || tail -n1 "$log")"
+version=$("$venv/bin/storagefs" --version 2>/dev/null) || die "the installed storagefs does not run"
 if [ $want_test = 0 ]; then
-  ln -sf "$venv/bin/storagefs" /usr/local/bin/storagefs
+  ln -sf "$venv/bin/storagefs" /usr/local/bin/storagefs || die "cannot link /usr/local/bin/storagefs"
+  echo "$version installed: /usr/local/bin/storagefs (venv $venv); mount it with: storagefs mount MOUNTPOINT"
+else
+  echo "$version installed for the tests in $venv"
 fi
+rm -f "$log"

@@ -104,6 +104,7 @@ def daemonize(args: argparse.Namespace, mnt: str, state_dir: str) -> int:
         with os.fdopen(rfd, "rb") as r:
             msg = r.read().decode(errors="replace")
         if msg == "OK":
+            print(summary(mnt, state_dir))
             return 0
         os.waitpid(pid, 0)
         return fail(msg or "the mount process died before the tree was ready")
@@ -132,6 +133,23 @@ def daemonize(args: argparse.Namespace, mnt: str, state_dir: str) -> int:
         ready("storagefs failed; see the log")
         code = 1
     os._exit(code)
+
+
+def summary(mnt: str, state_dir: str) -> str:
+    """One line for whoever ran `storagefs mount`: where the tree is, where its state
+    lives, the default pool, how to unmount."""
+    pools = []
+    try:
+        names = sorted(n for n in os.listdir(os.path.join(mnt, "pools"))
+                       if not n.startswith("by-"))
+        for name in names:
+            with open(os.path.join(mnt, "pools", name, "state")) as f:
+                pools.append(f"{name} ({f.read().strip()})")
+    except OSError:
+        pass
+    shown = ", ".join(pools[:5]) + (f" and {len(pools) - 5} more" if len(pools) > 5 else "")
+    return (f"storagefs: mounted {mnt} (state directory {state_dir}; pools: "
+            f"{shown or 'none'}); unmount with: storagefs unmount {mnt}")
 
 
 def process_alive(pid: int) -> bool:
