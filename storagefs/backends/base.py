@@ -290,6 +290,12 @@ class PoolBackend:
         """(mode, uid, gid) of the target directory, for status.xml (None: none)."""
         return None
 
+    async def check_storage(self) -> None:
+        """Raise (StorageLost) when the running pool's storage is not the storage it
+        started with; a cheap check, for an operation that reads another pool's volume
+        (a clone) before it touches this pool's own storage."""
+        return None
+
     def degraded_reason(self) -> str | None:
         """Why the running pool is degraded (None: it is not)."""
         return None

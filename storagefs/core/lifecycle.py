@@ -219,14 +219,15 @@ class PoolLifecycle:
         else:
             pool.state = RUNNING
 
-    def lost_storage(self, pool: Pool, exc: StorageError) -> None:
-        """The storage of a started pool is gone or hangs: inaccessible, the reason in its
-        error file. Gone: its volumes are unlisted (a refresh brings them back). Hung:
-        they stay, with what storagefs last knew, and operations on them fail at once."""
+    def lost_storage(self, pool: Pool, exc: StorageError, op: str = "refresh") -> None:
+        """The storage of a started pool is gone, replaced or hangs: inaccessible, the
+        reason in its error file. Gone or replaced: its volumes are unlisted (a refresh
+        brings them back once the storage is there again). Hung: they stay, with what
+        storagefs last knew, and operations on them fail at once."""
         if pool.state != INACCESSIBLE:
             log.error("pool %s: storage became inaccessible: %s", pool.name, exc.reason)
             pool.state = INACCESSIBLE
-            pool.error = error_line("refresh", exc.reason)
+            pool.error = error_line(op, exc.reason)
             pool.touch()
         self.reg.index.stopped(pool)
         if pool.runner.stuck:

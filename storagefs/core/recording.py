@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
-from ..errors import InvalidArgument, StorageError
+from ..errors import InvalidArgument, StorageError, StorageLost
 from .objects import Owner, Pool, Secret, Volume
 
 log = logging.getLogger("storagefs.core")
@@ -73,8 +73,13 @@ class Recorder:
     """Turns refusals into error lines; ``listener`` is looked up at each use (the FUSE
     layer sets it once the tree exists)."""
 
-    def __init__(self, listener: Callable[[], Listener]) -> None:
+    def __init__(self, listener: Callable[[], Listener],
+                 lost: Callable[[Owner | None, StorageError, str], None] | None = None,
+                 ) -> None:
         self._listener = listener
+        #: lost(obj, exc, op): an operation found that the storage of obj's pool is gone
+        #: or was replaced (StorageLost): the registry makes the pool inaccessible
+        self.lost = lost
 
     @contextlib.contextmanager
     def recording(self, obj: Owner | None, op: str) -> Iterator[None]:
@@ -85,6 +90,8 @@ class Recorder:
             except ValueError as exc:  # XmlError and size parsing
                 raise InvalidArgument(str(exc)) from None
         except StorageError as exc:
+            if isinstance(exc, StorageLost) and not exc.recorded and self.lost is not None:
+                self.lost(obj, exc, op)
             if not exc.recorded:
                 self.note_refusal(obj, op, exc)
             raise

@@ -177,6 +177,8 @@ class VolumeCommands:
         target.busy_volumes += 1
         try:
             async with self._op(vol, f"clone to '{new}'"):
+                # the source's pool is checked too: its target may have been replaced
+                await vol.pool.backend.check_storage()
                 report = self._progress(vol, "clone")
                 clone.info = await target.backend.clone_volume(vol.info, spec, report)
             record.commit()
