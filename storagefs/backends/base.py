@@ -350,7 +350,11 @@ class PoolBackend:
         raise self._unsupported("cloning volumes")
 
     async def wipe_volume(self, info: VolumeInfo, algorithm: str,
-                          report: Callable[[float], None]) -> VolumeInfo:
+                          report: Callable[[float], None],
+                          secret_file: str | None = None) -> VolumeInfo:
+        """``secret_file``: the passphrase of an encrypted volume (a 0600 file while
+        the call runs), given only when the volume is encrypted and its document names
+        a secret; a volume re-made empty keeps its encryption with it."""
         raise self._unsupported("wiping volumes")
 
     def volume_lock(self, info: VolumeInfo, op: str) -> contextlib.AbstractAsyncContextManager:
@@ -361,6 +365,8 @@ class PoolBackend:
         Storage only this host sees needs none (the volume's claim is enough)."""
         return contextlib.nullcontext()
 
-    async def snapshot_volume(self, info: VolumeInfo, op: str, name: str) -> VolumeInfo:
-        """op: 'create', 'revert' or 'delete' a snapshot."""
+    async def snapshot_volume(self, info: VolumeInfo, op: str, name: str,
+                              secret_file: str | None = None) -> VolumeInfo:
+        """op: 'create', 'revert' or 'delete' a snapshot; ``secret_file`` as for
+        wipe_volume (qemu opens an encrypted image only with its key)."""
         raise self._unsupported("snapshots")

@@ -240,8 +240,10 @@ class DirBackend(PoolBackend):
     async def clone_volume(self, src: VolumeInfo, spec: VolumeSpec, report) -> VolumeInfo:
         return await self.files.clone(src, spec, report)
 
-    async def wipe_volume(self, info: VolumeInfo, algorithm: str, report) -> VolumeInfo:
-        return await self.files.wipe(info, algorithm, report)
+    async def wipe_volume(self, info: VolumeInfo, algorithm: str, report,
+                          secret_file: str | None = None) -> VolumeInfo:
+        return await self.files.wipe(info, algorithm, report, secret_file)
 
-    async def snapshot_volume(self, info: VolumeInfo, op: str, name: str) -> VolumeInfo:
-        return await self.files.snapshot(info, op, name)
+    async def snapshot_volume(self, info: VolumeInfo, op: str, name: str,
+                              secret_file: str | None = None) -> VolumeInfo:
+        return await self.files.snapshot(info, op, name, secret_file)

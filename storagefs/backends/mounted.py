@@ -195,10 +195,12 @@ class MountedBackend(DirBackend):
         self.require_mounted()
         return await super().clone_volume(src, spec, report)
 
-    async def wipe_volume(self, info: VolumeInfo, algorithm: str, report) -> VolumeInfo:
+    async def wipe_volume(self, info: VolumeInfo, algorithm: str, report,
+                          secret_file: str | None = None) -> VolumeInfo:
         self.require_mounted()
-        return await super().wipe_volume(info, algorithm, report)
+        return await super().wipe_volume(info, algorithm, report, secret_file)
 
-    async def snapshot_volume(self, info: VolumeInfo, op: str, name: str) -> VolumeInfo:
+    async def snapshot_volume(self, info: VolumeInfo, op: str, name: str,
+                              secret_file: str | None = None) -> VolumeInfo:
         self.require_mounted()
-        return await super().snapshot_volume(info, op, name)
+        return await super().snapshot_volume(info, op, name, secret_file)

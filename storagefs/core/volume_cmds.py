@@ -116,6 +116,12 @@ class VolumeCommands:
             return None
         return self.reg.vols.secret_of(vol.config, vol.pool)
 
+    @staticmethod
+    def _secret_arg(secret_file: str | None) -> dict[str, str]:
+        """``secret_file=`` for a backend call, only when there is one (backends of
+        storage without encryption need not take it)."""
+        return {"secret_file": secret_file} if secret_file else {}
+
     # ---- the commands ------------------------------------------------------------------
     async def resize(self, vol: Volume, cmd: Resize) -> None:
         reg = self.reg
@@ -201,9 +207,12 @@ class VolumeCommands:
                                f"of type '{vol.pool.definition.type}' (supported: "
                                f"{', '.join(algorithms) or 'none'})")
         await self.reg.chains.check(vol)  # re-making a qcow2 opens its backing file
-        async with self._op(vol, "wipe"):
+        secret = self.secret_of(vol)  # an encrypted image is re-made with its secret
+        async with self._op(vol, "wipe"), \
+                self.reg.secrets.optional_file(secret) as secret_file:
             report = self._progress(vol, "wipe")
-            vol.info = await vol.pool.backend.wipe_volume(vol.info, cmd.algorithm, report)
+            vol.info = await vol.pool.backend.wipe_volume(
+                vol.info, cmd.algorithm, report, **self._secret_arg(secret_file))
 
     async def snapshot(self, vol: Volume, op: str, name: str) -> None:
         kinds = vol.pool.backend.policy.snapshots_for(vol.info.format)
@@ -224,7 +233,9 @@ class VolumeCommands:
                 raise Exists(f"snapshot '{name}' already exists")
             if op != "create" and name not in taken:
                 raise NotFound(f"no snapshot '{name}' in volume '{vol.name}'")
-            vol.info = await vol.pool.backend.snapshot_volume(vol.info, op, name)
+            async with self.reg.secrets.optional_file(self.secret_of(vol)) as secret_file:
+                vol.info = await vol.pool.backend.snapshot_volume(
+                    vol.info, op, name, **self._secret_arg(secret_file))
 
     async def mkdir_snapshot(self, vol: Volume, name: str) -> None:
         with self.reg.rec.recording(vol, f"snapshot {name}"):
