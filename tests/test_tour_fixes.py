@@ -347,3 +347,54 @@ def test_remake_options_refuse_what_one_new_file_cannot_be():
             "create-type": "twoGbMaxExtentSparse"}}})
     luks = remake_options("luks", {"format-specific": {"data": {"cipher-alg": "aes-256"}}})
     assert luks == {"key-secret": "sec0", "cipher-alg": "aes-256"}
+
+
+# ---- 3. backing-chain loops -----------------------------------------------------------
+
+
+def qcow2_backed(path: Path, backing: str) -> None:
+    """A qcow2 whose header names ``backing`` (rebase -u writes it without opening it)."""
+    run(["qemu-img", "create", "-q", "-f", "qcow2", path, "16M"])
+    run(["qemu-img", "rebase", "-q", "-u", "-f", "qcow2", "-F", "qcow2", "-b", backing, path])
+
+
+@pytest.mark.parametrize("shape", ["self", "pair", "hardlink"])
+def test_backing_chain_loops_are_refused_at_once_and_shown(mounted, shape):
+    images = mounted.images
+    a, b = images / "a.qcow2", images / "b.qcow2"
+    if shape == "self":
+        qcow2_backed(a, str(a))
+    elif shape == "pair":
+        qcow2_backed(b, str(a))
+        qcow2_backed(a, str(b))
+    else:  # b is a second name of a: a -> b is a -> a
+        qcow2_backed(a, str(b))
+        os.link(a, b)
+    command(mounted.pool() / "control", "refresh")
+    v = mounted.vol("a.qcow2")
+    # the listing shows it: the volume's error file names the loop
+    line = read(v / "error")
+    assert "loop" in line or "refers to itself" in line, line
+    assert "a.qcow2" in line
+    for cmd in ("clone c.qcow2", "clone c.raw --format raw", "resize 32M", "wipe zero"):
+        started = time.monotonic()
+        code, _ = write_errno(v / "control", cmd + "\n")
+        assert code == errno.ELOOP, (cmd, code)
+        assert time.monotonic() - started < 10, cmd
+        line = assert_one_error_line(v)
+        assert "loop" in line or "refers to itself" in line, line
+    assert not (images / "c.qcow2").exists() and not (images / "c.raw").exists()
+    assert qemu_info(a)["virtual-size"] == 16 * MiB
+
+
+def test_a_long_chain_without_a_loop_is_followed(mounted):
+    """c -> b -> a (no loop): clone works and no error line appears."""
+    images = mounted.images
+    run(["qemu-img", "create", "-q", "-f", "qcow2", images / "a.qcow2", "16M"])
+    qcow2_backed(images / "b.qcow2", str(images / "a.qcow2"))
+    qcow2_backed(images / "c.qcow2", str(images / "b.qcow2"))
+    command(mounted.pool() / "control", "refresh")
+    v = mounted.vol("c.qcow2")
+    command(v / "control", "clone d.qcow2")
+    assert (images / "d.qcow2").exists()
+    assert read(v / "error") == ""
