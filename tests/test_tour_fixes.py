@@ -45,6 +45,7 @@ from mount_helpers import (
 
 from storagefs.backends.imagefmt import remake_options
 from storagefs.errors import InvalidArgument, NotSupported
+from storagefs.parsing import ALLOCATION_SLACK, check_allocation
 
 
 def state(pdir: Path) -> str:
@@ -398,3 +399,46 @@ def test_a_long_chain_without_a_loop_is_followed(mounted):
     command(v / "control", "clone d.qcow2")
     assert (images / "d.qcow2").exists()
     assert read(v / "error") == ""
+
+
+# ---- 5. an allocation above the capacity ---------------------------------------------
+
+
+def raw_doc(name: str, capacity: int, allocation: int) -> str:
+    return (f"<volume type='file'>\n  <name>{name}</name>\n"
+            f"  <capacity unit='bytes'>{capacity}</capacity>\n"
+            f"  <allocation unit='bytes'>{allocation}</allocation>\n"
+            "  <target>\n    <format type='raw'/>\n  </target>\n</volume>\n")
+
+
+def test_allocation_above_capacity_only_as_a_full_allocation_rounds(mounted):
+    v = mounted.vol("v.raw")
+    os.mkdir(v)
+    before = read(v / "config.xml")
+    for allocation in (16 * MiB + 1000, 16 * MiB + 1, 18 * MiB):
+        code, _ = write_errno(v / "config.xml", raw_doc("v.raw", 16 * MiB, allocation))
+        assert code == errno.EINVAL, allocation
+        line = assert_one_error_line(v)
+        assert f"allocation {allocation} is above the capacity" in line, line
+        assert read(v / "config.xml") == before
+    code, _ = write_errno(mounted.pool() / "control", f"create w.raw 16M --allocation "
+                          f"{16 * MiB + 1000}\n")
+    assert code == errno.EINVAL and "w.raw" not in ls_names(mounted.pool() / "volumes")
+    # what status.xml of a fully allocated volume may say: accepted, fully allocated
+    write(v / "config.xml", raw_doc("v.raw", 16 * MiB, 16 * MiB + 4096))
+    assert os.stat(mounted.images / "v.raw").st_blocks * 512 >= 16 * MiB
+    assert read(v / "capacity").strip() == str(16 * MiB)
+
+
+@given(capacity=st.integers(0, 1 << 50), over=st.integers(-(1 << 30), 1 << 30))
+def test_check_allocation_accepts_only_the_rounding_of_a_full_allocation(capacity, over):
+    allocation = max(0, capacity + over)
+    try:
+        check_allocation(capacity, allocation)
+    except InvalidArgument as exc:
+        assert allocation > capacity and str(allocation) in exc.reason
+        assert allocation % 512 or allocation > capacity + ALLOCATION_SLACK + capacity // 256
+    else:
+        assert allocation <= capacity or (
+            allocation % 512 == 0
+            and allocation <= capacity + ALLOCATION_SLACK + capacity // 256)
