@@ -39,6 +39,8 @@ from mount_helpers import (
     qemu_info,
     read,
     run,
+    run_mount_expect_refusal,
+    storagefs_cmd,
     write,
     write_errno,
 )
@@ -442,3 +444,22 @@ def test_check_allocation_accepts_only_the_rounding_of_a_full_allocation(capacit
         assert allocation <= capacity or (
             allocation % 512 == 0
             and allocation <= capacity + ALLOCATION_SLACK + capacity // 256)
+
+
+# ---- 6. a background mount that fails after forking says why ------------------------
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "is-a-file"])
+def test_background_mount_failing_after_fork_prints_why(tmp_path, where):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a regular file\n")
+    state_dir = blocker / "state" if where == "under-a-file" else blocker
+    rc, err = run_mount_expect_refusal(
+        [*storagefs_cmd(), "mount", "--state-dir", str(state_dir), str(mnt)], mnt)
+    assert rc not in (None, 0), err
+    assert f"cannot make the state directory {state_dir}" in err, err
+    assert ("Not a directory" in err) if where == "under-a-file" else ("File exists" in err)
+    assert "died before" not in err
+    assert not os.path.ismount(mnt)
