@@ -463,3 +463,58 @@ def test_background_mount_failing_after_fork_prints_why(tmp_path, where):
     assert ("Not a directory" in err) if where == "under-a-file" else ("File exists" in err)
     assert "died before" not in err
     assert not os.path.ismount(mnt)
+
+
+# ---- 7. an interrupted operation says what it left --------------------------------------
+
+
+def interrupt_when(path: Path, line: str, started) -> tuple[int, str]:
+    """Write ``line`` to ``path`` from bash; SIGINT it once started() is true. (exit
+    status, stderr)."""
+    proc = subprocess.Popen(["bash", "-c", f"printf '%s\\n' '{line}' > '{path}'"],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not started() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert proc.poll() is None, "the operation ended before it was interrupted"
+        os.kill(proc.pid, 2)
+        _, err = proc.communicate(timeout=60)
+        return proc.returncode, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_an_interrupted_wipe_says_the_volume_is_partly_wiped(mounted):
+    v = mounted.vol("big.raw")
+    os.mkdir(v)
+    write(v / "config.xml", raw_doc("big.raw", 1 << 30, 0))
+    rc, _ = interrupt_when(v / "control", "wipe random",
+                           lambda: re.search(r"wipe [1-9]", read(v / "progress")))
+    assert rc != 0
+    line = assert_one_error_line(v)
+    assert "interrupted by a signal" in line and "partly wiped" in line, line
+    assert "undone" not in line.replace("cannot be undone", "")
+    assert read(v / "progress") == ""
+    # it was really stopped part way: some of it is random, the end is still a hole
+    with open(mounted.images / "big.raw", "rb") as f:
+        assert f.read(4096) != bytes(4096)
+        f.seek((1 << 30) - 4096)
+        assert f.read(4096) == bytes(4096)
+
+
+def test_an_interrupted_clone_says_nothing_was_added(mounted):
+    v = mounted.vol("src.raw")
+    os.mkdir(v)
+    write(v / "config.xml", raw_doc("src.raw", 1 << 30, 0))
+    run(["qemu-io", "-f", "raw", "-c", "write -P 0x7 0 512M", mounted.images / "src.raw"],
+        timeout=300)
+    rc, _ = interrupt_when(v / "control", "clone copy.qcow2 --format qcow2",
+                           lambda: re.search(r"clone", read(v / "progress")))
+    assert rc != 0
+    line = assert_one_error_line(v)
+    assert "interrupted by a signal" in line and "no volume was added" in line, line
+    assert "copy.qcow2" not in ls_names(mounted.pool() / "volumes")
+    assert not [n for n in os.listdir(mounted.images) if "copy" in n]

@@ -244,7 +244,9 @@ class PoolLifecycle:
             if pool.active:
                 raise Busy(f"storage pool '{pool.name}' is already active")
             await self.reg.defs.check_paths(pool, pool.definition)
-            await pool.backend.build(overwrite=overwrite)
+            with self.reg.rec.if_cut_short(pool, "the build stopped part way: the storage "
+                                           "may be partly built; build again"):
+                await pool.backend.build(overwrite=overwrite)
             pool.touch()
         await self.reg.index.refresh_perms(pool)
         self.reg.listener.changed(pool.name)
@@ -253,7 +255,9 @@ class PoolLifecycle:
         with claim(pool, "delete"):
             if pool.active:
                 raise Busy(f"storage pool '{pool.name}' is still active")
-            await pool.backend.delete()
+            with self.reg.rec.if_cut_short(pool, "the delete stopped part way: the storage "
+                                           "may be partly deleted; delete again"):
+                await pool.backend.delete()
             pool.touch()
         await self.reg.index.refresh_perms(pool)
         self.reg.listener.changed(pool.name)

@@ -5,15 +5,23 @@ kernel's caches of that object are dropped at once."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
+import trio
+
 from ..errors import InvalidArgument, StorageError, StorageLost
 from .objects import Owner, Pool, Secret, Volume
 
 log = logging.getLogger("storagefs.core")
+
+#: what an interrupted operation that said nothing else leaves: each step that is done
+#: stays done (documents are stored at once, tools are killed where they stand)
+DEFAULT_CUT = ("the operation stopped before it finished; what it had done stays "
+               "(status.xml and the one-value files show the state now)")
 
 #: refusals are a normal outcome of bad input, not trouble in storagefs: they are
 #: logged at this level, between INFO and WARNING (WARNING and ERROR are kept for
@@ -80,10 +88,35 @@ class Recorder:
         #: lost(obj, exc, op): an operation found that the storage of obj's pool is gone
         #: or was replaced (StorageLost): the registry makes the pool inaccessible
         self.lost = lost
+        #: what an operation cut short by a signal left, by id of its object (set by the
+        #: operation as it is cancelled, taken by the FUSE layer's EINTR line)
+        self._cut: dict[int, str] = {}
+
+    @contextlib.contextmanager
+    def if_cut_short(self, obj: Owner, left: str) -> Iterator[None]:
+        """While the block runs: a cancellation (Ctrl-C on the writer) leaves ``left``
+        (what the operation leaves behind, said truthfully) for interrupted()."""
+        try:
+            yield
+        except BaseException as exc:
+            # a nursery below may carry the cancellation in an exception group
+            if isinstance(exc, trio.Cancelled) or (
+                    isinstance(exc, BaseExceptionGroup) and exc.split(trio.Cancelled)[1]
+                    is None):
+                self._cut[id(obj)] = left
+            raise
+
+    def interrupted(self, obj: Owner | None) -> None:
+        """The error line of a write cut short by a signal: what the operation left."""
+        left = self._cut.pop(id(obj), None) if obj is not None else None
+        self.note_refusal(obj, "write", StorageError(
+            "interrupted by a signal: " + (left or DEFAULT_CUT), errno.EINTR))
 
     @contextlib.contextmanager
     def recording(self, obj: Owner | None, op: str) -> Iterator[None]:
         """Turn a refusal into: one line in obj.error, one log line, a StorageError."""
+        if obj is not None:
+            self._cut.pop(id(obj), None)  # what an earlier operation was cut short at
         try:
             try:
                 yield

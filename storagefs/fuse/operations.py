@@ -269,8 +269,7 @@ class Operations(pyfuse3.Operations):
                                    lambda: self._interrupted(inode))
 
     def _interrupted(self, inode: Inode) -> None:
-        self.core.rec.note_refusal(inode.node.owner(), "write", StorageError(
-            "interrupted by a signal; the operation was undone", errno.EINTR))
+        self.core.rec.interrupted(inode.node.owner())
 
     @fuse_op
     async def flush(self, fh):
