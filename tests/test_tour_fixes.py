@@ -44,6 +44,7 @@ from mount_helpers import (
     write,
     write_errno,
 )
+from test_other_users import as_user, other_user  # noqa: F401
 
 from storagefs.backends.imagefmt import remake_options
 from storagefs.errors import InvalidArgument, NotSupported
@@ -518,3 +519,137 @@ def test_an_interrupted_clone_says_nothing_was_added(mounted):
     assert "interrupted by a signal" in line and "no volume was added" in line, line
     assert "copy.qcow2" not in ls_names(mounted.pool() / "volumes")
     assert not [n for n in os.listdir(mounted.images) if "copy" in n]
+
+
+# ---- 8. refusals and their error lines --------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [200 * MiB, 63 * MiB, 64 * MiB - 512])
+def test_pending_disk_volume_refused_with_enospc_shows_its_error_line(mounted, tmp_path,
+                                                                      size):
+    reason = skip_reason("parted", "wipefs")
+    if reason:
+        pytest.skip(reason)
+    with LoopSet(tmp_path) as loops:
+        dev = loops.make("64M")
+        p = mounted.pool("dp")
+        os.mkdir(p)
+        write(p / "config.xml", f"<pool type='disk'>\n  <name>dp</name>\n  <source>\n"
+              f"    <device path='{dev.path}'/>\n    <format type='gpt'/>\n  </source>\n"
+              "  <target>\n    <path>/dev</path>\n  </target>\n</pool>\n")
+        command(p / "control", "build")
+        command(p / "state", "running")
+        name = f"{dev.name}p1"
+        v = p / "volumes" / name
+        os.mkdir(v)
+        # what a user does first: look for an error file (there is none yet)
+        assert not os.path.exists(v / "error")
+        res = run(["cat", v / "error"], check=False)
+        assert res.returncode != 0
+        doc = (f"<volume type='block'>\n  <name>{name}</name>\n"
+               f"  <capacity unit='bytes'>{size}</capacity>\n</volume>\n")
+        res = run(["bash", "-c", f"cat > '{v / 'config.xml'}'"], input=doc, text=True,
+                  check=False)
+        assert res.returncode != 0 and "No space left" in res.stderr, res.stderr
+        # the refusal is on record where the user looks, at once
+        assert run(["cat", v / "error"]).stdout.count("\n") == 1
+        assert "free" in read(v / "error") or str(size) in read(v / "error")
+        assert "error" in run(["ls", v]).stdout.split()
+        command(p / "state", "inactive")
+
+
+def test_mkdir_of_an_existing_snapshot_is_eexist_from_the_kernel(mounted):
+    """The kernel answers EEXIST from its own lookup, without asking storagefs: no error
+    line (docs/tree.md says so)."""
+    v = mounted.vol("s.qcow2")
+    os.mkdir(v)
+    os.mkdir(v / "snapshots" / "s1")
+    assert mkdir_errno(v / "snapshots" / "s1") == errno.EEXIST
+    assert read(v / "error") == ""
+    # the command spelling reaches storagefs, and is on record
+    code, _ = write_errno(v / "control", "snapshot s1\n")
+    assert code == errno.EEXIST
+    assert "already exists" in assert_one_error_line(v)
+
+
+def test_read_refusals_are_logged_only_and_tar_sees_no_change(mounted, tmp_path):
+    uid = "5b2a0c1e-7d3f-4e55-9a3b-1c2d3e4f5a6b"
+    s = mounted.mnt / "secrets" / uid
+    os.mkdir(s)
+    write(s / "config.xml", f"<secret ephemeral='no' private='yes'>\n  <uuid>{uid}</uuid>\n"
+          "  <usage type='volume'>\n    <volume>/x/y</volume>\n  </usage>\n</secret>\n")
+    write(s / "value", "a-passphrase\n")
+    error_before = read(s / "error")
+    mtime_before = os.stat(s / "error").st_mtime_ns
+    for _ in range(2):
+        res = run(["cat", s / "value"], check=False)
+        assert res.returncode != 0 and "Permission denied" in res.stderr
+    assert read(s / "error") == error_before
+    assert os.stat(s / "error").st_mtime_ns == mtime_before
+    assert "the value of a private secret cannot be read" in mounted.log()
+    res = run(["tar", "-cf", str(tmp_path / "t.tar"), "-C", str(mounted.mnt), "secrets"],
+              check=False)
+    assert "file changed as we read it" not in res.stderr, res.stderr
+    assert "value: Cannot open: Permission denied" in res.stderr
+    assert read(s / "error") == error_before
+    # a refused change is on record as ever
+    code, _ = write_errno(s / "config.xml", "<secret><uuid>not-a-uuid</uuid></secret>\n")
+    assert code == errno.EINVAL
+    assert_one_error_line(s)
+
+
+# ---- 9. chmod/chown of command files ---------------------------------------------------
+
+
+def chmod_errno(path: Path, mode: int) -> int | None:
+    try:
+        os.chmod(path, mode)
+    except OSError as exc:
+        return exc.errno
+    return None
+
+
+def chown_errno(path: Path, uid: int, gid: int) -> int | None:
+    try:
+        os.chown(path, uid, gid)
+    except OSError as exc:
+        return exc.errno
+    return None
+
+
+def test_command_files_never_become_writable_by_others(mount_factory, other_user):  # noqa: F811
+    m = mount_factory(extra=("--allow-other",))
+    uid = "0c5b2a1e-7d3f-4e55-9a3b-1c2d3e4f5a6c"
+    s = m.mnt / "secrets" / uid
+    os.mkdir(s)
+    write(s / "config.xml", f"<secret ephemeral='no' private='no'>\n  <uuid>{uid}</uuid>\n"
+          "  <usage type='volume'>\n    <volume>/x/z</volume>\n  </usage>\n</secret>\n")
+    write(s / "value", "a-passphrase\n")
+    pool, vol = m.pool(), m.vol("v.raw")
+    os.mkdir(vol)
+    files = [(pool / "control", pool), (pool / "state", pool), (pool / "autostart", pool),
+             (vol / "control", vol), (s / "value", s)]
+    for path, owner in files:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        for bad in (0o666, 0o646, 0o624, mode | 0o002):
+            assert chmod_errno(path, bad) == errno.EPERM, (path, oct(bad))
+            assert "would let others" in assert_one_error_line(owner)
+        assert chown_errno(path, other_user.uid, -1) == errno.EPERM, path
+        assert "would let others" in assert_one_error_line(owner)
+        assert stat.S_IMODE(os.stat(path).st_mode) == mode
+        assert os.stat(path).st_uid == 0
+    # a secret's value is not made readable to others either
+    assert chmod_errno(s / "value", 0o644) == errno.EPERM
+    assert "read by root only" in assert_one_error_line(s)
+    # taking bits away is fine
+    os.chmod(pool / "control", 0o600)
+    assert stat.S_IMODE(os.stat(pool / "control").st_mode) == 0o600
+    # the other user still cannot write any of them
+    got = as_user(other_user, m.mnt, {
+        str(path): (lambda p=path: os.close(os.open(p, os.O_WRONLY))) for path, _ in files})
+    assert {v[1] for v in got.values()} <= {"EACCES", "EPERM"}, got
+    # config.xml modes and owners still round-trip (Puppet and Ansible set them)
+    os.chmod(pool / "config.xml", 0o640)
+    os.chown(pool / "config.xml", 0, other_user.gid)
+    st_ = os.stat(pool / "config.xml")
+    assert stat.S_IMODE(st_.st_mode) == 0o640 and st_.st_gid == other_user.gid

@@ -129,11 +129,14 @@ class Recorder:
                 self.note_refusal(obj, op, exc)
             raise
 
-    def note_refusal(self, obj: Owner | None, op: str, exc: StorageError) -> None:
-        """One line in the object's error file, one in the log."""
+    def note_refusal(self, obj: Owner | None, op: str, exc: StorageError,
+                     line: bool = True) -> None:
+        """One line in the object's error file, one in the log. ``line=False``: the log
+        only (a refused read: error lines are for refused changes, SPEC "Errors are
+        errno", and a reader such as tar must not see the tree change under it)."""
         exc.recorded = True
         log.log(REFUSED, "%s: refused %s", describe(obj), one_line(op, exc.reason))
-        if obj is not None:
+        if obj is not None and line:
             self.set_error(obj, error_line(op, exc.reason))
 
     def set_error(self, obj: Owner, line: str) -> None:
