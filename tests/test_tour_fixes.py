@@ -510,7 +510,7 @@ def test_an_interrupted_clone_says_nothing_was_added(mounted):
     v = mounted.vol("src.raw")
     os.mkdir(v)
     write(v / "config.xml", raw_doc("src.raw", 1 << 30, 0))
-    run(["qemu-io", "-f", "raw", "-c", "write -P 0x7 0 512M", mounted.images / "src.raw"],
+    run(["qemu-io", "-f", "raw", "-c", "write -P 0x7 0 256M", mounted.images / "src.raw"],
         timeout=300)
     rc, _ = interrupt_when(v / "control", "clone copy.qcow2 --format qcow2",
                            lambda: re.search(r"clone", read(v / "progress")))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import stat
 from typing import TYPE_CHECKING
@@ -19,6 +20,8 @@ from .objects import Volume
 
 if TYPE_CHECKING:
     from .registry import Registry
+
+log = logging.getLogger(__name__)
 
 
 class Chains:
@@ -88,6 +91,9 @@ class Chains:
                 self.reg.rec.note_refusal(vol, "refresh", exc)
         except StorageError:
             pass  # what the chain names cannot be read: operations say so
+        except OSError as exc:  # a file of the chain changed under the walk
+            log.warning("volume %s/%s: backing chain not checked: %s", vol.pool.name,
+                        vol.name, exc)
 
     async def check_backing_store(self, vol: Volume, spec: VolumeSpec) -> None:
         """A document's <backingStore> must be a volume in a pool or a block device."""
