@@ -74,6 +74,7 @@ def rmdir_errno(path: Path) -> int | None:
 # ---- 1. a replaced target is never followed ----------------------------------------
 
 
+@pytest.mark.log_allows("storage became inaccessible")
 @pytest.mark.parametrize("swap", ["target", "parent"])
 def test_dir_pool_never_follows_a_target_swapped_for_a_symlink(mounted, tmp_path, swap):
     real = tmp_path / "real" / "pool"
@@ -123,6 +124,7 @@ def test_dir_pool_never_follows_a_target_swapped_for_a_symlink(mounted, tmp_path
     assert (other / "victim.raw").read_bytes() == b"not storagefs's"
 
 
+@pytest.mark.log_allows("storage became inaccessible", "cannot watch")
 def test_dir_pool_swapped_target_is_noticed_without_an_operation(mounted, tmp_path):
     """The figures refreshed in the background find it too (within a few seconds)."""
     real, other = tmp_path / "real", tmp_path / "other"
@@ -143,6 +145,7 @@ def test_dir_pool_swapped_target_is_noticed_without_an_operation(mounted, tmp_pa
     assert os.listdir(other) == ["new.raw"]
 
 
+@pytest.mark.log_allows("storage became inaccessible")
 def test_fs_pool_never_follows_a_mount_point_moved_away(mounted, tmp_path):
     reason = skip_reason("mkfs.ext4", "mount", "umount", "findmnt")
     if reason:
