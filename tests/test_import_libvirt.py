@@ -359,3 +359,109 @@ def test_strip_header_keeps_the_pool_document_from_its_root(comment):
     doc = b"<pool type='dir'><name>p</name><target><path>/x</path></target></pool>"
     data = f"<!--{comment}-->\n".encode() + doc + b"\n\n"
     assert importer.strip_header(data) == doc + b"\n" or b"<pool" in comment.encode()
+
+
+# ---- network types: export and import of definitions (no server: none is started) ------
+def network_docs(t: str, secrets: dict[str, str]) -> dict[str, str]:
+    """One pool document per network type storagefs has (netfs in each of its formats),
+    as an administrator writes them; ``secrets`` maps usage type -> secret uuid."""
+    chap = (f"<auth type='chap' username='alice'><secret uuid='{secrets['iscsi']}'/>"
+            "</auth>")
+    iqn = f"iqn.2026-12.org.example:t{t}"
+    docs = {
+        f"iscsid-{t}": f"<pool type='iscsi-direct'><name>iscsid-{t}</name><source>"
+                       f"<host name='192.0.2.10' port='3260'/><device path='{iqn}'/>"
+                       f"<initiator><iqn name='iqn.2026-12.org.example:host-{t}'/>"
+                       f"</initiator>{chap}</source></pool>",
+        f"iscsi-{t}": f"<pool type='iscsi'><name>iscsi-{t}</name><source>"
+                      f"<host name='192.0.2.11' port='3260'/><device path='{iqn}'/>"
+                      f"{chap}</source><target><path>/dev/disk/by-path</path></target>"
+                      "</pool>",
+        f"gluster-{t}": f"<pool type='gluster'><name>gluster-{t}</name><source>"
+                        f"<host name='192.0.2.12'/><dir path='/'/><name>vol{t}</name>"
+                        "</source></pool>",
+        f"zfs-{t}": f"<pool type='zfs'><name>zfs-{t}</name><source><name>tank{t}</name>"
+                    "<device path='/dev/sdz'/></source></pool>",
+        f"rbd-{t}": f"<pool type='rbd'><name>rbd-{t}</name><source><name>rbd</name>"
+                    "<host name='192.0.2.13' port='6789'/>"
+                    "<host name='192.0.2.14' port='3300'/>"
+                    f"<auth username='libvirt' type='ceph'><secret uuid='{secrets['ceph']}'/>"
+                    "</auth></source></pool>",
+    }
+    for fmt, src in (("nfs", "<dir path='/export'/>"), ("glusterfs", f"<dir path='/vol{t}'/>"),
+                     ("cifs", "<dir path='share'/>"), ("auto", "<dir path='/export2'/>")):
+        name = f"netfs-{fmt}-{t}"
+        docs[name] = (f"<pool type='netfs'><name>{name}</name><source>"
+                      f"<host name='192.0.2.15'/>{src}<format type='{fmt}'/></source>"
+                      f"<target><path>/mnt/{name}</path></target></pool>")
+    return docs
+
+
+def net_essentials(xml: bytes | str) -> dict:
+    """``essentials`` with what network sources say: hosts, dir, auth, initiator,
+    source format."""
+    root = parse(xml)
+    src = root.find("source")
+    out = essentials(xml)
+    out["hosts"] = sorted((h.get("name"), h.get("port")) for h in src.findall("host"))
+    out["dir"] = src.find("dir").get("path") if src.find("dir") is not None else None
+    auth = src.find("auth")
+    out["auth"] = None if auth is None else (
+        auth.get("type"), auth.get("username"), auth.find("secret").get("uuid"),
+        auth.find("secret").get("usage"))
+    iqn = src.find("initiator/iqn")
+    out["initiator"] = None if iqn is None else iqn.get("name")
+    out["device"] = [d.get("path") for d in src.findall("device")]
+    return out
+
+
+SECRET_USAGE = {"iscsi": "<usage type='iscsi'><target>{t}-iscsi</target></usage>",
+                "ceph": "<usage type='ceph'><name>client.{t}</name></usage>"}
+
+
+def define_secrets(m, lv, tmp_path: Path, t: str) -> dict[str, str]:
+    """The same secrets (uuid and usage) in storagefs and in libvirt."""
+    made = {}
+    for kind, usage in SECRET_USAGE.items():
+        sid = str(uuid.uuid4())
+        doc = (f"<secret ephemeral='no' private='yes'><uuid>{sid}</uuid>"
+               f"{usage.format(t=t)}</secret>")
+        os.mkdir(m.mnt / "secrets" / sid)
+        write(m.mnt / "secrets" / sid / "config.xml", doc)
+        path = tmp_path / f"secret-{kind}.xml"
+        path.write_text(doc)
+        lv.virsh("secret-define", path)
+        made[kind] = sid
+    return made
+
+
+def undefine_secrets(m, lv, secrets: dict[str, str]) -> None:
+    for sid in secrets.values():
+        lv.virsh("secret-undefine", sid, check=False)
+        if os.path.isdir(m.mnt / "secrets" / sid):
+            os.rmdir(m.mnt / "secrets" / sid)
+
+
+def test_virsh_pool_define_of_status_xml_works_for_every_network_type(mounted, lv,
+                                                                     tmp_path):
+    t = tag()
+    secrets = define_secrets(mounted, lv, tmp_path, t)
+    docs = network_docs(t, secrets)
+    try:
+        for name, doc in docs.items():
+            os.mkdir(mounted.pool(name))
+            write(mounted.pool(name) / "config.xml", doc)
+        for name in docs:
+            status = read_bytes(mounted.pool(name) / "status.xml")
+            path = tmp_path / f"{name}.xml"
+            path.write_bytes(status)
+            res = lv.virsh("pool-define", "--validate", path, check=False)
+            assert res.returncode == 0, (name, res.stderr, status)
+            got = net_essentials(lv.virsh("pool-dumpxml", name).stdout)
+            assert got == net_essentials(status), name
+            lv.virsh("pool-undefine", name)
+    finally:
+        for name in docs:
+            if os.path.isdir(mounted.pool(name)):
+                os.rmdir(mounted.pool(name))
+        undefine_secrets(mounted, lv, secrets)
