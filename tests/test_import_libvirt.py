@@ -465,3 +465,39 @@ def test_virsh_pool_define_of_status_xml_works_for_every_network_type(mounted, l
             if os.path.isdir(mounted.pool(name)):
                 os.rmdir(mounted.pool(name))
         undefine_secrets(mounted, lv, secrets)
+
+
+def test_import_of_network_pools_keeps_their_source_and_auth(mounted, lv, tmp_path):
+    """Defined with ``virsh pool-define`` (not started), imported: status.xml says what
+    ``virsh pool-dumpxml`` says, hosts, ports, secrets and initiator included."""
+    t = tag()
+    secrets = define_secrets(mounted, lv, tmp_path, t)
+    docs = network_docs(t, secrets)
+    try:
+        for name, doc in docs.items():
+            path = tmp_path / f"{name}.xml"
+            path.write_text(doc)
+            lv.virsh("pool-define", "--validate", path)
+        lv.virsh("pool-autostart", f"rbd-{t}")
+        res = import_libvirt(mounted, lv)
+        assert res.returncode == 0, res
+        want = {f"imported {name}: {parse(doc).get('type')}" for name, doc in docs.items()}
+        want = {line + (" autostart" if line.startswith(f"imported rbd-{t}") else "")
+                for line in want}
+        assert lines(res) == want, res.stdout
+        for name in docs:
+            pool = mounted.pool(name)
+            assert read(pool / "state").strip() == "inactive", name
+            status = read_bytes(pool / "status.xml")
+            assert net_essentials(status) == \
+                net_essentials(lv.virsh("pool-dumpxml", name).stdout), name
+        assert read(mounted.pool(f"rbd-{t}") / "autostart").strip() == "yes"
+        # and a second run changes nothing
+        again = import_libvirt(mounted, lv)
+        assert again.returncode == 0 and all(
+            line.startswith("unchanged ") for line in again.stdout.splitlines()), again
+    finally:
+        for name in docs:
+            if os.path.isdir(mounted.pool(name)):
+                os.rmdir(mounted.pool(name))
+        undefine_secrets(mounted, lv, secrets)
