@@ -37,6 +37,7 @@ from server_libvirt import libvirtd  # noqa: F401
 
 from storagefs import importer
 from storagefs.names import check_name
+from storagefs.xml.pool import FS_NS, RBD_NS
 
 
 @pytest.fixture
@@ -387,6 +388,13 @@ def network_docs(t: str, secrets: dict[str, str]) -> dict[str, str]:
                     "<host name='192.0.2.14' port='3300'/>"
                     f"<auth username='libvirt' type='ceph'><secret uuid='{secrets['ceph']}'/>"
                     "</auth></source></pool>",
+        # the secret by its usage, and libvirt's namespace of Ceph client options
+        f"rbd-usage-{t}": f"<pool type='rbd' xmlns:rbd='{RBD_NS}'><name>rbd-usage-{t}</name>"
+                          "<source><name>images</name><host name='192.0.2.16'/>"
+                          "<auth username='libvirt' type='ceph'>"
+                          f"<secret usage='client.{t}'/></auth></source>"
+                          "<rbd:config_opts><rbd:option name='client_mount_timeout' "
+                          "value='45'/></rbd:config_opts></pool>",
     }
     for fmt, src in (("nfs", "<dir path='/export'/>"), ("glusterfs", f"<dir path='/vol{t}'/>"),
                      ("cifs", "<dir path='share'/>"), ("auto", "<dir path='/export2'/>")):
@@ -394,6 +402,13 @@ def network_docs(t: str, secrets: dict[str, str]) -> dict[str, str]:
         docs[name] = (f"<pool type='netfs'><name>{name}</name><source>"
                       f"<host name='192.0.2.15'/>{src}<format type='{fmt}'/></source>"
                       f"<target><path>/mnt/{name}</path></target></pool>")
+    # an NFS version and libvirt's namespace of mount options
+    docs[f"netfs-opts-{t}"] = (
+        f"<pool type='netfs' xmlns:fs='{FS_NS}'><name>netfs-opts-{t}</name><source>"
+        "<host name='192.0.2.17'/><dir path='/export'/><format type='nfs'/>"
+        f"<protocol ver='4'/></source><target><path>/mnt/netfs-opts-{t}</path></target>"
+        "<fs:mount_opts><fs:option name='sync'/><fs:option name='lazytime'/>"
+        "</fs:mount_opts></pool>")
     return docs
 
 
@@ -412,6 +427,11 @@ def net_essentials(xml: bytes | str) -> dict:
     iqn = src.find("initiator/iqn")
     out["initiator"] = None if iqn is None else iqn.get("name")
     out["device"] = [d.get("path") for d in src.findall("device")]
+    proto = src.find("protocol")
+    out["protocol"] = None if proto is None else proto.get("ver")
+    out["mount options"] = [o.get("name") for o in root.iter(f"{{{FS_NS}}}option")]
+    out["ceph options"] = [(o.get("name"), o.get("value"))
+                           for o in root.iter(f"{{{RBD_NS}}}option")]
     return out
 
 
@@ -447,6 +467,7 @@ def test_virsh_pool_define_of_status_xml_works_for_every_network_type(mounted, l
     t = tag()
     secrets = define_secrets(mounted, lv, tmp_path, t)
     docs = network_docs(t, secrets)
+    seen = {}
     try:
         for name, doc in docs.items():
             os.mkdir(mounted.pool(name))
@@ -459,7 +480,16 @@ def test_virsh_pool_define_of_status_xml_works_for_every_network_type(mounted, l
             assert res.returncode == 0, (name, res.stderr, status)
             got = net_essentials(lv.virsh("pool-dumpxml", name).stdout)
             assert got == net_essentials(status), name
+            seen[name] = got
             lv.virsh("pool-undefine", name)
+        # what the comparison covered is there, in libvirt's own words
+        assert seen[f"netfs-opts-{t}"]["mount options"] == ["sync", "lazytime"]
+        assert seen[f"netfs-opts-{t}"]["protocol"] == "4"
+        assert seen[f"rbd-usage-{t}"]["ceph options"] == [("client_mount_timeout", "45")]
+        assert seen[f"rbd-usage-{t}"]["auth"] == ("ceph", "libvirt", None, f"client.{t}")
+        assert seen[f"rbd-{t}"]["auth"] == ("ceph", "libvirt", secrets["ceph"], None)
+        assert seen[f"iscsi-{t}"]["auth"] == ("chap", "alice", secrets["iscsi"], None)
+        assert seen[f"iscsid-{t}"]["initiator"] == f"iqn.2026-12.org.example:host-{t}"
     finally:
         for name in docs:
             if os.path.isdir(mounted.pool(name)):
