@@ -34,6 +34,7 @@ from mount_helpers import (
     write,
 )
 from server_libvirt import libvirtd  # noqa: F401
+from server_tgt import INITIATOR, tgt_server  # noqa: F401
 
 from storagefs import importer
 from storagefs.names import check_name
@@ -531,3 +532,57 @@ def test_import_of_network_pools_keeps_their_source_and_auth(mounted, lv, tmp_pa
             if os.path.isdir(mounted.pool(name)):
                 os.rmdir(mounted.pool(name))
         undefine_secrets(mounted, lv, secrets)
+
+
+def test_a_chap_iscsi_direct_pool_exported_runs_in_libvirt_with_the_same_secret(
+        mounted, lv, tgt_server, tmp_path):  # noqa: F811
+    """The whole way for a pool with an <auth> secret: storagefs runs it against a real
+    target that requires CHAP; its status.xml, and the secret's config.xml with the same
+    password, go to libvirt, which starts the pool and lists the same LUNs."""
+    t = tag()
+    tgt_server.ensure()
+    tid, iqn = tgt_server.target(f"export-{t}", [4 * 1024**2, 8 * 1024**2])
+    user, password = f"u{t}", f"chap-{t}-secret"
+    tgt_server.account(user, password)
+    tgt_server.require_chap(tid, user)
+    sid = str(uuid.uuid4())
+    secret = (f"<secret ephemeral='no' private='yes'><uuid>{sid}</uuid>"
+              f"<usage type='iscsi'><target>{iqn}</target></usage></secret>")
+    os.mkdir(mounted.mnt / "secrets" / sid)
+    write(mounted.mnt / "secrets" / sid / "config.xml", secret)
+    write(mounted.mnt / "secrets" / sid / "value", password)
+    host_, port = tgt_server.portal.split(":")
+    name = f"chap-{t}"
+    doc = (f"<pool type='iscsi-direct'><name>{name}</name><source>"
+           f"<host name='{host_}' port='{port}'/><device path='{iqn}'/>"
+           f"<initiator><iqn name='{INITIATOR}'/></initiator>"
+           f"<auth type='chap' username='{user}'><secret uuid='{sid}'/></auth>"
+           "</source></pool>")
+    pool = mounted.pool(name)
+    try:
+        os.mkdir(pool)
+        write(pool / "config.xml", doc)
+        command(pool / "control", "start")
+        luns = sorted(os.listdir(pool / "volumes"))
+        assert luns == ["unit:0:0:1", "unit:0:0:2"]
+        status = read_bytes(pool / "status.xml")
+        assert export_to_libvirt(lv, status, tmp_path) == essentials(status)
+        (tmp_path / "secret.xml").write_text(secret)
+        lv.virsh("secret-define", tmp_path / "secret.xml")
+        value = tmp_path / "value"
+        value.touch(mode=0o600)
+        value.write_text(password)
+        lv.virsh("secret-set-value", sid, "--file", value, "--plain")
+        value.unlink()
+        lv.virsh("pool-start", name)  # libvirt logs in with the password of its secret
+        # the same LUNs; libvirt lists tgtd's LUN 0 too (no blocks: storagefs leaves it out)
+        assert vol_names(lv, name) == ["unit:0:0:0", *luns]
+        lv.virsh("pool-destroy", name)
+    finally:
+        if os.path.isdir(pool):
+            command(pool / "state", "inactive")
+            os.rmdir(pool)
+        lv.virsh("secret-undefine", sid, check=False)
+        if os.path.isdir(mounted.mnt / "secrets" / sid):
+            os.rmdir(mounted.mnt / "secrets" / sid)
+        tgt_server.remove_target(tid)
