@@ -33,6 +33,7 @@ from mount_helpers import (
     storagefs_cmd,
     write,
 )
+from server_gluster import gluster_server, gluster_volume  # noqa: F401
 from server_libvirt import libvirtd  # noqa: F401
 from server_tgt import INITIATOR, tgt_server  # noqa: F401
 
@@ -586,3 +587,32 @@ def test_a_chap_iscsi_direct_pool_exported_runs_in_libvirt_with_the_same_secret(
         if os.path.isdir(mounted.mnt / "secrets" / sid):
             os.rmdir(mounted.mnt / "secrets" / sid)
         tgt_server.remove_target(tid)
+
+
+def test_a_gluster_pool_exported_runs_in_libvirt_with_the_same_volumes(
+        mounted, lv, gluster_volume, tmp_path):  # noqa: F811
+    """A gluster pool storagefs runs on a real volume: libvirt takes its status.xml,
+    starts it (gfapi) and lists the image storagefs made, at the same URL."""
+    host_, vol = gluster_volume.server.host, gluster_volume.name
+    name = f"gl-{tag()}"
+    pool = mounted.pool(name)
+    try:
+        os.mkdir(pool)
+        write(pool / "config.xml", f"<pool type='gluster'><name>{name}</name><source>"
+                                   f"<host name='{host_}'/><dir path='/'/><name>{vol}</name>"
+                                   "</source></pool>")
+        command(pool / "control", "start")
+        command(pool / "control", "create v.qcow2 16M")
+        status = read_bytes(pool / "status.xml")
+        assert export_to_libvirt(lv, status, tmp_path) == essentials(status)
+        lv.virsh("pool-start", name)
+        assert vol_names(lv, name) == ["v.qcow2"]
+        url = parse(read_bytes(pool / "volumes" / "v.qcow2" / "status.xml")).findtext(
+            "target/path")
+        assert parse(lv.virsh("vol-dumpxml", "--pool", name, "v.qcow2").stdout).findtext(
+            "target/path") == url
+        lv.virsh("pool-destroy", name)
+    finally:
+        if os.path.isdir(pool):
+            command(pool / "state", "inactive")
+            os.rmdir(pool)  # the volume goes with the test's Gluster volume
