@@ -33,6 +33,8 @@ from mount_helpers import (
     storagefs_cmd,
     write,
 )
+from server_ceph import POOL as CEPH_POOL
+from server_ceph import ceph_cephx  # noqa: F401
 from server_gluster import gluster_server, gluster_volume  # noqa: F401
 from server_libvirt import libvirtd  # noqa: F401
 from server_tgt import INITIATOR, tgt_server  # noqa: F401
@@ -616,3 +618,51 @@ def test_a_gluster_pool_exported_runs_in_libvirt_with_the_same_volumes(
         if os.path.isdir(pool):
             command(pool / "state", "inactive")
             os.rmdir(pool)  # the volume goes with the test's Gluster volume
+
+
+def test_a_cephx_rbd_pool_exported_runs_in_libvirt_with_the_same_secret(
+        mounted, lv, ceph_cephx, tmp_path):  # noqa: F811
+    """An rbd pool storagefs runs with a cephx key from secrets/: its status.xml, and the
+    secret with the same key, make libvirt start it and list the image storagefs made."""
+    c, t = ceph_cephx, tag()
+    sid = str(uuid.uuid4())
+    secret = (f"<secret ephemeral='no' private='yes'><uuid>{sid}</uuid>"
+              f"<usage type='ceph'><name>client.{c.client_id} {t}</name></usage></secret>")
+    os.mkdir(mounted.mnt / "secrets" / sid)
+    write(mounted.mnt / "secrets" / sid / "config.xml", secret)
+    write(mounted.mnt / "secrets" / sid / "value", c.client_key + "\n")
+    name, image = f"rbd-{t}", f"img-{t}"
+    pool = mounted.pool(name)
+    try:
+        os.mkdir(pool)
+        write(pool / "config.xml", f"<pool type='rbd'><name>{name}</name><source>"
+                                   f"<name>{CEPH_POOL}</name>"
+                                   f"<host name='127.0.0.1' port='{c.v1}'/>"
+                                   f"<auth username='{c.client_id}' type='ceph'>"
+                                   f"<secret uuid='{sid}'/></auth></source></pool>")
+        command(pool / "control", "start")
+        command(pool / "control", f"create {image} 8M")
+        status = read_bytes(pool / "status.xml")
+        assert export_to_libvirt(lv, status, tmp_path) == essentials(status)
+        (tmp_path / "secret.xml").write_text(secret)
+        lv.virsh("secret-define", tmp_path / "secret.xml")
+        value = tmp_path / "value"
+        value.touch(mode=0o600)
+        value.write_text(c.client_key)  # base64, as ceph auth get-key prints it
+        lv.virsh("secret-set-value", sid, "--file", value)
+        value.unlink()
+        lv.virsh("pool-start", name)
+        assert image in vol_names(lv, name)
+        assert parse(lv.virsh("vol-dumpxml", "--pool", name, image).stdout).findtext(
+            "key") == parse(read_bytes(pool / "volumes" / image / "status.xml")).findtext(
+            "key")
+        lv.virsh("pool-destroy", name)
+    finally:
+        if os.path.isdir(pool / "volumes" / image):
+            os.rmdir(pool / "volumes" / image)
+        if os.path.isdir(pool):
+            command(pool / "state", "inactive")
+            os.rmdir(pool)
+        lv.virsh("secret-undefine", sid, check=False)
+        if os.path.isdir(mounted.mnt / "secrets" / sid):
+            os.rmdir(mounted.mnt / "secrets" / sid)
