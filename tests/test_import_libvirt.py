@@ -6,8 +6,13 @@
   and ``status.xml`` then describe the same pool (name, uuid, type, source, target); a
   second run changes nothing; a taken name and an unsupported type are skipped and
   said why.
-- export: ``virsh pool-define`` of a ``status.xml`` works for every type libvirt here
-  supports and storagefs has (dir, fs, logical, disk).
+- export: ``virsh pool-define --validate`` of a ``status.xml`` works for every type
+  storagefs has (dir, fs, logical, disk; iscsi-direct, iscsi, gluster, zfs, rbd, netfs
+  in each format), ``<auth>`` secrets defined in both with the same uuid; running dir,
+  iscsi-direct (CHAP, tgtd), gluster (glusterd) and rbd (cephx) pools also start in
+  libvirt after the export and list the same volumes.
+- import of the network types: defined with ``virsh pool-define`` (not started), their
+  ``status.xml`` says what ``virsh pool-dumpxml`` says, hosts, auth and options included.
 
 The libvirtd is shared by the session: every test undefines the pools it made there.
 """
