@@ -27,6 +27,7 @@ apt_pkgs=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv qemu-utils 
           ceph-common)   # rbd pools: the rbd/rados CLIs (qemu's rbd driver: qemu-block-extra)
 test_pkgs=(vim rsync sed systemd xfsprogs puppet bindfs tgt zfs-fuse glusterfs-server
            libvirt-daemon-system libvirt-clients libvirt-daemon-driver-storage-gluster
+           libvirt-daemon-driver-storage-iscsi-direct libvirt-daemon-driver-storage-zfs
            prometheus-node-exporter
            ceph-mon ceph-osd ceph-mgr python3-rbd python3-rados libvirt-daemon-driver-storage-rbd)
 

@@ -16,6 +16,7 @@ block pool's volume.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from dataclasses import dataclass, field
@@ -69,27 +70,66 @@ async def _links(path: str, fmt: str) -> list[tuple[str, str | None]]:
     return out
 
 
-async def escape(info: VolumeInfo, places: Places, named: set[str]) -> str | None:
+class ChainLoop(StorageError):
+    """A backing chain that comes back to a file already in it (a self-reference, or
+    A backed by B backed by A): qemu would follow it without end."""
+
+    default_errno = errno.ELOOP
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of a file of a pool: the same file under two names (a hard
+    link) is the same link of the chain."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _loop(names: list[str]) -> ChainLoop:
+    shown = " -> ".join(f"'{os.path.basename(n) or n}'" for n in names)
+    if len(names) == 2:
+        return ChainLoop(f"the backing chain refers to itself: {shown}")
+    return ChainLoop(f"the backing chain loops: {shown}")
+
+
+async def escape(info: VolumeInfo, places: Places, named: set[str],
+                 start: str | None = None) -> str | None:
     """The first file in ``info``'s chain that is in no pool and that no document names
-    (``named``), or None when the whole chain stays in the pools."""
-    todo: list[tuple[str, str | None, int]] = []
+    (``named``), or None when the whole chain stays in the pools. ChainLoop (ELOOP) when
+    the chain comes back to a file already in it, ``info``'s own file (or ``start``: the
+    volume a new backing store is for) included."""
+    root = info.path or start
+    # each entry: (path, format, the files before it on its way from the root)
+    first: list[str] = [root] if root else []
+    todo: list[tuple[str, str | None, list[str]]] = []
     if info.backing_path:
-        todo.append((info.backing_path, info.backing_format, 1))
-    todo += [(f, "raw", 1) for f in info.data_files]
-    seen: set[str] = set()
+        todo.append((info.backing_path, info.backing_format, first))
+    todo += [(f, "raw", first) for f in info.data_files]
+    ids = {p: _identity(p) for p in first}
+    walked: set[str] = set()
     while todo:
-        path, fmt, depth = todo.pop(0)
-        if not places.holds(path) or depth > MAX_DEPTH:
+        path, fmt, before = todo.pop(0)
+        if path in before or normal(path) in before:
+            raise _loop([*before[before.index(path if path in before else normal(path)):],
+                         path])
+        if not places.holds(path) or len(before) > MAX_DEPTH:
             if path in named or normal(path) in named:
                 continue  # a document names it (a block device, say): the user vouches
             return path
-        if path in seen:
-            continue
-        seen.add(path)
+        ident = _identity(path)
+        same = [p for p in before if ident is not None and ids.get(p) == ident]
+        if same:
+            raise _loop([*before[before.index(same[0]):], path])
+        ids[path] = ident
+        if path in walked:
+            continue  # reached again on another branch (a vmdk naming an extent twice)
+        walked.add(path)
         # without a recorded format qemu probes the backing file's header: so do we
         try:
             links = await _links(path, fmt or probe_header(path)[0])
         except StorageError:
             return path  # what it names cannot be known: it is not followed
-        todo += [(p, f, depth + 1) for p, f in links]
+        todo += [(p, f, [*before, path]) for p, f in links]
     return None

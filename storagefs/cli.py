@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import logging.handlers
 import os
@@ -127,12 +128,6 @@ def daemonize(args: argparse.Namespace, mnt: str, state_dir: str) -> int:
         os.waitpid(pid, 0)
         return fail(msg or "the mount process died before the tree was ready")
     os.close(rfd)
-    os.setsid()
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
-    os.makedirs(state_dir, mode=0o700, exist_ok=True)
-    setup_logging(args.log_level, False, state_dir)
     sent = False
 
     def ready(msg: str | None) -> None:
@@ -142,13 +137,33 @@ def daemonize(args: argparse.Namespace, mnt: str, state_dir: str) -> int:
             os.close(wfd)
             sent = True
 
+    # every failure before the tree is ready goes through the pipe: stderr is gone
     code = 0
     try:
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        try:
+            os.makedirs(state_dir, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot make the state directory {state_dir}: "
+                          f"{exc.strerror}") from None
+        try:
+            setup_logging(args.log_level, False, state_dir)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot open the log: {exc.strerror}") from None
         trio.run(lambda: serve(mnt, state_dir, allow_other=args.allow_other, ready=ready,
                                      host_id=args.host_id))
-    except BaseException:
-        logging.getLogger("storagefs").exception("storagefs failed")
-        ready("storagefs failed; see the log")
+        if not sent:
+            ready("storagefs stopped before the tree was ready; see the log")
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            logging.getLogger("storagefs").exception("storagefs failed")
+        if not sent:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else \
+                (str(exc) or type(exc).__name__)
+            ready(f"storagefs failed before the tree was ready: {reason}")
         code = 1
     os._exit(code)
 

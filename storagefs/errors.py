@@ -54,6 +54,14 @@ class NoSpace(StorageError):
     default_errno = _errno.ENOSPC
 
 
+class StorageLost(StorageError):
+    """The pool's storage is not there, or is not the storage the pool started with (a
+    target directory swapped for a symlink or another directory): nothing was done, and
+    the pool becomes ``inaccessible`` until it is started again or the storage is back."""
+
+    default_errno = _errno.EIO
+
+
 class ToolError(StorageError):
     """A host tool failed, hung or is missing."""
 

@@ -172,10 +172,19 @@ ALLOCATION_SLACK = 1 << 20
 
 
 def check_allocation(capacity: int, allocation: int | None) -> None:
-    """EINVAL for an <allocation> above <capacity> (beyond what vol-dumpxml reports for a
-    fully allocated volume: 1 MiB plus 1/256 of the capacity)."""
-    if allocation is not None and allocation > capacity + ALLOCATION_SLACK + capacity // 256:
+    """EINVAL for an <allocation> above <capacity>, except what vol-dumpxml reports for
+    a fully allocated volume (a document read back from status.xml must be accepted):
+    a whole number of 512-byte blocks (st_blocks, qemu's rounding) at most 1 MiB plus
+    1/256 of the capacity (an image format's metadata) above it."""
+    if allocation is None or allocation <= capacity:
+        return
+    if allocation > capacity + ALLOCATION_SLACK + capacity // 256:
         raise InvalidArgument(f"allocation {allocation} is above the capacity {capacity}")
+    if allocation % 512:
+        raise InvalidArgument(
+            f"allocation {allocation} is above the capacity {capacity} and not a multiple "
+            "of 512 (only a fully allocated volume's rounding to 512-byte blocks and "
+            "image metadata may exceed it)")
 
 
 def parse_create(args: tuple[str, ...]) -> CreateVolume:

@@ -246,21 +246,33 @@ def stop_glusterd(proc: subprocess.Popen) -> None:
         proc.wait(timeout=15)
 
 
+#: the session's one glusterd and how many modules' ``gluster_server`` hold it: a
+#: session fixture imported into two test modules is two fixtures to pytest, and
+#: glusterd allows one per machine, so they share it (as server_ceph.py's clusters)
+_SHARED: list = []
+
+
 @pytest.fixture(scope="session")
 def gluster_server(tmp_path_factory):
     for tool in ("glusterd", "gluster", "mount.glusterfs"):
         if shutil.which(tool) is None and not os.path.exists(f"/sbin/{tool}"):
             pytest.skip(f"{tool} not installed (Debian: glusterfs-server, glusterfs-client)")
-    workdir = tmp_path_factory.mktemp("glusterd")
-    try:
-        proc = start_glusterd(workdir)
-    except GlusterdError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    server = GlusterServer(workdir, proc)
+    if not _SHARED:
+        workdir = tmp_path_factory.mktemp("glusterd")
+        try:
+            proc = start_glusterd(workdir)
+        except GlusterdError as exc:
+            pytest.fail(str(exc), pytrace=False)
+        _SHARED[:] = [GlusterServer(workdir, proc), 0]
+    _SHARED[1] += 1
+    server = _SHARED[0]
     try:
         yield server
     finally:
-        server.close()
+        _SHARED[1] -= 1
+        if _SHARED[1] <= 0:
+            _SHARED.clear()
+            server.close()
 
 
 @dataclass

@@ -298,7 +298,15 @@ def test_loop_device_and_partition_follow_events(tmp_path, caplog):
 
     async def command(*cmd: str) -> tuple[tuple[int, float], str]:
         start = (len(events), time.perf_counter())
-        result = await trio.run_process(list(cmd), capture_stdout=True, capture_stderr=True)
+        # partx -d is retried while a probe (udev's, blkid's) holds the new partition open
+        deadline = time.monotonic() + (5 if cmd[0] == "partx" else 0)
+        while True:
+            result = await trio.run_process(list(cmd), capture_stdout=True,
+                                            capture_stderr=True, check=False)
+            if result.returncode == 0 or time.monotonic() > deadline:
+                break
+            await trio.sleep(0.1)
+        assert result.returncode == 0, f"{cmd}: {result.stderr.decode()}"
         return start, result.stdout.decode().strip()
 
     device = None

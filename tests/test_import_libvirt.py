@@ -6,8 +6,13 @@
   and ``status.xml`` then describe the same pool (name, uuid, type, source, target); a
   second run changes nothing; a taken name and an unsupported type are skipped and
   said why.
-- export: ``virsh pool-define`` of a ``status.xml`` works for every type libvirt here
-  supports and storagefs has (dir, fs, logical, disk).
+- export: ``virsh pool-define --validate`` of a ``status.xml`` works for every type
+  storagefs has (dir, fs, logical, disk; iscsi-direct, iscsi, gluster, zfs, rbd, netfs
+  in each format), ``<auth>`` secrets defined in both with the same uuid; running dir,
+  iscsi-direct (CHAP, tgtd), gluster (glusterd) and rbd (cephx) pools also start in
+  libvirt after the export and list the same volumes.
+- import of the network types: defined with ``virsh pool-define`` (not started), their
+  ``status.xml`` says what ``virsh pool-dumpxml`` says, hosts, auth and options included.
 
 The libvirtd is shared by the session: every test undefines the pools it made there.
 """
@@ -33,10 +38,15 @@ from mount_helpers import (
     storagefs_cmd,
     write,
 )
+from server_ceph import POOL as CEPH_POOL
+from server_ceph import ceph_cephx  # noqa: F401
+from server_gluster import gluster_server, gluster_volume  # noqa: F401
 from server_libvirt import libvirtd  # noqa: F401
+from server_tgt import INITIATOR, tgt_server  # noqa: F401
 
 from storagefs import importer
 from storagefs.names import check_name
+from storagefs.xml.pool import FS_NS, RBD_NS
 
 
 @pytest.fixture
@@ -359,3 +369,305 @@ def test_strip_header_keeps_the_pool_document_from_its_root(comment):
     doc = b"<pool type='dir'><name>p</name><target><path>/x</path></target></pool>"
     data = f"<!--{comment}-->\n".encode() + doc + b"\n\n"
     assert importer.strip_header(data) == doc + b"\n" or b"<pool" in comment.encode()
+
+
+# ---- network types: export and import of definitions (no server: none is started) ------
+def network_docs(t: str, secrets: dict[str, str]) -> dict[str, str]:
+    """One pool document per network type storagefs has (netfs in each of its formats),
+    as an administrator writes them; ``secrets`` maps usage type -> secret uuid."""
+    chap = (f"<auth type='chap' username='alice'><secret uuid='{secrets['iscsi']}'/>"
+            "</auth>")
+    iqn = f"iqn.2026-12.org.example:t{t}"
+    docs = {
+        f"iscsid-{t}": f"<pool type='iscsi-direct'><name>iscsid-{t}</name><source>"
+                       f"<host name='192.0.2.10' port='3260'/><device path='{iqn}'/>"
+                       f"<initiator><iqn name='iqn.2026-12.org.example:host-{t}'/>"
+                       f"</initiator>{chap}</source></pool>",
+        f"iscsi-{t}": f"<pool type='iscsi'><name>iscsi-{t}</name><source>"
+                      f"<host name='192.0.2.11' port='3260'/><device path='{iqn}'/>"
+                      f"{chap}</source><target><path>/dev/disk/by-path</path></target>"
+                      "</pool>",
+        f"gluster-{t}": f"<pool type='gluster'><name>gluster-{t}</name><source>"
+                        f"<host name='192.0.2.12'/><dir path='/'/><name>vol{t}</name>"
+                        "</source></pool>",
+        f"zfs-{t}": f"<pool type='zfs'><name>zfs-{t}</name><source><name>tank{t}</name>"
+                    "<device path='/dev/sdz'/></source></pool>",
+        f"rbd-{t}": f"<pool type='rbd'><name>rbd-{t}</name><source><name>rbd</name>"
+                    "<host name='192.0.2.13' port='6789'/>"
+                    "<host name='192.0.2.14' port='3300'/>"
+                    f"<auth username='libvirt' type='ceph'><secret uuid='{secrets['ceph']}'/>"
+                    "</auth></source></pool>",
+        # the secret by its usage, and libvirt's namespace of Ceph client options
+        f"rbd-usage-{t}": f"<pool type='rbd' xmlns:rbd='{RBD_NS}'><name>rbd-usage-{t}</name>"
+                          "<source><name>images</name><host name='192.0.2.16'/>"
+                          "<auth username='libvirt' type='ceph'>"
+                          f"<secret usage='client.{t}'/></auth></source>"
+                          "<rbd:config_opts><rbd:option name='client_mount_timeout' "
+                          "value='45'/></rbd:config_opts></pool>",
+    }
+    for fmt, src in (("nfs", "<dir path='/export'/>"), ("glusterfs", f"<dir path='/vol{t}'/>"),
+                     ("cifs", "<dir path='share'/>"), ("auto", "<dir path='/export2'/>")):
+        name = f"netfs-{fmt}-{t}"
+        docs[name] = (f"<pool type='netfs'><name>{name}</name><source>"
+                      f"<host name='192.0.2.15'/>{src}<format type='{fmt}'/></source>"
+                      f"<target><path>/mnt/{name}</path></target></pool>")
+    # an NFS version and libvirt's namespace of mount options
+    docs[f"netfs-opts-{t}"] = (
+        f"<pool type='netfs' xmlns:fs='{FS_NS}'><name>netfs-opts-{t}</name><source>"
+        "<host name='192.0.2.17'/><dir path='/export'/><format type='nfs'/>"
+        f"<protocol ver='4'/></source><target><path>/mnt/netfs-opts-{t}</path></target>"
+        "<fs:mount_opts><fs:option name='sync'/><fs:option name='lazytime'/>"
+        "</fs:mount_opts></pool>")
+    return docs
+
+
+def net_essentials(xml: bytes | str) -> dict:
+    """``essentials`` with what network sources say: hosts, dir, auth, initiator,
+    source format."""
+    root = parse(xml)
+    src = root.find("source")
+    out = essentials(xml)
+    out["hosts"] = sorted((h.get("name"), h.get("port")) for h in src.findall("host"))
+    out["dir"] = src.find("dir").get("path") if src.find("dir") is not None else None
+    auth = src.find("auth")
+    out["auth"] = None if auth is None else (
+        auth.get("type"), auth.get("username"), auth.find("secret").get("uuid"),
+        auth.find("secret").get("usage"))
+    iqn = src.find("initiator/iqn")
+    out["initiator"] = None if iqn is None else iqn.get("name")
+    out["device"] = [d.get("path") for d in src.findall("device")]
+    proto = src.find("protocol")
+    out["protocol"] = None if proto is None else proto.get("ver")
+    out["mount options"] = [o.get("name") for o in root.iter(f"{{{FS_NS}}}option")]
+    out["ceph options"] = [(o.get("name"), o.get("value"))
+                           for o in root.iter(f"{{{RBD_NS}}}option")]
+    return out
+
+
+SECRET_USAGE = {"iscsi": "<usage type='iscsi'><target>{t}-iscsi</target></usage>",
+                "ceph": "<usage type='ceph'><name>client.{t}</name></usage>"}
+
+
+def define_secrets(m, lv, tmp_path: Path, t: str) -> dict[str, str]:
+    """The same secrets (uuid and usage) in storagefs and in libvirt."""
+    made = {}
+    for kind, usage in SECRET_USAGE.items():
+        sid = str(uuid.uuid4())
+        doc = (f"<secret ephemeral='no' private='yes'><uuid>{sid}</uuid>"
+               f"{usage.format(t=t)}</secret>")
+        os.mkdir(m.mnt / "secrets" / sid)
+        write(m.mnt / "secrets" / sid / "config.xml", doc)
+        path = tmp_path / f"secret-{kind}.xml"
+        path.write_text(doc)
+        lv.virsh("secret-define", path)
+        made[kind] = sid
+    return made
+
+
+def undefine_secrets(m, lv, secrets: dict[str, str]) -> None:
+    for sid in secrets.values():
+        lv.virsh("secret-undefine", sid, check=False)
+        if os.path.isdir(m.mnt / "secrets" / sid):
+            os.rmdir(m.mnt / "secrets" / sid)
+
+
+def test_virsh_pool_define_of_status_xml_works_for_every_network_type(mounted, lv,
+                                                                     tmp_path):
+    t = tag()
+    secrets = define_secrets(mounted, lv, tmp_path, t)
+    docs = network_docs(t, secrets)
+    seen = {}
+    try:
+        for name, doc in docs.items():
+            os.mkdir(mounted.pool(name))
+            write(mounted.pool(name) / "config.xml", doc)
+        for name in docs:
+            status = read_bytes(mounted.pool(name) / "status.xml")
+            path = tmp_path / f"{name}.xml"
+            path.write_bytes(status)
+            res = lv.virsh("pool-define", "--validate", path, check=False)
+            assert res.returncode == 0, (name, res.stderr, status)
+            got = net_essentials(lv.virsh("pool-dumpxml", name).stdout)
+            assert got == net_essentials(status), name
+            seen[name] = got
+            lv.virsh("pool-undefine", name)
+        # what the comparison covered is there, in libvirt's own words
+        assert seen[f"netfs-opts-{t}"]["mount options"] == ["sync", "lazytime"]
+        assert seen[f"netfs-opts-{t}"]["protocol"] == "4"
+        assert seen[f"rbd-usage-{t}"]["ceph options"] == [("client_mount_timeout", "45")]
+        assert seen[f"rbd-usage-{t}"]["auth"] == ("ceph", "libvirt", None, f"client.{t}")
+        assert seen[f"rbd-{t}"]["auth"] == ("ceph", "libvirt", secrets["ceph"], None)
+        assert seen[f"iscsi-{t}"]["auth"] == ("chap", "alice", secrets["iscsi"], None)
+        assert seen[f"iscsid-{t}"]["initiator"] == f"iqn.2026-12.org.example:host-{t}"
+    finally:
+        for name in docs:
+            if os.path.isdir(mounted.pool(name)):
+                os.rmdir(mounted.pool(name))
+        undefine_secrets(mounted, lv, secrets)
+
+
+def test_import_of_network_pools_keeps_their_source_and_auth(mounted, lv, tmp_path):
+    """Defined with ``virsh pool-define`` (not started), imported: status.xml says what
+    ``virsh pool-dumpxml`` says, hosts, ports, secrets and initiator included."""
+    t = tag()
+    secrets = define_secrets(mounted, lv, tmp_path, t)
+    docs = network_docs(t, secrets)
+    try:
+        for name, doc in docs.items():
+            path = tmp_path / f"{name}.xml"
+            path.write_text(doc)
+            lv.virsh("pool-define", "--validate", path)
+        lv.virsh("pool-autostart", f"rbd-{t}")
+        res = import_libvirt(mounted, lv)
+        assert res.returncode == 0, res
+        want = {f"imported {name}: {parse(doc).get('type')}" for name, doc in docs.items()}
+        want = {line + (" autostart" if line.startswith(f"imported rbd-{t}") else "")
+                for line in want}
+        assert lines(res) == want, res.stdout
+        for name in docs:
+            pool = mounted.pool(name)
+            assert read(pool / "state").strip() == "inactive", name
+            status = read_bytes(pool / "status.xml")
+            assert net_essentials(status) == \
+                net_essentials(lv.virsh("pool-dumpxml", name).stdout), name
+        assert read(mounted.pool(f"rbd-{t}") / "autostart").strip() == "yes"
+        # and a second run changes nothing
+        again = import_libvirt(mounted, lv)
+        assert again.returncode == 0 and all(
+            line.startswith("unchanged ") for line in again.stdout.splitlines()), again
+    finally:
+        for name in docs:
+            if os.path.isdir(mounted.pool(name)):
+                os.rmdir(mounted.pool(name))
+        undefine_secrets(mounted, lv, secrets)
+
+
+def test_a_chap_iscsi_direct_pool_exported_runs_in_libvirt_with_the_same_secret(
+        mounted, lv, tgt_server, tmp_path):  # noqa: F811
+    """The whole way for a pool with an <auth> secret: storagefs runs it against a real
+    target that requires CHAP; its status.xml, and the secret's config.xml with the same
+    password, go to libvirt, which starts the pool and lists the same LUNs."""
+    t = tag()
+    tgt_server.ensure()
+    tid, iqn = tgt_server.target(f"export-{t}", [4 * 1024**2, 8 * 1024**2])
+    user, password = f"u{t}", f"chap-{t}-secret"
+    tgt_server.account(user, password)
+    tgt_server.require_chap(tid, user)
+    sid = str(uuid.uuid4())
+    secret = (f"<secret ephemeral='no' private='yes'><uuid>{sid}</uuid>"
+              f"<usage type='iscsi'><target>{iqn}</target></usage></secret>")
+    os.mkdir(mounted.mnt / "secrets" / sid)
+    write(mounted.mnt / "secrets" / sid / "config.xml", secret)
+    write(mounted.mnt / "secrets" / sid / "value", password)
+    host_, port = tgt_server.portal.split(":")
+    name = f"chap-{t}"
+    doc = (f"<pool type='iscsi-direct'><name>{name}</name><source>"
+           f"<host name='{host_}' port='{port}'/><device path='{iqn}'/>"
+           f"<initiator><iqn name='{INITIATOR}'/></initiator>"
+           f"<auth type='chap' username='{user}'><secret uuid='{sid}'/></auth>"
+           "</source></pool>")
+    pool = mounted.pool(name)
+    try:
+        os.mkdir(pool)
+        write(pool / "config.xml", doc)
+        command(pool / "control", "start")
+        luns = sorted(os.listdir(pool / "volumes"))
+        assert luns == ["unit:0:0:1", "unit:0:0:2"]
+        status = read_bytes(pool / "status.xml")
+        assert export_to_libvirt(lv, status, tmp_path) == essentials(status)
+        (tmp_path / "secret.xml").write_text(secret)
+        lv.virsh("secret-define", tmp_path / "secret.xml")
+        value = tmp_path / "value"
+        value.touch(mode=0o600)
+        value.write_text(password)
+        lv.virsh("secret-set-value", sid, "--file", value, "--plain")
+        value.unlink()
+        lv.virsh("pool-start", name)  # libvirt logs in with the password of its secret
+        # the same LUNs; libvirt lists tgtd's LUN 0 too (no blocks: storagefs leaves it out)
+        assert vol_names(lv, name) == ["unit:0:0:0", *luns]
+        lv.virsh("pool-destroy", name)
+    finally:
+        if os.path.isdir(pool):
+            command(pool / "state", "inactive")
+            os.rmdir(pool)
+        lv.virsh("secret-undefine", sid, check=False)
+        if os.path.isdir(mounted.mnt / "secrets" / sid):
+            os.rmdir(mounted.mnt / "secrets" / sid)
+        tgt_server.remove_target(tid)
+
+
+def test_a_gluster_pool_exported_runs_in_libvirt_with_the_same_volumes(
+        mounted, lv, gluster_volume, tmp_path):  # noqa: F811
+    """A gluster pool storagefs runs on a real volume: libvirt takes its status.xml,
+    starts it (gfapi) and lists the image storagefs made, at the same URL."""
+    host_, vol = gluster_volume.server.host, gluster_volume.name
+    name = f"gl-{tag()}"
+    pool = mounted.pool(name)
+    try:
+        os.mkdir(pool)
+        write(pool / "config.xml", f"<pool type='gluster'><name>{name}</name><source>"
+                                   f"<host name='{host_}'/><dir path='/'/><name>{vol}</name>"
+                                   "</source></pool>")
+        command(pool / "control", "start")
+        command(pool / "control", "create v.qcow2 16M")
+        status = read_bytes(pool / "status.xml")
+        assert export_to_libvirt(lv, status, tmp_path) == essentials(status)
+        lv.virsh("pool-start", name)
+        assert vol_names(lv, name) == ["v.qcow2"]
+        url = parse(read_bytes(pool / "volumes" / "v.qcow2" / "status.xml")).findtext(
+            "target/path")
+        assert parse(lv.virsh("vol-dumpxml", "--pool", name, "v.qcow2").stdout).findtext(
+            "target/path") == url
+        lv.virsh("pool-destroy", name)
+    finally:
+        if os.path.isdir(pool):
+            command(pool / "state", "inactive")
+            os.rmdir(pool)  # the volume goes with the test's Gluster volume
+
+
+def test_a_cephx_rbd_pool_exported_runs_in_libvirt_with_the_same_secret(
+        mounted, lv, ceph_cephx, tmp_path):  # noqa: F811
+    """An rbd pool storagefs runs with a cephx key from secrets/: its status.xml, and the
+    secret with the same key, make libvirt start it and list the image storagefs made."""
+    c, t = ceph_cephx, tag()
+    sid = str(uuid.uuid4())
+    secret = (f"<secret ephemeral='no' private='yes'><uuid>{sid}</uuid>"
+              f"<usage type='ceph'><name>client.{c.client_id} {t}</name></usage></secret>")
+    os.mkdir(mounted.mnt / "secrets" / sid)
+    write(mounted.mnt / "secrets" / sid / "config.xml", secret)
+    write(mounted.mnt / "secrets" / sid / "value", c.client_key + "\n")
+    name, image = f"rbd-{t}", f"img-{t}"
+    pool = mounted.pool(name)
+    try:
+        os.mkdir(pool)
+        write(pool / "config.xml", f"<pool type='rbd'><name>{name}</name><source>"
+                                   f"<name>{CEPH_POOL}</name>"
+                                   f"<host name='127.0.0.1' port='{c.v1}'/>"
+                                   f"<auth username='{c.client_id}' type='ceph'>"
+                                   f"<secret uuid='{sid}'/></auth></source></pool>")
+        command(pool / "control", "start")
+        command(pool / "control", f"create {image} 8M")
+        status = read_bytes(pool / "status.xml")
+        assert export_to_libvirt(lv, status, tmp_path) == essentials(status)
+        (tmp_path / "secret.xml").write_text(secret)
+        lv.virsh("secret-define", tmp_path / "secret.xml")
+        value = tmp_path / "value"
+        value.touch(mode=0o600)
+        value.write_text(c.client_key)  # base64, as ceph auth get-key prints it
+        lv.virsh("secret-set-value", sid, "--file", value)
+        value.unlink()
+        lv.virsh("pool-start", name)
+        assert image in vol_names(lv, name)
+        assert parse(lv.virsh("vol-dumpxml", "--pool", name, image).stdout).findtext(
+            "key") == parse(read_bytes(pool / "volumes" / image / "status.xml")).findtext(
+            "key")
+        lv.virsh("pool-destroy", name)
+    finally:
+        if os.path.isdir(pool / "volumes" / image):
+            os.rmdir(pool / "volumes" / image)
+        if os.path.isdir(pool):
+            command(pool / "state", "inactive")
+            os.rmdir(pool)
+        lv.virsh("secret-undefine", sid, check=False)
+        if os.path.isdir(mounted.mnt / "secrets" / sid):
+            os.rmdir(mounted.mnt / "secrets" / sid)

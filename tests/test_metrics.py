@@ -93,6 +93,7 @@ def test_refusals_are_counted_by_kind(mounted):
     assert refusals.get("volume EINVAL") == 1, refusals
 
 
+@pytest.mark.log_allows("storage became inaccessible", "returned after")
 def test_a_read_runs_no_host_tool_and_waits_on_no_storage(mount_factory, bindfs):  # noqa: F811
     proc, src, dst = bindfs
     m = mount_factory(env=dict(os.environ, STORAGEFS_TOOL_TIMEOUT="4"))

@@ -429,6 +429,52 @@ def test_find_sources_offers_the_hosts_volumes_as_pools_that_start(mounted, glus
     assert getattr(err.value, "errno", None) == errno.EINVAL
 
 
+
+def test_a_host_query_in_sources_offers_its_volume_as_pools_to_cp(mounted, gluster_volume,
+                                                                  tmp_path):
+    """What a user does: ``echo HOST > sources/gluster/query`` (and netfs/query), the
+    answer directory lists the volume as a document, ``cp`` of it into
+    ``pools/NAME/config.xml`` defines the pool, and it starts as it is."""
+    host, vol = gluster_volume.server.host, gluster_volume.name
+    answers = {}
+    for kind in ("gluster", "netfs"):
+        kdir = mounted.mnt / "sources" / kind
+        write(kdir / "query", host + "\n")
+        assert host in read(kdir / "query").split(), kind
+        answer = kdir / host
+        found = [n for n in os.listdir(answer)
+                 if f"/{vol}'" in read(answer / n) or f"<name>{vol}</name>" in read(answer / n)]
+        assert found == [f"{vol}.xml"], (kind, os.listdir(answer))
+        assert_valid(read(answer / found[0]), "storagepool")
+        answers[kind] = answer / found[0]
+    assert "<format type='glusterfs'/>" in read(answers["netfs"])
+    for kind, path in answers.items():  # one after the other: both name the pool VOL
+        doc = read_bytes(path)
+        p = mounted.pool(vol)
+        os.mkdir(p)
+        run(["cp", str(path), str(p / "config.xml")])
+        assert read_bytes(p / "config.xml") == doc
+        # the volume is a pool's source now: the answer offers it no more
+        assert wait_for(lambda gone=path: not gone.exists(), 3), os.listdir(path.parent)
+        assert not [n for n in os.listdir(path.parent) if f"{vol}" in read(path.parent / n)]
+        if kind == "netfs":
+            target = xml_value(read_bytes(p / "config.xml"), "/pool/target/path")
+            command(p / "control", "build")  # makes the mount point /mnt/VOL
+        command(p / "control", "start")
+        assert state(p) == "running", read(p / "error")
+        command(p / "control", "create v.raw 1M")
+        assert "v.raw" in os.listdir(p / "volumes")
+        os.rmdir(p / "volumes" / "v.raw")
+        command(p / "control", "stop")
+        os.rmdir(p)
+        if kind == "netfs":
+            os.rmdir(target)
+    # a query that is no host name: EINVAL, one line in sources/gluster/error
+    code, _ = write_errno(mounted.mnt / "sources" / "gluster" / "query", "a b/c\n")
+    assert code == errno.EINVAL
+    assert read(mounted.mnt / "sources" / "gluster" / "error").count("\n") == 1
+
+
 # ---- the corpus through the mount ---------------------------------------------------------
 def test_corpus_netfs_and_gluster_documents_define_and_print_valid_xml(mounted):
     import corpus

@@ -318,6 +318,12 @@ class PoolBackend:
         """(mode, uid, gid) of the target directory, for status.xml (None: none)."""
         return None
 
+    async def check_storage(self) -> None:
+        """Raise (StorageLost) when the running pool's storage is not the storage it
+        started with; a cheap check, for an operation that reads another pool's volume
+        (a clone) before it touches this pool's own storage."""
+        return None
+
     def degraded_reason(self) -> str | None:
         """Why the running pool is degraded (None: it is not)."""
         return None
@@ -372,7 +378,11 @@ class PoolBackend:
         raise self._unsupported("cloning volumes")
 
     async def wipe_volume(self, info: VolumeInfo, algorithm: str,
-                          report: Callable[[float], None]) -> VolumeInfo:
+                          report: Callable[[float], None],
+                          secret_file: str | None = None) -> VolumeInfo:
+        """``secret_file``: the passphrase of an encrypted volume (a 0600 file while
+        the call runs), given only when the volume is encrypted and its document names
+        a secret; a volume re-made empty keeps its encryption with it."""
         raise self._unsupported("wiping volumes")
 
     def volume_lock(self, info: VolumeInfo, op: str) -> contextlib.AbstractAsyncContextManager:
@@ -383,6 +393,8 @@ class PoolBackend:
         Storage only this host sees needs none (the volume's claim is enough)."""
         return contextlib.nullcontext()
 
-    async def snapshot_volume(self, info: VolumeInfo, op: str, name: str) -> VolumeInfo:
-        """op: 'create', 'revert' or 'delete' a snapshot."""
+    async def snapshot_volume(self, info: VolumeInfo, op: str, name: str,
+                              secret_file: str | None = None) -> VolumeInfo:
+        """op: 'create', 'revert' or 'delete' a snapshot; ``secret_file`` as for
+        wipe_volume (qemu opens an encrypted image only with its key)."""
         raise self._unsupported("snapshots")

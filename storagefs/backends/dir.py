@@ -1,17 +1,72 @@
 """``dir`` pools: a directory of image files (libvirt's storage_backend_fs.c, dir part).
-Every syscall on the directory runs through ``io`` (the pool's worker threads)."""
+Every syscall on the directory runs through ``io`` (the pool's worker threads).
+
+The directory a running pool works in is the one it started with: ``start`` records
+the target's identity (resolved path, st_dev, st_ino), and every storage call of the
+pool first checks that the target still resolves to that directory (one realpath and
+one lstat, in the same worker thread). A target, or a directory above it, swapped for
+a symlink or for another directory makes the call fail before it touches anything
+(StorageLost: the pool becomes inaccessible) instead of following the new path.
+"""
 
 from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from ..errors import Busy, InvalidArgument, NotFound, from_oserror
+from ..errors import Busy, InvalidArgument, NotFound, StorageLost, from_oserror
 from .base import FILE_POLICY, PoolBackend, PoolInfo, VolumeInfo, VolumeSpec
 from .filevol import FileVolumes
 
 DEFAULT_DIR_MODE = 0o711
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class TargetIdentity:
+    """What the target directory was when the pool started."""
+
+    real: str
+    dev: int
+    ino: int
+
+
+def target_identity(path: str) -> TargetIdentity:
+    real = os.path.realpath(path)
+    try:
+        st = os.lstat(real)
+    except OSError as exc:
+        raise from_oserror(exc, f"cannot open directory '{path}'") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise NotFound(f"cannot open directory '{path}': Not a directory")
+    return TargetIdentity(real, st.st_dev, st.st_ino)
+
+
+def verify_target(path: str, want: TargetIdentity) -> None:
+    """StorageLost unless ``path`` still leads to the directory ``want`` describes
+    (gone altogether is left to the call itself: it fails with ENOENT)."""
+    real = os.path.realpath(path)
+    if real != want.real:
+        raise StorageLost(f"target directory '{path}' was replaced since the pool started: "
+                          f"it now leads to '{real}' (a symlink on the way), not to "
+                          f"'{want.real}'; nothing was done there (stop and start the pool "
+                          "to use what is there now)")
+    try:
+        st = os.lstat(real)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode) or (st.st_dev, st.st_ino) != (want.dev, want.ino):
+        raise StorageLost(f"target directory '{path}' was replaced since the pool started: "
+                          "it is not the directory the pool started with; nothing was done "
+                          "there (stop and start the pool to use what is there now)")
+
+
+def _checked(path: str, want: TargetIdentity, fn: Callable[..., T], args: tuple) -> T:
+    verify_target(path, want)
+    return fn(*args)
 
 
 def make_parents(path: str, mode: int = 0o755) -> None:
@@ -61,10 +116,12 @@ def _build(path: str, mode: int, owner: int | None, group: int | None) -> None:
         raise from_oserror(exc, f"cannot create directory '{path}'") from None
 
 
-def _start(path: str, tidy) -> None:
+def _start(path: str, tidy) -> TargetIdentity:
     if not is_dir(path):
         raise NotFound(f"cannot open directory '{path}': No such file or directory")
+    identity = target_identity(path)
     tidy()
+    return identity
 
 
 def _delete(path: str) -> None:
@@ -79,6 +136,24 @@ def _delete(path: str) -> None:
 class DirBackend(PoolBackend):
     type = "dir"
     policy = FILE_POLICY
+
+    def __init__(self, definition, ctx=None) -> None:
+        super().__init__(definition, ctx)
+        #: the target as it was at start (None while the pool is not started)
+        self._identity: TargetIdentity | None = None
+
+    async def io(self, fn: Callable[..., T], *args: Any, what: str = "",
+                 timeout: float | None = None) -> T:
+        """As PoolBackend.io; while the pool runs, the target is checked first."""
+        want = self._identity
+        if want is None:
+            return await super().io(fn, *args, what=what, timeout=timeout)
+        return await super().io(_checked, self.target, want, fn, args, what=what,
+                                timeout=timeout)
+
+    async def check_storage(self) -> None:
+        if self._identity is not None:
+            await self.io(lambda: None, what=f"stat {self.target}")
 
     @property
     def target(self) -> str:
@@ -101,8 +176,12 @@ class DirBackend(PoolBackend):
                       perms.group if perms else None, what=f"mkdir {self.target}")
 
     async def start(self) -> None:
-        await self.io(_start, self.target, self.files.remove_leftovers,
-                      what=f"open {self.target}")
+        self._identity = None
+        self._identity = await self.io(_start, self.target, self.files.remove_leftovers,
+                                       what=f"open {self.target}")
+
+    async def stop(self) -> None:
+        self._identity = None
 
     async def delete(self) -> None:
         await self.io(_delete, self.target, what=f"rmdir {self.target}")
@@ -161,8 +240,10 @@ class DirBackend(PoolBackend):
     async def clone_volume(self, src: VolumeInfo, spec: VolumeSpec, report) -> VolumeInfo:
         return await self.files.clone(src, spec, report)
 
-    async def wipe_volume(self, info: VolumeInfo, algorithm: str, report) -> VolumeInfo:
-        return await self.files.wipe(info, algorithm, report)
+    async def wipe_volume(self, info: VolumeInfo, algorithm: str, report,
+                          secret_file: str | None = None) -> VolumeInfo:
+        return await self.files.wipe(info, algorithm, report, secret_file)
 
-    async def snapshot_volume(self, info: VolumeInfo, op: str, name: str) -> VolumeInfo:
-        return await self.files.snapshot(info, op, name)
+    async def snapshot_volume(self, info: VolumeInfo, op: str, name: str,
+                              secret_file: str | None = None) -> VolumeInfo:
+        return await self.files.snapshot(info, op, name, secret_file)

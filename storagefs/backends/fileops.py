@@ -9,6 +9,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import logging
 import os
 import re
 import stat
@@ -21,8 +22,10 @@ import trio
 
 from .. import hostcmd
 from ..errors import InvalidArgument, NotSupported, StorageError, from_oserror
+from . import imagefmt
 from .base import VolumeInfo
 
+log = logging.getLogger(__name__)
 Progress = Callable[[float], None]
 FICLONE = 0x40049409
 CHUNK = 4 << 20
@@ -192,7 +195,8 @@ async def qemu_convert(src: VolumeInfo, dst: str, fmt: str, report: Progress) ->
         raise from_oserror(exc, f"cannot set the permissions of '{dst}'") from None
 
 
-async def wipe_file(info: VolumeInfo, algorithm: str, report: Progress) -> None:
+async def wipe_file(info: VolumeInfo, algorithm: str, report: Progress,
+                    secret_file: str | None = None) -> None:
     if algorithm not in WIPE_ALGORITHMS:
         raise InvalidArgument(f"unknown wipe algorithm '{algorithm}'; known: "
                               f"{', '.join(WIPE_ALGORITHMS)}")
@@ -201,7 +205,7 @@ async def wipe_file(info: VolumeInfo, algorithm: str, report: Progress) -> None:
     if algorithm in ("zero", "random") and info.format == "raw":
         await _overwrite(info, algorithm == "random", report)
     elif algorithm == "zero":
-        await _recreate_empty(info)
+        await _recreate_empty(info, secret_file)
         report(1.0)
     elif algorithm == "trim":
         raise NotSupported("trim is not supported for file volumes")
@@ -255,17 +259,32 @@ def fallocate_punch(fd: int, size: int) -> None:
     os.fsync(fd)
 
 
-async def _recreate_empty(info: VolumeInfo) -> None:
-    """Zero a qcow2-like image: a fresh image of the same size and format."""
-    tmp = os.path.join(os.path.dirname(info.path), temp_name("wipe", os.path.basename(info.path)))
+async def _recreate_empty(info: VolumeInfo, secret_file: str | None = None) -> None:
+    """Zero an image format: a fresh image of the same size, format and creation options
+    (compat, cluster size, refcounts, LUKS encryption with the same secret ...: see
+    imagefmt.remake_options, read from qemu-img info), made beside it and renamed over it.
+    Its internal snapshots go with the old image (they hold the old data)."""
+    data = await hostcmd.run_json([QEMU_IMG, "info", "--output=json", "-U", "-f",
+                                   info.format, info.path], timeout=30)
+    opts = imagefmt.remake_options(info.format, data if isinstance(data, dict) else {})
     argv = [QEMU_IMG, "create", "-q", "-f", info.format]
+    if "key-secret" in opts or "encrypt.key-secret" in opts:
+        if not secret_file:
+            raise NotSupported(f"'{info.name}' is encrypted: wiping re-makes it encrypted "
+                               "with its secret, named by <encryption> in the volume's "
+                               "config.xml")
+        argv += ["--object", f"secret,id=sec0,file={secret_file}"]
     if info.backing_path:
         argv += ["-b", info.backing_path, "-F", info.backing_format or "raw"]
+    if opts:
+        argv += ["-o", ",".join(f"{k}={v}" for k, v in opts.items())]
+    tmp = os.path.join(os.path.dirname(info.path), temp_name("wipe", os.path.basename(info.path)))
+    slow = "preallocation" in opts  # writes the whole image
     try:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)  # left by an interrupted wipe
         os.close(create_private(tmp))  # 0600 until it is the volume
-        await hostcmd.run([*argv, tmp, str(info.capacity)], timeout=600)
+        await run_create([*argv, tmp, str(info.capacity)], timeout=3600 if slow else 600)
         st = os.lstat(info.path)
         fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)
         try:
@@ -280,6 +299,21 @@ async def _recreate_empty(info: VolumeInfo) -> None:
             except OSError:
                 pass
         raise
+
+
+async def run_create(argv: list[str], timeout: float) -> None:
+    """qemu-img create; tried again a moment later when LUKS key setup could not time
+    its key derivation on a busy CPU ("Unable to get accurate CPU usage")."""
+    attempts = 6
+    for attempt in range(attempts):
+        try:
+            await hostcmd.run(argv, timeout=timeout, errno_map=imagefmt.QEMU_ERRNOS)
+            return
+        except StorageError as exc:
+            if "accurate CPU usage" not in exc.reason or attempt == attempts - 1:
+                raise
+            log.warning("qemu-img could not time the key derivation; trying again")
+            await trio.sleep(0.1 * (attempt + 1))
 
 
 def image_opts(fmt: str, path: str, **extra: str) -> str:
@@ -319,12 +353,23 @@ def snapshots_from_info(data: dict) -> list[Snapshot]:
     return out
 
 
-async def snapshot_op(info: VolumeInfo, flag: str, name: str) -> None:
+async def snapshot_op(info: VolumeInfo, flag: str, name: str,
+                      secret_file: str | None = None) -> None:
+    """qemu-img snapshot -c/-a/-d; an encrypted image is opened with its key (a secret
+    object read from ``secret_file``, named in --image-opts)."""
     if info.format != "qcow2":
         raise NotSupported(f"internal snapshots need qcow2; '{info.name}' is {info.format}")
+    argv = [QEMU_IMG, "snapshot"]
+    extra = {}
+    if info.encrypted:
+        if not secret_file:
+            raise NotSupported(f"'{info.name}' is encrypted: snapshots need its secret, "
+                               "named by <encryption> in the volume's config.xml")
+        argv += ["--object", f"secret,id=sec0,file={secret_file}"]
+        extra["encrypt.key-secret"] = "sec0"
     # qemu-img snapshot has no -f: the format is named through --image-opts
-    await hostcmd.run([QEMU_IMG, "snapshot", "--image-opts", flag, name,
-                       image_opts("qcow2", info.path)],
+    await hostcmd.run([*argv, "--image-opts", flag, name,
+                       image_opts("qcow2", info.path, **extra)],
                       timeout=600, errno_map={"already exists": errno.EEXIST,
                                               "not found": errno.ENOENT,
                                               "Can't find": errno.ENOENT,

@@ -217,18 +217,7 @@ class FileVolumes:
             argv += ["-o", ",".join(f"{k}={v}" for k, v in opts.items())]
         argv += [path, str(spec.capacity)]
         slow = "preallocation" in opts  # writes the whole image
-        attempts = 6
-        for attempt in range(attempts):
-            try:
-                await hostcmd.run(argv, timeout=3600 if slow else 60, errno_map=QEMU_ERRNOS)
-                return
-            except StorageError as exc:
-                # LUKS key setup times PBKDF on the CPU; on a busy VM that measurement
-                # often fails ("Unable to get accurate CPU usage"): try again, a moment later
-                if "accurate CPU usage" not in exc.reason or attempt == attempts - 1:
-                    raise
-                log.warning("qemu-img could not time the key derivation; trying again")
-                await trio.sleep(0.1 * (attempt + 1))
+        await fileops.run_create(argv, timeout=3600 if slow else 60)
 
     async def delete(self, info: VolumeInfo) -> None:
         await self.io(fileio.delete_file, info.path, what=f"unlink {info.path}")
@@ -354,15 +343,17 @@ class FileVolumes:
             raise StorageError(f"clone '{path}' vanished")
         return info
 
-    async def wipe(self, info: VolumeInfo, algorithm: str, report) -> VolumeInfo:
+    async def wipe(self, info: VolumeInfo, algorithm: str, report,
+                   secret_file: str | None = None) -> VolumeInfo:
         await self.ensure_regular(info)
-        await fileops.wipe_file(info, algorithm, report)
+        await fileops.wipe_file(info, algorithm, report, secret_file)
         return await self.probe(info.name, fmt=info.format) or info
 
-    async def snapshot(self, info: VolumeInfo, op: str, name: str) -> VolumeInfo:
+    async def snapshot(self, info: VolumeInfo, op: str, name: str,
+                       secret_file: str | None = None) -> VolumeInfo:
         await self.ensure_regular(info)
         flag = {"create": "-c", "revert": "-a", "delete": "-d"}[op]
-        await fileops.snapshot_op(info, flag, name)
+        await fileops.snapshot_op(info, flag, name, secret_file)
         return await self.probe(info.name, fmt=info.format) or info
 
 

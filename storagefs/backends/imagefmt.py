@@ -14,7 +14,14 @@ import stat
 import struct
 from collections.abc import Mapping
 
-from ..errors import NotFound, NotPermitted, NotSupported, StorageError, from_oserror
+from ..errors import (
+    InvalidArgument,
+    NotFound,
+    NotPermitted,
+    NotSupported,
+    StorageError,
+    from_oserror,
+)
 from ..names import check_name
 from .base import FileStat, VolumeInfo, VolumeSpec
 
@@ -181,6 +188,77 @@ def external_files(path: str, specific: dict) -> list[str]:
     return [f for f in full if f != path]
 
 
+
+
+#: qcow2's defaults for what qemu-img info reports and qemu-img create takes (a value
+#: equal to the default is not passed: older qemu-img take fewer options)
+_QCOW2_DEFAULTS = {"refcount_bits": "16", "compression_type": "zlib", "cluster_size": "65536"}
+#: LUKS header fields qemu-img info reports -> qemu-img create option names
+_LUKS_OPTIONS = {"cipher-alg": "cipher-alg", "cipher-mode": "cipher-mode",
+                 "ivgen-alg": "ivgen-alg", "ivgen-hash-alg": "ivgen-hash-alg",
+                 "hash-alg": "hash-alg"}
+#: vmdk subformats that are one file (the others make extent files beside it)
+_ONE_FILE_VMDK = ("monolithicSparse", "streamOptimized")
+_OPTION_VALUE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def remake_options(fmt: str, data: dict, key_secret: str = "sec0") -> dict[str, str]:
+    """The ``qemu-img create -o`` options that make an empty image like the one that
+    ``qemu-img info --output=json`` describes in ``data``: qcow2's compat, cluster size,
+    lazy refcounts, refcount bits, extended L2, compression type; a LUKS header's
+    cipher (``encrypt.*`` in a qcow2, bare for a luks file), keyed by the secret object
+    ``key_secret``; preallocation when the image took its whole capacity; a vmdk's
+    subformat. NotSupported for what a single new file cannot be (an external data
+    file, a multi-file vmdk, qcow's old AES encryption)."""
+    specific = (data.get("format-specific") or {}).get("data") or {}
+    if not isinstance(specific, dict):
+        specific = {}
+    opts: dict[str, str] = {}
+    if fmt == "qcow2":
+        if specific.get("data-file"):
+            raise NotSupported("the image keeps its data in an external data file: wipe "
+                               "that file's volume instead")
+        if specific.get("compat"):
+            opts["compat"] = str(specific["compat"])
+        if specific.get("lazy-refcounts"):
+            opts["lazy_refcounts"] = "on"
+        if specific.get("extended-l2"):
+            opts["extended_l2"] = "on"
+        for key, value in (("refcount_bits", specific.get("refcount-bits")),
+                           ("compression_type", specific.get("compression-type")),
+                           ("cluster_size", data.get("cluster-size"))):
+            if value is not None and str(value) != _QCOW2_DEFAULTS[key]:
+                opts[key] = str(value)
+    crypt = specific.get("encrypt") if fmt == "qcow2" else specific if fmt == "luks" else None
+    if fmt == "luks" or (isinstance(crypt, dict) and crypt.get("format")):
+        if fmt == "qcow2" and crypt.get("format") != "luks":
+            raise NotSupported(f"qemu-img no longer makes qcow2 images with "
+                               f"'{crypt.get('format')}' encryption")
+        prefix = "encrypt." if fmt == "qcow2" else ""
+        if fmt == "qcow2":
+            opts["encrypt.format"] = "luks"
+        opts[prefix + "key-secret"] = key_secret
+        for field, option in _LUKS_OPTIONS.items():
+            if isinstance(crypt, dict) and crypt.get(field) is not None:
+                opts[prefix + option] = str(crypt[field])
+    if fmt == "vmdk":
+        sub = specific.get("create-type")
+        if sub and sub not in _ONE_FILE_VMDK:
+            raise NotSupported(f"a '{sub}' vmdk is several files; only one-file vmdk images "
+                               "(monolithicSparse, streamOptimized) are re-made")
+        if sub:
+            opts["subformat"] = str(sub)
+    if fmt == "vpc":
+        opts["force_size"] = "on"
+    if fmt in ("qcow2", "luks", "raw"):
+        size, used = data.get("virtual-size"), data.get("actual-size")
+        if isinstance(size, int) and isinstance(used, int) and size and used >= size:
+            opts["preallocation"] = "falloc"
+    for key, value in opts.items():
+        if not _OPTION_VALUE.fullmatch(value):
+            raise InvalidArgument(f"qemu-img reports {key} {value!r}, which is not an "
+                                  "option value storagefs passes on")
+    return opts
 
 
 # ---- one directory of image files (run in the pool's worker threads) ---------------------

@@ -22,9 +22,9 @@ import os
 import trio
 
 from .. import hostcmd
-from ..errors import Busy, NotFound, StorageError
+from ..errors import Busy, NotFound, StorageError, StorageLost
 from . import blockdev
-from .base import PoolInfo, VolumeInfo, VolumeSpec
+from .base import PoolBackend, PoolInfo, VolumeInfo, VolumeSpec
 from .dir import DirBackend, is_dir
 
 MOUNT, UMOUNT = "mount", "umount"
@@ -115,7 +115,16 @@ class MountedBackend(DirBackend):
 
     def require_mounted(self) -> None:
         if not self.mounted():
-            raise NotFound(self.not_mounted_reason())
+            raise StorageLost(self.not_mounted_reason(), errno.ENOENT)
+
+    async def io(self, fn, *args, what: str = "", timeout: float | None = None):
+        """As DirBackend.io (the target checked first); a target that is not the
+        filesystem the pool mounted says why: unmounted, or replaced."""
+        try:
+            return await super().io(fn, *args, what=what, timeout=timeout)
+        except StorageLost:
+            self.require_mounted()
+            raise
 
     async def check(self) -> bool:
         return self.mounted()
@@ -123,6 +132,7 @@ class MountedBackend(DirBackend):
     # ---- pool operations ---------------------------------------------------------------
     async def start(self) -> None:
         target = self.target
+        self._identity = None
         self._real_target = await self.io(os.path.realpath, target, what=f"resolve {target}")
         if self.mounted():
             await super().start()  # leftovers of an earlier storagefs removed
@@ -147,16 +157,21 @@ class MountedBackend(DirBackend):
                                errno.EIO)
 
     async def stop(self) -> None:
-        if not self.mounted():
-            return
-        held = await self.io(holders, self.real_target(), what="list holders")
+        if self.mounted():
+            await self._unmount()
+        await super().stop()
+
+    async def _unmount(self) -> None:
+        # the mount as /proc lists it: the target's path may lead elsewhere by now
+        real = self.real_target()
+        # /proc only: the target is not touched (nor checked: a replaced one is left)
+        held = await PoolBackend.io(self, holders, real, what="list holders")
         if held:
             raise Busy(f"cannot unmount '{self.target}': it is busy, in use by "
                        f"{', '.join(held[:5])}"
                        + (f" and {len(held) - 5} more" if len(held) > 5 else ""))
         try:
-            await hostcmd.run([UMOUNT, self.target], timeout=120,
-                              errno_map={"busy": errno.EBUSY})
+            await hostcmd.run([UMOUNT, real], timeout=120, errno_map={"busy": errno.EBUSY})
         except StorageError as exc:
             if exc.errno == errno.EBUSY:
                 raise Busy(f"cannot unmount '{self.target}': {exc.reason} (files or "
@@ -197,10 +212,12 @@ class MountedBackend(DirBackend):
         self.require_mounted()
         return await super().clone_volume(src, spec, report)
 
-    async def wipe_volume(self, info: VolumeInfo, algorithm: str, report) -> VolumeInfo:
+    async def wipe_volume(self, info: VolumeInfo, algorithm: str, report,
+                          secret_file: str | None = None) -> VolumeInfo:
         self.require_mounted()
-        return await super().wipe_volume(info, algorithm, report)
+        return await super().wipe_volume(info, algorithm, report, secret_file)
 
-    async def snapshot_volume(self, info: VolumeInfo, op: str, name: str) -> VolumeInfo:
+    async def snapshot_volume(self, info: VolumeInfo, op: str, name: str,
+                              secret_file: str | None = None) -> VolumeInfo:
         self.require_mounted()
-        return await super().snapshot_volume(info, op, name)
+        return await super().snapshot_volume(info, op, name, secret_file)

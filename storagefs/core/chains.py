@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import stat
 from typing import TYPE_CHECKING
@@ -19,6 +20,8 @@ from .objects import Volume
 
 if TYPE_CHECKING:
     from .registry import Registry
+
+log = logging.getLogger(__name__)
 
 
 class Chains:
@@ -58,7 +61,8 @@ class Chains:
         """Refuse (EPERM) to hand ``vol`` (or ``info``) to an image tool when its chain
         (backing files, data files, extents) leads out of the pools to a file that no
         document names: qemu-img would read it. qemu-img info, which opens none of them,
-        refreshes what the image says first."""
+        refreshes what the image says first. ELOOP (chain.ChainLoop) when the chain comes
+        back to a file already in it."""
         if info is None:
             # file volumes, and network volumes storagefs reaches through a local file
             # (a gluster pool's private mount): image tools open their chains too
@@ -70,12 +74,29 @@ class Chains:
             if not vol.busy:
                 self.reg.index.update(vol, info)
         where = await chain.escape(info, self.trusted_places(),
-                                   self.named_backing(vol) if named is None else named)
+                                   self.named_backing(vol) if named is None else named,
+                                   start=vol.info.path)
         if where is not None:
             what = f"'{vol.name}'" if info.path else "the backing store"
             raise NotPermitted(
                 f"{what} refers to '{where}' (as backing file, data file or extent), which "
                 "is in no storage pool: storagefs does not follow it")
+
+    async def show_loop(self, vol: Volume, info: VolumeInfo) -> None:
+        """At listing (the details of a refresh): a volume whose backing chain loops gets
+        the reason in its error file, once (ELOOP for every operation that opens it)."""
+        if not info.backing_path or info.type != "file":
+            return
+        try:
+            await chain.escape(info, self.trusted_places(), self.named_backing(vol))
+        except chain.ChainLoop as exc:
+            if exc.reason not in (vol.error or ""):
+                self.reg.rec.note_refusal(vol, "refresh", exc)
+        except StorageError:
+            pass  # what the chain names cannot be read: operations say so
+        except OSError as exc:  # a file of the chain changed under the walk
+            log.warning("volume %s/%s: backing chain not checked: %s", vol.pool.name,
+                        vol.name, exc)
 
     async def check_backing_store(self, vol: Volume, spec: VolumeSpec) -> None:
         """A document's <backingStore> must be a volume in a pool or a block device."""

@@ -329,6 +329,7 @@ class VolumeIndex:
             return
         if pool.volumes.get(name) is vol and not vol.busy:
             self.update(vol, info)
+            await self.reg.chains.show_loop(vol, info)
 
     def want_details(self, pool: Pool, names: list[str]) -> None:
         if names:

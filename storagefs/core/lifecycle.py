@@ -217,14 +217,15 @@ class PoolLifecycle:
         else:
             pool.state = RUNNING
 
-    def lost_storage(self, pool: Pool, exc: StorageError) -> None:
-        """The storage of a started pool is gone or hangs: inaccessible, the reason in its
-        error file. Gone: its volumes are unlisted (a refresh brings them back). Hung:
-        they stay, with what storagefs last knew, and operations on them fail at once."""
+    def lost_storage(self, pool: Pool, exc: StorageError, op: str = "refresh") -> None:
+        """The storage of a started pool is gone, replaced or hangs: inaccessible, the
+        reason in its error file. Gone or replaced: its volumes are unlisted (a refresh
+        brings them back once the storage is there again). Hung: they stay, with what
+        storagefs last knew, and operations on them fail at once."""
         if pool.state != INACCESSIBLE:
             log.error("pool %s: storage became inaccessible: %s", pool.name, exc.reason)
             pool.state = INACCESSIBLE
-            pool.error = error_line("refresh", exc.reason)
+            pool.error = error_line(op, exc.reason)
             pool.touch()
             self.reg.events.of(pool, "inaccessible", exc.reason)
         self.reg.index.stopped(pool)
@@ -243,7 +244,9 @@ class PoolLifecycle:
             if pool.active:
                 raise Busy(f"storage pool '{pool.name}' is already active")
             await self.reg.defs.check_paths(pool, pool.definition)
-            await pool.backend.build(overwrite=overwrite)
+            with self.reg.rec.if_cut_short(pool, "the build stopped part way: the storage "
+                                           "may be partly built; build again"):
+                await pool.backend.build(overwrite=overwrite)
             pool.touch()
             self.reg.events.of(pool, "built", "overwrite" if overwrite else "")
         await self.reg.index.refresh_perms(pool)
@@ -253,7 +256,9 @@ class PoolLifecycle:
         with claim(pool, "delete"):
             if pool.active:
                 raise Busy(f"storage pool '{pool.name}' is still active")
-            await pool.backend.delete()
+            with self.reg.rec.if_cut_short(pool, "the delete stopped part way: the storage "
+                                           "may be partly deleted; delete again"):
+                await pool.backend.delete()
             pool.touch()
             self.reg.events.of(pool, "deleted")
         await self.reg.index.refresh_perms(pool)

@@ -12,11 +12,18 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
-from ..errors import InvalidArgument, StorageError
+import trio
+
+from ..errors import InvalidArgument, StorageError, StorageLost
 from .events import EventBus
 from .objects import Owner, Pool, Secret, Volume
 
 log = logging.getLogger("storagefs.core")
+
+#: what an interrupted operation that said nothing else leaves: each step that is done
+#: stays done (documents are stored at once, tools are killed where they stand)
+DEFAULT_CUT = ("the operation stopped before it finished; what it had done stays "
+               "(status.xml and the one-value files show the state now)")
 
 #: refusals are a normal outcome of bad input, not trouble in storagefs: they are
 #: logged at this level, between INFO and WARNING (WARNING and ERROR are kept for
@@ -83,33 +90,68 @@ class Recorder:
     """Turns refusals into error lines; ``listener`` is looked up at each use (the FUSE
     layer sets it once the tree exists)."""
 
-    def __init__(self, listener: Callable[[], Listener], events: EventBus | None = None) -> None:
+    def __init__(self, listener: Callable[[], Listener], events: EventBus | None = None,
+                 lost: Callable[[Owner | None, StorageError, str], None] | None = None,
+                 ) -> None:
         self._listener = listener
         #: the event stream (accepted changes); refusals are counted here, by
         #: (object kind, operation, errno name), for the metrics
         self.events = events if events is not None else EventBus()
         self.refusals: collections.Counter[tuple[str, str, str]] = collections.Counter()
+        #: lost(obj, exc, op): an operation found that the storage of obj's pool is gone
+        #: or was replaced (StorageLost): the registry makes the pool inaccessible
+        self.lost = lost
+        #: what an operation cut short by a signal left, by id of its object (set by the
+        #: operation as it is cancelled, taken by the FUSE layer's EINTR line)
+        self._cut: dict[int, str] = {}
+
+    @contextlib.contextmanager
+    def if_cut_short(self, obj: Owner, left: str) -> Iterator[None]:
+        """While the block runs: a cancellation (Ctrl-C on the writer) leaves ``left``
+        (what the operation leaves behind, said truthfully) for interrupted()."""
+        try:
+            yield
+        except BaseException as exc:
+            # a nursery below may carry the cancellation in an exception group
+            if isinstance(exc, trio.Cancelled) or (
+                    isinstance(exc, BaseExceptionGroup) and exc.split(trio.Cancelled)[1]
+                    is None):
+                self._cut[id(obj)] = left
+            raise
+
+    def interrupted(self, obj: Owner | None) -> None:
+        """The error line of a write cut short by a signal: what the operation left."""
+        left = self._cut.pop(id(obj), None) if obj is not None else None
+        self.note_refusal(obj, "write", StorageError(
+            "interrupted by a signal: " + (left or DEFAULT_CUT), errno.EINTR))
 
     @contextlib.contextmanager
     def recording(self, obj: Owner | None, op: str) -> Iterator[None]:
         """Turn a refusal into: one line in obj.error, one log line, a StorageError."""
+        if obj is not None:
+            self._cut.pop(id(obj), None)  # what an earlier operation was cut short at
         try:
             try:
                 yield
             except ValueError as exc:  # XmlError and size parsing
                 raise InvalidArgument(str(exc)) from None
         except StorageError as exc:
+            if isinstance(exc, StorageLost) and not exc.recorded and self.lost is not None:
+                self.lost(obj, exc, op)
             if not exc.recorded:
                 self.note_refusal(obj, op, exc)
             raise
 
-    def note_refusal(self, obj: Owner | None, op: str, exc: StorageError) -> None:
-        """One line in the object's error file, one in the log."""
+    def note_refusal(self, obj: Owner | None, op: str, exc: StorageError,
+                     line: bool = True) -> None:
+        """One line in the object's error file, one in the log. ``line=False``: the log
+        only (a refused read: error lines are for refused changes, SPEC "Errors are
+        errno", and a reader such as tar must not see the tree change under it)."""
         exc.recorded = True
         self.refusals[(describe(obj).split()[0], (op.split() or ["?"])[0],
                        errno.errorcode.get(exc.errno, str(exc.errno)))] += 1
         log.log(REFUSED, "%s: refused %s", describe(obj), one_line(op, exc.reason))
-        if obj is not None:
+        if obj is not None and line:
             self.set_error(obj, error_line(op, exc.reason))
 
     def set_error(self, obj: Owner, line: str) -> None:

@@ -89,7 +89,7 @@ class Registry:
         self.devices = None
         #: the event stream (MNT/events): each part emits where a change is accepted
         self.events = EventBus()
-        self.rec = Recorder(lambda: self.listener, self.events)
+        self.rec = Recorder(lambda: self.listener, self.events, lost=self._lost)
         self.secrets = SecretStore(state, self.rec)
         self.defs = PoolDefinitions(self)
         self.life = PoolLifecycle(self)
@@ -118,6 +118,12 @@ class Registry:
         """A storage call of the pool overran its time limit: inaccessible at once."""
         if self.pools.get(pool.name) is pool and pool.active:
             self.life.lost_storage(pool, StorageError(reason, errno.EIO))
+
+    def _lost(self, obj: Owner | None, exc: StorageError, op: str) -> None:
+        """An operation on obj found its pool's storage gone or replaced: inaccessible."""
+        pool = obj.pool if isinstance(obj, Volume) else obj
+        if isinstance(pool, Pool) and self.pools.get(pool.name) is pool and pool.active:
+            self.life.lost_storage(pool, exc, op)
 
     def make_backend(self, pool: Pool, definition):
         """A backend for ``definition`` that works through the pool's runner and can

@@ -31,6 +31,14 @@ log = logging.getLogger(__name__)
 
 CLONE_USAGE = "clone NEWNAME [--format FMT] [--pool POOL]"
 
+#: what each command leaves when a signal cuts it short (said in the EINTR error line)
+CUT_WIPE = ("the wipe stopped part way: the volume may be partly wiped (a wipe cannot "
+            "be undone); write the wipe again to finish it")
+CUT_CLONE = "the clone stopped; its partial copy was removed and no volume was added"
+CUT_RESIZE = ("the resize stopped part way: the capacity may have changed (the "
+              "capacity file shows it now)")
+CUT_SNAPSHOT = "stopped part way: snapshots/ shows what is there now"
+
 
 class VolumeCommands:
     def __init__(self, reg: Registry) -> None:
@@ -94,9 +102,10 @@ class VolumeCommands:
         await self.reg.index.settle(vol.pool)
 
     @contextlib.asynccontextmanager
-    async def _op(self, vol: Volume, op: str) -> AsyncIterator[None]:
+    async def _op(self, vol: Volume, op: str, left: str) -> AsyncIterator[None]:
         """One operation at a time on a volume (another is refused at once, EBUSY);
-        the pool cannot stop meanwhile."""
+        the pool cannot stop meanwhile. ``left``: what the operation leaves when a
+        signal cuts it short (the writer's EINTR line says it; a wipe is never undone)."""
         with claim(vol, op):
             if vol.pool.volumes.get(vol.name) is not vol:
                 raise NotFound(f"no storage vol with matching name '{vol.name}'")
@@ -104,8 +113,9 @@ class VolumeCommands:
             vol.pool.runner.check()
             vol.pool.busy_volumes += 1
             try:
-                async with vol.pool.backend.volume_lock(vol.info, op):
-                    yield
+                with self.reg.rec.if_cut_short(vol, left):
+                    async with vol.pool.backend.volume_lock(vol.info, op):
+                        yield
             finally:
                 vol.pool.busy_volumes -= 1
                 with trio.CancelScope(shield=True):
@@ -117,12 +127,19 @@ class VolumeCommands:
             return None
         return self.reg.vols.secret_of(vol.config, vol.pool)
 
+    @staticmethod
+    def _secret_arg(secret_file: str | None) -> dict[str, str]:
+        """``secret_file=`` for a backend call, only when there is one (backends of
+        storage without encryption need not take it)."""
+        return {"secret_file": secret_file} if secret_file else {}
+
     # ---- the commands ------------------------------------------------------------------
     async def resize(self, vol: Volume, cmd: Resize) -> None:
         reg = self.reg
         secret = self.secret_of(vol)
         await reg.chains.check(vol)  # qemu-img resize opens the backing chain
-        async with self._op(vol, "resize"), reg.secrets.optional_file(secret) as secret_file:
+        async with self._op(vol, "resize", CUT_RESIZE), \
+                reg.secrets.optional_file(secret) as secret_file:
             pristine = await reg.vols.pristine(vol)
             cap = vol.info.capacity + cmd.size if cmd.delta else cmd.size
             # the stored document will no longer describe the volume: its record is
@@ -178,7 +195,9 @@ class VolumeCommands:
         target.reserved.add(new)
         target.busy_volumes += 1
         try:
-            async with self._op(vol, f"clone to '{new}'"):
+            async with self._op(vol, f"clone to '{new}'", CUT_CLONE):
+                # the source's pool is checked too: its target may have been replaced
+                await vol.pool.backend.check_storage()
                 report = self._progress(vol, "clone")
                 clone.info = await target.backend.clone_volume(vol.info, spec, report)
             record.commit()
@@ -203,9 +222,12 @@ class VolumeCommands:
                                f"of type '{vol.pool.definition.type}' (supported: "
                                f"{', '.join(algorithms) or 'none'})")
         await self.reg.chains.check(vol)  # re-making a qcow2 opens its backing file
-        async with self._op(vol, "wipe"):
+        secret = self.secret_of(vol)  # an encrypted image is re-made with its secret
+        async with self._op(vol, "wipe", CUT_WIPE), \
+                self.reg.secrets.optional_file(secret) as secret_file:
             report = self._progress(vol, "wipe")
-            vol.info = await vol.pool.backend.wipe_volume(vol.info, cmd.algorithm, report)
+            vol.info = await vol.pool.backend.wipe_volume(
+                vol.info, cmd.algorithm, report, **self._secret_arg(secret_file))
             self.reg.events.of(vol, "wiped", f"algorithm={cmd.algorithm}")
 
     async def snapshot(self, vol: Volume, op: str, name: str) -> None:
@@ -219,7 +241,7 @@ class VolumeCommands:
         what = str(Snapshot(op, name))
         if op == "create" and vol.busy == f"snapshot {name}":
             raise Exists(f"snapshot '{name}' already exists")  # being made right now
-        async with self._op(vol, what):
+        async with self._op(vol, what, f"'{what}' {CUT_SNAPSHOT}"):
             vol.info = await vol.pool.backend.volume_details(vol.info)  # current snapshots
             await self.reg.chains.check(vol)  # qemu-img snapshot opens the backing chain
             taken = {s.name for s in vol.info.snapshots}
@@ -227,7 +249,9 @@ class VolumeCommands:
                 raise Exists(f"snapshot '{name}' already exists")
             if op != "create" and name not in taken:
                 raise NotFound(f"no snapshot '{name}' in volume '{vol.name}'")
-            vol.info = await vol.pool.backend.snapshot_volume(vol.info, op, name)
+            async with self.reg.secrets.optional_file(self.secret_of(vol)) as secret_file:
+                vol.info = await vol.pool.backend.snapshot_volume(
+                    vol.info, op, name, **self._secret_arg(secret_file))
             self.reg.events.of(vol, SNAPSHOT_EVENTS[op], f"name={name}")
 
     async def mkdir_snapshot(self, vol: Volume, name: str) -> None:

@@ -17,6 +17,7 @@ from .files import DocumentFile
 from .inodes import Inode
 from .node import Node, file_mode
 from .objdir import ScratchDirNode, ScratchFile
+from .secrets import SecretValue
 from .tree import Tree
 
 ENTRY_TIMEOUT = 1.0
@@ -101,4 +102,20 @@ def set_meta(tree: Tree, ino: Inode, node: Node, attr, fields) -> None:
     elif isinstance(node, DocumentFile):
         node.set_meta(meta)
     else:
+        check_command_meta(ino.name, node, meta)
         tree.file_meta[ino.path] = meta
+
+
+def check_command_meta(name: str, node: Node, meta: FileMeta) -> None:
+    """A command file (state, autostart, control, a secret's value) runs what is written
+    to it: a mode or owner that lets anyone but root write it (group or other write, or
+    owner write with a non-root owner) is refused, EPERM (the kernel checks modes, and
+    with --allow-other other users reach the tree). A secret's value is not made readable
+    to anyone but root either. What is accepted (taking bits away) holds until unmount."""
+    mode = meta.mode & 0o7777
+    if mode & 0o022 or (meta.uid != 0 and mode & 0o200):
+        raise NotPermitted(f"{name}: a command file is written by root only; mode "
+                           f"{mode:04o} owner {meta.uid} would let others write it")
+    if isinstance(node, SecretValue) and (mode & 0o044 or (meta.uid != 0 and mode & 0o400)):
+        raise NotPermitted(f"{name}: a secret's value is read by root only; mode "
+                           f"{mode:04o} owner {meta.uid} would let others read it")

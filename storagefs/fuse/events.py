@@ -26,7 +26,6 @@ from __future__ import annotations
 import errno
 import os
 import select
-import signal
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -34,14 +33,12 @@ from pyfuse3 import FUSEError
 
 from ..core.events import Reader
 from .handles import Handle
-from .interrupt import POLL_SECONDS
+from .interrupt import POLL_SECONDS, stop_signal_pending
 from .node import Caller, File
 
 if TYPE_CHECKING:
     import pyfuse3
 
-_STOP = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGKILL, signal.SIGQUIT)
-_MASK = sum(1 << (s - 1) for s in _STOP)
 
 
 def _fdinfo(pid: int, fd: int) -> dict[str, str]:
@@ -88,16 +85,7 @@ def nonblocking(pid: int, fd: int | None, ino: int) -> tuple[bool, int | None]:
 def stop_pending(pid: int) -> bool:
     """True when ``pid`` has a stop signal pending. A process that is gone is not
     taken as a stop: the file may have been handed to a child that reads on."""
-    if pid <= 0:
-        return False
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(("SigPnd:", "ShdPnd:")) and int(line.split()[1], 16) & _MASK:
-                    return True
-    except (OSError, ValueError):
-        return False
-    return False
+    return stop_signal_pending(pid, if_gone=False)
 
 
 class EventsFile(File):

@@ -23,8 +23,8 @@ _STOP = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGKILL, signal.SI
 _MASK = sum(1 << (s - 1) for s in _STOP)
 
 
-def wants_to_stop(pid: int) -> bool:
-    """True when pid has a pending stop signal, or does not exist any more."""
+def stop_signal_pending(pid: int, if_gone: bool) -> bool:
+    """True when pid has a stop signal pending; ``if_gone`` when it does not exist."""
     if pid <= 0:
         return False
     try:
@@ -33,8 +33,13 @@ def wants_to_stop(pid: int) -> bool:
                 if line.startswith(("SigPnd:", "ShdPnd:")) and int(line.split()[1], 16) & _MASK:
                     return True
     except (OSError, ValueError):
-        return True
+        return if_gone
     return False
+
+
+def wants_to_stop(pid: int) -> bool:
+    """True when pid has a pending stop signal, or does not exist any more."""
+    return stop_signal_pending(pid, if_gone=True)
 
 
 async def interruptible(pid: int, fn: Callable[[], Awaitable[T]],
