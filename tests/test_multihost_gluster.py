@@ -18,10 +18,7 @@ import time
 
 from mount_helpers import MiB, command, read, write_errno, xml_value
 from multihost import three_hosts, wait_until  # noqa: F401
-
-#: gluster_server (one glusterd per session, shared with test_pool_gluster.py: a plugin,
-#: since a fixture imported into two modules is two fixtures), gluster_volume
-pytest_plugins = ["server_gluster"]
+from server_gluster import gluster_server, gluster_volume  # noqa: F401
 
 
 def shared_xml(volume, name: str = "shared") -> str:
