@@ -315,3 +315,37 @@ def test_cluster_that_stops_answering(mount_factory, ceph_cluster, tmp_path):  #
     assert read(p / "state") == "running\n"
     assert "stays" in os.listdir(p / "volumes")
     os.rmdir(p / "volumes" / "stays")
+
+
+# ---- issue 13 (rbd): delete with snapshots, allocation, linked clones, across pools -------
+def test_delete_purges_snapshots_only_when_asked(mounted, ceph_cluster):  # noqa: F811
+    m, c = mounted, ceph_cluster
+    p = define_rbd(m, "rp", c)
+    vols = p / "volumes"
+    command(p / "control", "create snapped 4M")
+    os.mkdir(vols / "snapped" / "snapshots" / "s1")
+    os.mkdir(vols / "snapped" / "snapshots" / "s2")
+    # rmdir: refused with Ceph's reason, which names the way out
+    with pytest.raises(OSError) as exc:
+        os.rmdir(vols / "snapped")
+    assert exc.value.errno == errno.ENOTEMPTY
+    assert "--purge-snapshots" in assert_one_error_line(vols / "snapped")
+    # a protected snapshot refuses the purge, with the reason; nothing changed
+    c.rbd("snap", "protect", f"{POOL}/snapped@s2")
+    code, _ = write_errno(vols / "snapped" / "control", "delete --purge-snapshots\n")
+    assert code == errno.EBUSY
+    assert "s2 is protected" in assert_one_error_line(vols / "snapped")
+    assert {s["name"] for s in c.rbd_json("snap", "ls", f"{POOL}/snapped")} == {"s1", "s2"}
+    assert "snapped" in os.listdir(vols)
+    # unprotected by the user: the purge removes the snapshots and the image
+    c.rbd("snap", "unprotect", f"{POOL}/snapped@s2")
+    command(vols / "snapped" / "control", "delete --purge-snapshots")
+    assert "snapped" not in images(c)
+    assert "snapped" not in os.listdir(vols)
+    # bad input: EINVAL, changes nothing
+    command(p / "control", "create other 4M")
+    code, _ = write_errno(vols / "other" / "control", "delete --all\n")
+    assert code == errno.EINVAL
+    assert "other" in images(c)
+    command(vols / "other" / "control", "delete")
+    assert "other" not in images(c)

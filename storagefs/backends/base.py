@@ -240,6 +240,10 @@ class PoolBackend:
     policy: ClassVar[VolumePolicy] = VolumePolicy()
     #: its <source><device>s are its own: no other pool that claims devices may use them
     claims_devices: ClassVar[bool] = False
+    #: delete_volume(info, purge_snapshots=True) removes the volume's snapshots first
+    purges_snapshots: ClassVar[bool] = False
+    #: clone_volume makes a copy-on-write clone when spec.options["linked"] == "yes"
+    linked_clones: ClassVar[bool] = False
 
     def __init__(self, definition: PoolDef, ctx: PoolContext | None = None) -> None:
         self.definition = definition

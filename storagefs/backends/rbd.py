@@ -74,6 +74,8 @@ class RbdBackend(PoolBackend):
                           wipe_algorithms=("zero", "trim"),
                           snapshots={"raw": ("engine",)}, watchable=False,
                           poll_interval=POLL_INTERVAL)
+    purges_snapshots = True
+    linked_clones = True
 
     def __init__(self, definition, ctx=None) -> None:
         super().__init__(definition, ctx)
@@ -251,7 +253,9 @@ class RbdBackend(PoolBackend):
             raise
         return await self._must_probe(spec.name)
 
-    async def delete_volume(self, info: VolumeInfo) -> None:
+    async def delete_volume(self, info: VolumeInfo, purge_snapshots: bool = False) -> None:
+        if purge_snapshots:
+            await self._purge_snapshots(info)
         try:
             await self._rbd("rm", "--no-progress", self._spec(info.name),
                             what=f"failed to remove volume '{info.key}'")
@@ -260,8 +264,26 @@ class RbdBackend(PoolBackend):
                 return
             if exc.errno == errno.ENOTEMPTY:
                 raise StorageError(f"{exc.reason.rstrip('.')} (remove them in "
-                                   "snapshots/ first)", errno.ENOTEMPTY) from None
+                                   "snapshots/ first, or 'delete --purge-snapshots')",
+                                   errno.ENOTEMPTY) from None
             raise
+
+    async def _purge_snapshots(self, info: VolumeInfo) -> None:
+        """``rbd snap purge``, after a check that no snapshot is protected (purge would
+        remove the others and then fail): nothing is unprotected behind the user's back,
+        and a refusal changes nothing."""
+        spec = self._spec(info.name)
+        snaps = await self._json("snap", "ls", spec, what=f"rbd snap ls '{spec}'")
+        prot = [str(s.get("name")) for s in (snaps or []) if isinstance(s, dict)
+                and str(s.get("protected", "false")).lower() == "true"]
+        if prot:
+            raise Busy(f"cannot purge the snapshots of '{spec}': "
+                       f"{', '.join(prot)} {'is' if len(prot) == 1 else 'are'} protected "
+                       "(rbd snap unprotect, after its clones are flattened or removed)")
+        if snaps:
+            await self._rbd("snap", "purge", "--no-progress", spec,
+                            what=f"failed to purge the snapshots of '{spec}'",
+                            timeout=LONG_TIMEOUT)
 
     async def resize_volume(self, info: VolumeInfo, capacity: int, *, shrink: bool = False,
                             allocate: bool = False, **_ignored) -> VolumeInfo:

@@ -18,7 +18,16 @@ import trio
 
 from ..backends.base import VolumeSpec
 from ..errors import Exists, NotFound, NotSupported
-from ..parsing import Clone, Resize, Snapshot, VolumeCommand, Wipe, check_snapshot_name
+from ..parsing import (
+    CLONE_USAGE,
+    Clone,
+    DeleteVolume,
+    Resize,
+    Snapshot,
+    VolumeCommand,
+    Wipe,
+    check_snapshot_name,
+)
 from ..state import StoredVolume
 from ..xml.volume import format_volume, parse_volume
 from .events import SNAPSHOT_EVENTS
@@ -28,9 +37,6 @@ if TYPE_CHECKING:
     from .registry import Registry
 
 log = logging.getLogger(__name__)
-
-CLONE_USAGE = "clone NEWNAME [--format FMT] [--pool POOL]"
-
 
 class VolumeCommands:
     def __init__(self, reg: Registry) -> None:
@@ -45,14 +51,20 @@ class VolumeCommands:
             cmds += ["resize SIZE", "resize --delta SIZE", "resize --allocate SIZE",
                      "resize --shrink SIZE"]
         if b.supports("clone_volume"):
-            cmds.append(CLONE_USAGE)
+            cmds.append(CLONE_USAGE if b.linked_clones else
+                        CLONE_USAGE.replace(" [--linked]", ""))
         if b.supports("wipe_volume") and policy.wipe_algorithms:
             cmds.append(f"wipe [{'|'.join(policy.wipe_algorithms)}]")
         if b.supports("snapshot_volume") and policy.snapshots_for(vol.info.format):
             cmds += ["snapshot NAME", "revert NAME", "delete-snapshot NAME"]
+        if b.purges_snapshots:
+            cmds.append("delete [--purge-snapshots]")
         return cmds
 
     async def command(self, vol: Volume, cmd: VolumeCommand) -> None:
+        if isinstance(cmd, DeleteVolume):  # rmdir, recorded as such
+            await self.reg.vols.delete(vol, purge_snapshots=cmd.purge_snapshots)
+            return
         with self.reg.rec.recording(vol, "control"):
             if vol.pending:
                 raise NotFound(f"volume '{vol.name}' is pending: write its config.xml first")
@@ -166,6 +178,12 @@ class VolumeCommands:
             raise NotSupported("an encrypted volume is cloned in its own format (a byte copy "
                                "that keeps its encryption); converting it is not supported")
         spec = VolumeSpec(name=new, format=fmt, capacity=vol.info.capacity)
+        if cmd.linked:
+            if target is not vol.pool or not target.backend.linked_clones:
+                raise NotSupported(f"a linked clone is made in the volume's own pool, by "
+                                   f"pool types that have them (rbd); not '{target.name}' "
+                                   f"({target.definition.type})")
+            spec.options["linked"] = "yes"
         await reg.chains.check(vol)  # a copy or a convert reads the whole chain
         clone = Volume(target, new, vol.info, recorded_format=fmt)
         if vol.info.encrypted and vol.config is not None:
