@@ -349,3 +349,33 @@ def test_delete_purges_snapshots_only_when_asked(mounted, ceph_cluster):  # noqa
     assert "other" in images(c)
     command(vols / "other" / "control", "delete")
     assert "other" not in images(c)
+
+
+def test_allocation_from_rbd_du_where_fast_diff(mounted, ceph_cluster):  # noqa: F811
+    m, c = mounted, ceph_cluster
+    p = define_rbd(m, "ra", c)
+    vols = p / "volumes"
+    command(p / "control", "create fast 64M")  # Ceph's default features: fast-diff
+    assert "fast-diff" in c.rbd_json("info", f"{POOL}/fast")["features"]
+    run(["qemu-io", "-f", "raw", "-c", "write -P 0x11 0 8M", f"rbd:{POOL}/fast:conf={c.conf}"])
+    os.listdir(vols)  # someone reads the pool: its figures refresh in the background
+    assert wait_for(lambda: read(vols / "fast" / "allocation") == f"{8 * MiB}\n", 15), \
+        read(vols / "fast" / "allocation")
+    alloc = xml_value(read(vols / "fast" / "status.xml"), "/volume/allocation")
+    assert int(alloc) == 8 * MiB
+    assert " du -p rbdtest " in m.log()  # one call for the pool
+    # reads never call rbd du
+    calls = m.log().count(" du ")
+    for _ in range(20):
+        read(vols / "fast" / "allocation")
+    assert m.log().count(" du ") - calls <= 1  # at most one by the background task
+    # an image without fast-diff: the capacity, as libvirt's allocation='capacity'
+    c.rbd("create", f"{POOL}/slow", "--size", "16M", "--image-feature", "layering")
+    run(["qemu-io", "-f", "raw", "-c", "write -P 0x22 0 1M", f"rbd:{POOL}/slow:conf={c.conf}"])
+    assert wait_for(lambda: "slow" in os.listdir(vols), 5)
+    time.sleep(6)  # one more du (of the fast-diff images only)
+    assert read(vols / "slow" / "allocation") == f"{16 * MiB}\n"
+    assert read(vols / "fast" / "allocation") == f"{8 * MiB}\n"
+    assert f" du {POOL}/slow" not in m.log()
+    os.rmdir(vols / "slow")
+    os.rmdir(vols / "fast")

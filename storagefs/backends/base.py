@@ -318,6 +318,11 @@ class PoolBackend:
         the background, never for a read; raises when the storage is gone."""
         return None
 
+    async def volume_allocations(self) -> dict[str, int] | None:
+        """Volumes' allocations that only a pool-wide call tells (rbd du), with the
+        figures, in the background (never on a read): name -> bytes, or None."""
+        return None
+
     async def target_perms(self) -> tuple[int, int, int] | None:
         """(mode, uid, gid) of the target directory, for status.xml (None: none)."""
         return None
