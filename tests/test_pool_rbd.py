@@ -379,3 +379,40 @@ def test_allocation_from_rbd_du_where_fast_diff(mounted, ceph_cluster):  # noqa:
     assert f" du {POOL}/slow" not in m.log()
     os.rmdir(vols / "slow")
     os.rmdir(vols / "fast")
+
+
+def test_linked_clone_is_snapshot_protect_clone(mounted, ceph_cluster, tmp_path):  # noqa: F811
+    m, c = mounted, ceph_cluster
+    p = define_rbd(m, "rl", c)
+    vols = p / "volumes"
+    command(p / "control", "create gold 16M")
+    url = f"rbd:{POOL}/gold:conf={c.conf}"
+    run(["qemu-io", "-f", "raw", "-c", "write -P 0x3c 0 1M", url])
+    command(vols / "gold" / "control", "clone vm1 --linked")
+    # a copy-on-write child of gold@clone-vm1, which is protected
+    parent = c.rbd_json("info", f"{POOL}/vm1")["parent"]
+    assert (parent["image"], parent["snapshot"]) == ("gold", "clone-vm1")
+    snaps = {s["name"]: s for s in c.rbd_json("snap", "ls", f"{POOL}/gold")}
+    assert snaps["clone-vm1"]["protected"] == "true"
+    run(["qemu-io", "-f", "raw", "-c", "read -P 0x3c 0 1M", f"rbd:{POOL}/vm1:conf={c.conf}"])
+    assert "vm1" in os.listdir(vols)
+    assert not [n for n in images(c) if n.startswith(".")]
+    assert wait_for(lambda: "clone-vm1" in os.listdir(vols / "gold" / "snapshots"), 5)
+    # a plain clone stays a deep copy: no parent
+    command(vols / "gold" / "control", "clone deep")
+    assert "parent" not in c.rbd_json("info", f"{POOL}/deep")
+    # the source cannot go while its clone needs the protected snapshot: the reason
+    code, _ = write_errno(vols / "gold" / "control", "delete --purge-snapshots\n")
+    assert code == errno.EBUSY
+    assert "clone-vm1 is protected" in assert_one_error_line(vols / "gold")
+    # --linked into another pool: refused, nothing made
+    define_pool(m, "files", tmp_path / "files")
+    code, _ = write_errno(vols / "gold" / "control", "clone x --linked --pool files\n")
+    assert code in (errno.ENOTSUP, errno.EOPNOTSUPP)
+    assert "own pool" in assert_one_error_line(vols / "gold")
+    assert not os.listdir(tmp_path / "files")
+    os.rmdir(vols / "vm1")
+    os.rmdir(vols / "deep")
+    c.rbd("snap", "unprotect", f"{POOL}/gold@clone-vm1")
+    command(vols / "gold" / "control", "delete --purge-snapshots")
+    assert not {"gold", "vm1", "deep"} & images(c)

@@ -141,7 +141,7 @@ class RbdBackend(PoolBackend):
         info.snapshots = [Snapshot(s["name"], s.get("id", ""), s.get("date", ""))
                           for s in snaps]
         if parent:
-            info.options["parent"] = parent
+            info.options = {"parent": parent}
         return info
 
     def _from_row(self, row: ImageRow) -> VolumeInfo:
@@ -372,6 +372,8 @@ class RbdBackend(PoolBackend):
                                f"'{spec.format}'")
         hidden = f"{HIDDEN}{secrets.token_hex(4)}-{spec.name}"
         conn = self.conn()
+        if spec.options.get("linked") == "yes":
+            return await self._linked_clone(src, spec, hidden, report)
         try:
             if self._same_cluster(src):
                 # a full copy of the image's data (not its snapshots), in the cluster
@@ -391,6 +393,42 @@ class RbdBackend(PoolBackend):
             if isinstance(exc, StorageError) and exc.errno == errno.EEXIST:
                 raise Exists(exc.reason) from None
             raise
+        return await self._must_probe(spec.name)
+
+    async def _linked_clone(self, src: VolumeInfo, spec: VolumeSpec, hidden: str,
+                            report) -> VolumeInfo:
+        """``clone NEW --linked``: snapshot ``clone-NEW`` of the source, protected, and
+        ``rbd clone`` of it (copy-on-write: the clone shares the source's objects),
+        made under a hidden name and renamed into place. The snapshot stays protected
+        while the clone lives (the source's delete refuses, with the reason)."""
+        if not self._same_cluster(src) or not src.url.startswith(f"{self.pool}/"):
+            raise NotSupported("a linked clone is made from an image of the same pool")
+        snap = f"{src.url}@clone-{spec.name}"
+        made = protected = False
+        try:
+            await self._rbd("snap", "create", "--no-progress", snap,
+                            what=f"failed to snapshot '{src.url}' for a linked clone")
+            made = True
+            await self._rbd("snap", "protect", snap, what=f"failed to protect '{snap}'")
+            protected = True
+            await self._rbd("clone", snap, self._spec(hidden),
+                            what=f"failed to clone '{snap}'")
+            await self._rbd("rename", self._spec(hidden), self._spec(spec.name),
+                            what=f"failed to create volume '{self._spec(spec.name)}'")
+        except BaseException as exc:
+            undo = [("rm", "--no-progress", self._spec(hidden))]
+            if protected:
+                undo.append(("snap", "unprotect", snap))
+            if made:
+                undo.append(("snap", "rm", "--no-progress", snap))
+            with trio.CancelScope(shield=True):
+                for argv in undo:  # each step on its own: one that fails stops none
+                    with contextlib.suppress(StorageError):
+                        await self._rbd(*argv, what="undo a partial linked clone")
+            if isinstance(exc, StorageError) and exc.errno == errno.EEXIST:
+                raise Exists(exc.reason) from None
+            raise
+        report(1.0)
         return await self._must_probe(spec.name)
 
     async def _copy(self, conn: Connection, argv: list[str], report) -> None:

@@ -177,13 +177,12 @@ class VolumeCommands:
         if vol.info.encrypted and fmt != vol.info.format:
             raise NotSupported("an encrypted volume is cloned in its own format (a byte copy "
                                "that keeps its encryption); converting it is not supported")
-        spec = VolumeSpec(name=new, format=fmt, capacity=vol.info.capacity)
-        if cmd.linked:
-            if target is not vol.pool or not target.backend.linked_clones:
-                raise NotSupported(f"a linked clone is made in the volume's own pool, by "
-                                   f"pool types that have them (rbd); not '{target.name}' "
-                                   f"({target.definition.type})")
-            spec.options["linked"] = "yes"
+        if cmd.linked and (target is not vol.pool or not target.backend.linked_clones):
+            raise NotSupported(f"a linked clone is made in the volume's own pool, by "
+                               f"pool types that have them (rbd); not '{target.name}' "
+                               f"({target.definition.type})")
+        spec = VolumeSpec(name=new, format=fmt, capacity=vol.info.capacity,
+                          options={"linked": "yes"} if cmd.linked else {})
         await reg.chains.check(vol)  # a copy or a convert reads the whole chain
         clone = Volume(target, new, vol.info, recorded_format=fmt)
         if vol.info.encrypted and vol.config is not None:
