@@ -416,3 +416,34 @@ def test_linked_clone_is_snapshot_protect_clone(mounted, ceph_cluster, tmp_path)
     c.rbd("snap", "unprotect", f"{POOL}/gold@clone-vm1")
     command(vols / "gold" / "control", "delete --purge-snapshots")
     assert not {"gold", "vm1", "deep"} & images(c)
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_clone_from_rbd_into_a_dir_pool(mounted, ceph_cephx, tmp_path, fmt):  # noqa: F811
+    """rbd -> dir: qemu-img convert -n from an rbd: URL, the cephx key in a keyring file
+    that exists only while it runs (never on a command line)."""
+    m, c = mounted, ceph_cephx
+    ceph_secret(m, c.client_key)
+    r = define_rbd(m, "rx", c, auth=AUTH)
+    d = define_pool(m, "files", tmp_path / "files")
+    command(r / "control", "create out 8M")
+    url = f"rbd:{POOL}/out:conf={c.conf}:id=admin"
+    run(["qemu-io", "-f", "raw", "-c", "write -P 0x6e 1M 64k", url])
+    name = f"copy.{fmt}"
+    command(r / "volumes" / "out" / "control", f"clone {name} --pool files --format {fmt}")
+    img = tmp_path / "files" / name
+    assert name in os.listdir(d / "volumes")
+    assert read(d / "volumes" / name / "format") == f"{fmt}\n"
+    assert read(d / "volumes" / name / "capacity") == f"{8 * MiB}\n"
+    run(["qemu-io", "-f", fmt, "-c", "read -P 0x6e 1M 64k", "-c", "read -P 0 0 1M", str(img)])
+    assert oct(img.stat().st_mode & 0o777) == "0o600"
+    assert " convert -p -n " in m.log() and "rbd:" in m.log()
+    assert c.client_key not in m.log()
+    assert not list(tmp_path.glob("files/.*"))  # no temporary left
+    # and back: dir -> rbd through qemu-img convert -n onto an rbd: URL, keyed by file
+    command(d / "volumes" / name / "control", f"clone back{fmt} --pool rx --format raw")
+    run(["qemu-io", "-f", "raw", "-c", "read -P 0x6e 1M 64k",
+         f"rbd:{POOL}/back{fmt}:conf={c.conf}:id=admin"])
+    assert c.client_key not in m.log()
+    os.rmdir(r / "volumes" / f"back{fmt}")
+    os.rmdir(r / "volumes" / "out")

@@ -49,7 +49,7 @@ import contextlib
 import errno
 import os
 import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -90,6 +90,8 @@ class FileStat:
                    st.st_ctime_ns)
 
 
+#: VolumeInfo.options key of a clone's source from another pool: its qemu URL (rbd:)
+QEMU_SOURCE = "qemu-source"
 #: the options of a volume that has none (shared: a volume's own are a new mapping)
 NO_OPTIONS: Mapping[str, str] = MappingProxyType({})
 
@@ -317,6 +319,13 @@ class PoolBackend:
         """Current sizes (statvfs, an engine's report), or None if unknown. Called in
         the background, never for a read; raises when the storage is gone."""
         return None
+
+    @contextlib.asynccontextmanager
+    async def qemu_source(self, info: VolumeInfo) -> AsyncIterator[str | None]:
+        """What qemu-img reads a volume of this pool as, for a copy into another pool:
+        a network volume's URL (rbd: with a keyring file that exists only meanwhile),
+        or None (a local path is info.path)."""
+        yield None
 
     async def volume_allocations(self) -> dict[str, int] | None:
         """Volumes' allocations that only a pool-wide call tells (rbd du), with the

@@ -431,6 +431,12 @@ class RbdBackend(PoolBackend):
         report(1.0)
         return await self._must_probe(spec.name)
 
+    @contextlib.asynccontextmanager
+    async def qemu_source(self, info: VolumeInfo):
+        conn = self.conn()
+        async with keyring(conn) as kr:
+            yield conn.qemu_url(info.name, kr)
+
     async def _copy(self, conn: Connection, argv: list[str], report) -> None:
         """An rbd copy whose "Image deep copy: 12% complete..." feeds progress."""
         pat = re.compile(rb"(\d+)% complete")

@@ -10,13 +10,14 @@ stay responsive (the work runs in a thread or a child process).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 import trio
 
-from ..backends.base import VolumeSpec
+from ..backends.base import QEMU_SOURCE, VolumeSpec
 from ..errors import Exists, NotFound, NotSupported
 from ..parsing import (
     CLONE_USAGE,
@@ -197,7 +198,15 @@ class VolumeCommands:
         try:
             async with self._op(vol, f"clone to '{new}'"):
                 report = self._progress(vol, "clone")
-                clone.info = await target.backend.clone_volume(vol.info, spec, report)
+                src = vol.info
+                # a network volume into another pool: its qemu URL, while the copy runs
+                network = target is not vol.pool and src.path is None
+                async with (vol.pool.backend.qemu_source(src) if network
+                            else contextlib.nullcontext()) as url:
+                    if url:
+                        src = dataclasses.replace(src, options={**src.options,
+                                                                QEMU_SOURCE: url})
+                    clone.info = await target.backend.clone_volume(src, spec, report)
             record.commit()
             target.volumes[new] = clone
         except BaseException:
