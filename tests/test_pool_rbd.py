@@ -99,6 +99,25 @@ def test_lister_decodes_cls_rbd_snap():
     assert decode_snapshot(value) == {"snapshot": "s1", "snapshot_id": 4, "size": 10 * MiB}
 
 
+@given(st.lists(st.sampled_from(["--linked", "--purge-snapshots", "--pool", "p", "new",
+                                  "--format", "raw", "x"]), max_size=6),
+       st.sampled_from(["clone", "delete"]))
+def test_clone_and_delete_lines_parse_or_einval(words, verb):
+    from storagefs.errors import StorageError
+    from storagefs.parsing import Clone, DeleteVolume, parse_volume_command
+
+    try:
+        cmd = parse_volume_command(" ".join([verb, *words]))
+    except StorageError as exc:
+        assert exc.errno == errno.EINVAL
+        return
+    if verb == "delete":
+        assert cmd == DeleteVolume(words == ["--purge-snapshots"])
+    else:
+        assert isinstance(cmd, Clone) and cmd.linked == ("--linked" in words)
+        assert words.count("--linked") == 1 or not cmd.linked
+
+
 def test_ceph_reason_picks_the_tools_line():
     err = ("2026-12-01T13:25:02.318+0000 7f25 -1 auth: unable to find a keyring: (2) No such "
            "file or directory\nrbd: create error: (17) File exists\n")
