@@ -248,7 +248,9 @@ class RbdBackend(PoolBackend):
         fast = self._fast & self._listed
         if not fast:
             return None
-        if trio.current_time() - self._du_at >= DU_EVERY:
+        # a new image is measured at the next figures refresh (hosts agree soon), the
+        # rest every DU_EVERY seconds
+        if trio.current_time() - self._du_at >= DU_EVERY or fast - self._used.keys():
             self._du_at = trio.current_time()
             used: dict[str, int] = {}
             try:
