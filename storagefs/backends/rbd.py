@@ -11,8 +11,9 @@ runs.
   are raw (RBD fixes the format). Allocation: an image with fast-diff (its object map
   says which objects exist) gets ``used_size`` of ``rbd du --format json``, one call
   for the pool (one per such image when others lack fast-diff: du would read every
-  object of those), made with the figures in the background, at most every DU_EVERY
-  seconds, never on a read; any other image shows its capacity (libvirt's
+  object of those; one call again past DU_ONE_BY_ONE of them), made with the figures
+  in the background, at most every DU_EVERY seconds and 1/DU_DUTY of the time, never
+  on a read; any other image shows its capacity (libvirt's
   ``<refresh><volume allocation='capacity'/>``).
 - the pool is polled (``poll_interval``) while someone reads it: an image made or
   removed by another host shows up or goes within that time.
@@ -72,6 +73,11 @@ LISTER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rbd_lister.py
 _LISTER_OK: bool | None = None
 #: seconds between two rbd du calls of a pool (the figures task runs more often)
 DU_EVERY = 5.0
+#: rbd du runs at most 1/DU_DUTY of the time (a du of 2 s: every 20 s at most)
+DU_DUTY = 10.0
+#: where some images lack fast-diff: up to this many fast-diff images are measured one
+#: by one; more, and one rbd du of the pool (which reads the others' objects) it is
+DU_ONE_BY_ONE = 32
 _PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 
 
@@ -94,6 +100,7 @@ class RbdBackend(PoolBackend):
         self._listed: set[str] = set()
         self._used: dict[str, int] = {}
         self._du_at = -DU_EVERY
+        self._du_took = 0.0
 
     # ---- the definition -------------------------------------------------------------
     @property
@@ -248,13 +255,17 @@ class RbdBackend(PoolBackend):
         fast = self._fast & self._listed
         if not fast:
             return None
-        # a new image is measured at the next figures refresh (hosts agree soon), the
-        # rest every DU_EVERY seconds
-        if trio.current_time() - self._du_at >= DU_EVERY or fast - self._used.keys():
-            self._du_at = trio.current_time()
+        # every DU_EVERY seconds, and never more than 1/DU_DUTY of the time (du of a
+        # large pool opens every image); a new image at the next refresh that allows
+        now = trio.current_time()
+        wait = max(DU_EVERY, DU_DUTY * self._du_took)
+        new = bool(fast - self._used.keys())
+        if now - self._du_at >= wait or (new and now - self._du_at >= DU_DUTY *
+                                         self._du_took):
+            self._du_at = now
             used: dict[str, int] = {}
             try:
-                if fast == self._listed:  # one call for the pool
+                if fast == self._listed or len(fast) > DU_ONE_BY_ONE:  # one call
                     used = parse_du(await self._json("du", "-p", self.pool,
                                                      what=f"rbd du of '{self.pool}'"))
                 else:  # du of the others would read every one of their objects
@@ -264,6 +275,7 @@ class RbdBackend(PoolBackend):
             except StorageError as exc:
                 if exc.errno != errno.ENOENT:  # an image removed meanwhile: next time
                     raise
+            self._du_took = trio.current_time() - now
             self._used = used
         return {n: self._used[n] for n in fast if n in self._used}
 
