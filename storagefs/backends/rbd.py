@@ -273,8 +273,12 @@ class RbdBackend(PoolBackend):
                         used.update(parse_du(await self._json(
                             "du", self._spec(name), what=f"rbd du '{self._spec(name)}'")))
             except StorageError as exc:
-                if exc.errno != errno.ENOENT:  # an image removed meanwhile: next time
-                    raise
+                # an image removed meanwhile, a du past its time limit (a huge pool):
+                # the figures stay as they were and the next try waits 10x as long; a
+                # cluster that is gone is the listing's to tell (inaccessible)
+                self._du_took = trio.current_time() - now
+                log.info("pool %s: allocations not refreshed: %s", self.pool, exc.reason)
+                return {n: self._used[n] for n in fast if n in self._used}
             self._du_took = trio.current_time() - now
             self._used = used
         return {n: self._used[n] for n in fast if n in self._used}
