@@ -29,13 +29,10 @@ runs.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import logging
 import os
-import re
-import secrets
 
 import trio
 
@@ -44,6 +41,7 @@ from ..errors import Busy, Exists, InvalidArgument, NotSupported, StorageError
 from . import rbdlock
 from .base import PoolBackend, PoolInfo, VolumeInfo, VolumePolicy, VolumeSpec
 from .fileops import Snapshot
+from .rbd_copies import RbdCopies
 from .rbdtool import (
     LONG_TIMEOUT,
     QUICK_TIMEOUT,
@@ -64,8 +62,6 @@ log = logging.getLogger(__name__)
 
 #: seconds between two listings of a pool someone reads (other hosts' changes)
 POLL_INTERVAL = 1.0
-#: prefix of the hidden name a clone is made under before its rename
-HIDDEN = ".storagefs-"
 #: Debian's Python, whose python3-rados the listing script uses
 SYSTEM_PYTHON = "/usr/bin/python3"
 LISTER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rbd_lister.py")
@@ -78,10 +74,9 @@ DU_DUTY = 10.0
 #: where some images lack fast-diff: up to this many fast-diff images are measured one
 #: by one; more, and one rbd du of the pool (which reads the others' objects) it is
 DU_ONE_BY_ONE = 32
-_PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 
 
-class RbdBackend(PoolBackend):
+class RbdBackend(RbdCopies, PoolBackend):
     type = "rbd"
     policy = VolumePolicy(formats=("raw",), default_format="raw",
                           wipe_algorithms=("zero", "trim"),
@@ -374,121 +369,6 @@ class RbdBackend(PoolBackend):
                 raise Busy(f"snapshot '{snap}' is protected (rbd snap unprotect it first, "
                            "or remove its clones)") from None
             raise
-        return await self._must_probe(info.name)
-
-    # ---- copies ------------------------------------------------------------------------------
-    def _same_cluster(self, src: VolumeInfo) -> bool:
-        """An RBD image (url POOL/IMAGE, no local node): copied inside the cluster."""
-        url = src.url or ""
-        return src.type == "network" and src.path is None and url.count("/") == 1 and \
-            "://" not in url and ":" not in url
-
-    async def clone_volume(self, src: VolumeInfo, spec: VolumeSpec, report) -> VolumeInfo:
-        self.check_volume_name(spec.name)
-        if spec.format not in ("raw", ""):
-            raise NotSupported(f"RBD images are raw; cannot clone into format "
-                               f"'{spec.format}'")
-        hidden = f"{HIDDEN}{secrets.token_hex(4)}-{spec.name}"
-        conn = self.conn()
-        if spec.options.get("linked") == "yes":
-            return await self._linked_clone(src, spec, hidden, report)
-        try:
-            if self._same_cluster(src):
-                # a full copy of the image's data (not its snapshots), in the cluster
-                await self._copy(conn, ["cp", src.url, self._spec(hidden)], report)
-            elif src.path:
-                await self._rbd("create", self._spec(hidden), "--size", f"{src.capacity}B",
-                                what=f"failed to create volume '{self._spec(spec.name)}'")
-                await self._convert(conn, src, hidden, report)
-            else:
-                raise NotSupported(f"cannot copy '{src.name}' into an rbd pool (no path)")
-            await self._rbd("rename", self._spec(hidden), self._spec(spec.name),
-                            what=f"failed to create volume '{self._spec(spec.name)}'")
-        except BaseException as exc:
-            with trio.CancelScope(shield=True), contextlib.suppress(StorageError):
-                await self._rbd("rm", "--no-progress", self._spec(hidden),
-                                what="remove the partial copy")
-            if isinstance(exc, StorageError) and exc.errno == errno.EEXIST:
-                raise Exists(exc.reason) from None
-            raise
-        return await self._must_probe(spec.name)
-
-    async def _linked_clone(self, src: VolumeInfo, spec: VolumeSpec, hidden: str,
-                            report) -> VolumeInfo:
-        """``clone NEW --linked``: snapshot ``clone-NEW`` of the source, protected, and
-        ``rbd clone`` of it (copy-on-write: the clone shares the source's objects),
-        made under a hidden name and renamed into place. The snapshot stays protected
-        while the clone lives (the source's delete refuses, with the reason)."""
-        if not self._same_cluster(src) or not src.url.startswith(f"{self.pool}/"):
-            raise NotSupported("a linked clone is made from an image of the same pool")
-        snap = f"{src.url}@clone-{spec.name}"
-        made = protected = False
-        try:
-            await self._rbd("snap", "create", "--no-progress", snap,
-                            what=f"failed to snapshot '{src.url}' for a linked clone")
-            made = True
-            await self._rbd("snap", "protect", snap, what=f"failed to protect '{snap}'")
-            protected = True
-            await self._rbd("clone", snap, self._spec(hidden),
-                            what=f"failed to clone '{snap}'")
-            await self._rbd("rename", self._spec(hidden), self._spec(spec.name),
-                            what=f"failed to create volume '{self._spec(spec.name)}'")
-        except BaseException as exc:
-            undo = [("rm", "--no-progress", self._spec(hidden))]
-            if protected:
-                undo.append(("snap", "unprotect", snap))
-            if made:
-                undo.append(("snap", "rm", "--no-progress", snap))
-            with trio.CancelScope(shield=True):
-                for argv in undo:  # each step on its own: one that fails stops none
-                    with contextlib.suppress(StorageError):
-                        await self._rbd(*argv, what="undo a partial linked clone")
-            if isinstance(exc, StorageError) and exc.errno == errno.EEXIST:
-                raise Exists(exc.reason) from None
-            raise
-        report(1.0)
-        return await self._must_probe(spec.name)
-
-    @contextlib.asynccontextmanager
-    async def qemu_source(self, info: VolumeInfo):
-        conn = self.conn()
-        async with keyring(conn) as kr:
-            yield conn.qemu_url(info.name, kr)
-
-    async def _copy(self, conn: Connection, argv: list[str], report) -> None:
-        """An rbd copy whose "Image deep copy: 12% complete..." feeds progress."""
-        pat = re.compile(rb"(\d+)% complete")
-        async with keyring(conn) as kr:
-            limit = hostcmd.limit(LONG_TIMEOUT)
-            try:
-                await hostcmd.run_progress(["rbd", *conn.args(kr, limit), *argv], pat,
-                                           report, timeout=limit)
-            except StorageError as exc:
-                raise StorageError(f"failed to copy the image: {exc.reason}",
-                                   exc.errno) from None
-
-    async def _convert(self, conn: Connection, src: VolumeInfo, image: str, report) -> None:
-        async with keyring(conn) as kr:
-            fmt = src.format if src.format != "luks" else "raw"
-            argv = ["qemu-img", "convert", "-p", "-n", "-f", fmt, "-O", "raw", src.path,
-                    conn.qemu_url(image, kr)]
-            await hostcmd.run_progress(argv, _PROGRESS, report, timeout=LONG_TIMEOUT)
-
-    async def wipe_volume(self, info: VolumeInfo, algorithm: str, report) -> VolumeInfo:
-        conn = self.conn()
-        async with keyring(conn) as kr:
-            url = conn.qemu_url(info.name, kr)
-            if algorithm == "trim":
-                await hostcmd.run(["qemu-io", "-f", "raw", "-c",
-                                   f"discard 0 {info.capacity}", url],
-                                  timeout=LONG_TIMEOUT)
-            else:  # zeros written over every byte (-S 0: no zero detection)
-                src = json.dumps({"driver": "raw", "file": {
-                    "driver": "null-co", "size": info.capacity, "read-zeroes": True}})
-                await hostcmd.run_progress(
-                    ["qemu-img", "convert", "-p", "-n", "-S", "0", "-O", "raw",
-                     f"json:{src}", url], _PROGRESS, report, timeout=LONG_TIMEOUT)
-        report(1.0)
         return await self._must_probe(info.name)
 
     # ---- locks across hosts -----------------------------------------------------------------
