@@ -21,7 +21,8 @@ MAX_COMMAND_BYTES = 4096
 WIPE_ALGORITHMS = ("zero", "nnsa", "dod", "bsi", "gutmann", "schneier", "pfitzner7",
                    "pfitzner33", "random", "trim")
 POOL_VERBS = ("start", "stop", "refresh", "build", "delete", "create")
-VOLUME_VERBS = ("resize", "clone", "wipe", "snapshot", "revert", "delete-snapshot")
+VOLUME_VERBS = ("resize", "clone", "wipe", "snapshot", "revert", "delete-snapshot",
+                "delete")
 YES = {"yes", "y", "true", "on", "1"}
 NO = {"no", "n", "false", "off", "0"}
 
@@ -67,6 +68,8 @@ class Clone:
     new: str
     format: str | None = None
     pool: str | None = None
+    #: a copy-on-write clone of a snapshot (rbd: snap create + protect + rbd clone)
+    linked: bool = False
 
     def __str__(self) -> str:
         return f"clone {self.new}"
@@ -92,7 +95,18 @@ class Snapshot:
         return f"{verb} {self.name}"
 
 
-VolumeCommand = Resize | Clone | Wipe | Snapshot
+@dataclass(frozen=True)
+class DeleteVolume:
+    """``delete [--purge-snapshots]``: rmdir, or with the volume's snapshots removed
+    first (where the pool type can; protected snapshots still refuse)."""
+
+    purge_snapshots: bool = False
+
+    def __str__(self) -> str:
+        return "delete --purge-snapshots" if self.purge_snapshots else "delete"
+
+
+VolumeCommand = Resize | Clone | Wipe | Snapshot | DeleteVolume
 
 
 # ---- lines -------------------------------------------------------------------------
@@ -219,7 +233,7 @@ def parse_create(args: tuple[str, ...]) -> CreateVolume:
     return CreateVolume(name, capacity, fmt, allocation)
 
 
-CLONE_USAGE = "clone NEWNAME [--format FMT] [--pool POOL]"
+CLONE_USAGE = "clone NEWNAME [--format FMT] [--pool POOL] [--linked]"
 
 
 def parse_volume_command(line: str | bytes, valid: list[str] | None = None
@@ -240,11 +254,17 @@ def parse_volume_command(line: str | bytes, valid: list[str] | None = None
         return Resize(_size(sizes[0]), "--delta" in flags, "--allocate" in flags,
                       "--shrink" in flags)
     if verb == "clone":
-        words, opts = _options(args, ("--format", "--pool"), CLONE_USAGE)
-        if len(words) != 1:
+        linked = "--linked" in args
+        rest = tuple(a for a in args if a != "--linked")
+        words, opts = _options(rest, ("--format", "--pool"), CLONE_USAGE)
+        if len(words) != 1 or args.count("--linked") > 1:
             raise InvalidArgument(f"usage: {CLONE_USAGE}")
         return Clone(check_name(words[0], "volume name"), opts.get("--format"),
-                     opts.get("--pool"))
+                     opts.get("--pool"), linked)
+    if verb == "delete":
+        if set(args) - {"--purge-snapshots"} or len(args) > 1:
+            raise InvalidArgument("usage: delete [--purge-snapshots]")
+        return DeleteVolume(bool(args))
     if verb == "wipe":
         if len(args) > 1:
             raise InvalidArgument(f"usage: wipe [{'|'.join(WIPE_ALGORITHMS)}]")

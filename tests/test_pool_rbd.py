@@ -99,6 +99,25 @@ def test_lister_decodes_cls_rbd_snap():
     assert decode_snapshot(value) == {"snapshot": "s1", "snapshot_id": 4, "size": 10 * MiB}
 
 
+@given(st.lists(st.sampled_from(["--linked", "--purge-snapshots", "--pool", "p", "new",
+                                  "--format", "raw", "x"]), max_size=6),
+       st.sampled_from(["clone", "delete"]))
+def test_clone_and_delete_lines_parse_or_einval(words, verb):
+    from storagefs.errors import StorageError
+    from storagefs.parsing import Clone, DeleteVolume, parse_volume_command
+
+    try:
+        cmd = parse_volume_command(" ".join([verb, *words]))
+    except StorageError as exc:
+        assert exc.errno == errno.EINVAL
+        return
+    if verb == "delete":
+        assert cmd == DeleteVolume(words == ["--purge-snapshots"])
+    else:
+        assert isinstance(cmd, Clone) and cmd.linked == ("--linked" in words)
+        assert words.count("--linked") == 1 or not cmd.linked
+
+
 def test_ceph_reason_picks_the_tools_line():
     err = ("2026-12-01T13:25:02.318+0000 7f25 -1 auth: unable to find a keyring: (2) No such "
            "file or directory\nrbd: create error: (17) File exists\n")
@@ -315,3 +334,135 @@ def test_cluster_that_stops_answering(mount_factory, ceph_cluster, tmp_path):  #
     assert read(p / "state") == "running\n"
     assert "stays" in os.listdir(p / "volumes")
     os.rmdir(p / "volumes" / "stays")
+
+
+# ---- issue 13 (rbd): delete with snapshots, allocation, linked clones, across pools -------
+def test_delete_purges_snapshots_only_when_asked(mounted, ceph_cluster):  # noqa: F811
+    m, c = mounted, ceph_cluster
+    p = define_rbd(m, "rp", c)
+    vols = p / "volumes"
+    command(p / "control", "create snapped 4M")
+    os.mkdir(vols / "snapped" / "snapshots" / "s1")
+    os.mkdir(vols / "snapped" / "snapshots" / "s2")
+    # rmdir: refused with Ceph's reason, which names the way out
+    with pytest.raises(OSError) as exc:
+        os.rmdir(vols / "snapped")
+    assert exc.value.errno == errno.ENOTEMPTY
+    assert "--purge-snapshots" in assert_one_error_line(vols / "snapped")
+    # a protected snapshot refuses the purge, with the reason; nothing changed
+    c.rbd("snap", "protect", f"{POOL}/snapped@s2")
+    code, _ = write_errno(vols / "snapped" / "control", "delete --purge-snapshots\n")
+    assert code == errno.EBUSY
+    assert "s2 is protected" in assert_one_error_line(vols / "snapped")
+    assert {s["name"] for s in c.rbd_json("snap", "ls", f"{POOL}/snapped")} == {"s1", "s2"}
+    assert "snapped" in os.listdir(vols)
+    # unprotected by the user: the purge removes the snapshots and the image
+    c.rbd("snap", "unprotect", f"{POOL}/snapped@s2")
+    command(vols / "snapped" / "control", "delete --purge-snapshots")
+    assert "snapped" not in images(c)
+    assert "snapped" not in os.listdir(vols)
+    # bad input: EINVAL, changes nothing
+    command(p / "control", "create other 4M")
+    code, _ = write_errno(vols / "other" / "control", "delete --all\n")
+    assert code == errno.EINVAL
+    assert "other" in images(c)
+    command(vols / "other" / "control", "delete")
+    assert "other" not in images(c)
+
+
+def test_allocation_from_rbd_du_where_fast_diff(mounted, ceph_cluster):  # noqa: F811
+    m, c = mounted, ceph_cluster
+    p = define_rbd(m, "ra", c)
+    vols = p / "volumes"
+    command(p / "control", "create fast 64M")  # Ceph's default features: fast-diff
+    assert "fast-diff" in c.rbd_json("info", f"{POOL}/fast")["features"]
+    run(["qemu-io", "-f", "raw", "-c", "write -P 0x11 0 8M", f"rbd:{POOL}/fast:conf={c.conf}"])
+    os.listdir(vols)  # someone reads the pool: its figures refresh in the background
+    assert wait_for(lambda: read(vols / "fast" / "allocation") == f"{8 * MiB}\n", 15), \
+        read(vols / "fast" / "allocation")
+    alloc = xml_value(read(vols / "fast" / "status.xml"), "/volume/allocation")
+    assert int(alloc) == 8 * MiB
+    assert " du -p rbdtest " in m.log()  # one call for the pool
+    # reads never call rbd du
+    calls = m.log().count(" du ")
+    for _ in range(20):
+        read(vols / "fast" / "allocation")
+    assert m.log().count(" du ") - calls <= 1  # at most one by the background task
+    # an image without fast-diff: the capacity, as libvirt's allocation='capacity'
+    c.rbd("create", f"{POOL}/slow", "--size", "16M", "--image-feature", "layering")
+    run(["qemu-io", "-f", "raw", "-c", "write -P 0x22 0 1M", f"rbd:{POOL}/slow:conf={c.conf}"])
+    assert wait_for(lambda: "slow" in os.listdir(vols), 5)
+    time.sleep(6)  # one more du (of the fast-diff images only)
+    assert read(vols / "slow" / "allocation") == f"{16 * MiB}\n"
+    assert read(vols / "fast" / "allocation") == f"{8 * MiB}\n"
+    assert f" du {POOL}/slow" not in m.log()
+    os.rmdir(vols / "slow")
+    os.rmdir(vols / "fast")
+
+
+def test_linked_clone_is_snapshot_protect_clone(mounted, ceph_cluster, tmp_path):  # noqa: F811
+    m, c = mounted, ceph_cluster
+    p = define_rbd(m, "rl", c)
+    vols = p / "volumes"
+    command(p / "control", "create gold 16M")
+    url = f"rbd:{POOL}/gold:conf={c.conf}"
+    run(["qemu-io", "-f", "raw", "-c", "write -P 0x3c 0 1M", url])
+    command(vols / "gold" / "control", "clone vm1 --linked")
+    # a copy-on-write child of gold@clone-vm1, which is protected
+    parent = c.rbd_json("info", f"{POOL}/vm1")["parent"]
+    assert (parent["image"], parent["snapshot"]) == ("gold", "clone-vm1")
+    snaps = {s["name"]: s for s in c.rbd_json("snap", "ls", f"{POOL}/gold")}
+    assert snaps["clone-vm1"]["protected"] == "true"
+    run(["qemu-io", "-f", "raw", "-c", "read -P 0x3c 0 1M", f"rbd:{POOL}/vm1:conf={c.conf}"])
+    assert "vm1" in os.listdir(vols)
+    assert not [n for n in images(c) if n.startswith(".")]
+    assert wait_for(lambda: "clone-vm1" in os.listdir(vols / "gold" / "snapshots"), 5)
+    # a plain clone stays a deep copy: no parent
+    command(vols / "gold" / "control", "clone deep")
+    assert "parent" not in c.rbd_json("info", f"{POOL}/deep")
+    # the source cannot go while its clone needs the protected snapshot: the reason
+    code, _ = write_errno(vols / "gold" / "control", "delete --purge-snapshots\n")
+    assert code == errno.EBUSY
+    assert "clone-vm1 is protected" in assert_one_error_line(vols / "gold")
+    # --linked into another pool: refused, nothing made
+    define_pool(m, "files", tmp_path / "files")
+    code, _ = write_errno(vols / "gold" / "control", "clone x --linked --pool files\n")
+    assert code in (errno.ENOTSUP, errno.EOPNOTSUPP)
+    assert "own pool" in assert_one_error_line(vols / "gold")
+    assert not os.listdir(tmp_path / "files")
+    os.rmdir(vols / "vm1")
+    os.rmdir(vols / "deep")
+    c.rbd("snap", "unprotect", f"{POOL}/gold@clone-vm1")
+    command(vols / "gold" / "control", "delete --purge-snapshots")
+    assert not {"gold", "vm1", "deep"} & images(c)
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_clone_from_rbd_into_a_dir_pool(mounted, ceph_cephx, tmp_path, fmt):  # noqa: F811
+    """rbd -> dir: qemu-img convert -n from an rbd: URL, the cephx key in a keyring file
+    that exists only while it runs (never on a command line)."""
+    m, c = mounted, ceph_cephx
+    ceph_secret(m, c.client_key)
+    r = define_rbd(m, "rx", c, auth=AUTH)
+    d = define_pool(m, "files", tmp_path / "files")
+    command(r / "control", "create out 8M")
+    url = f"rbd:{POOL}/out:conf={c.conf}:id=admin"
+    run(["qemu-io", "-f", "raw", "-c", "write -P 0x6e 1M 64k", url])
+    name = f"copy.{fmt}"
+    command(r / "volumes" / "out" / "control", f"clone {name} --pool files --format {fmt}")
+    img = tmp_path / "files" / name
+    assert name in os.listdir(d / "volumes")
+    assert read(d / "volumes" / name / "format") == f"{fmt}\n"
+    assert read(d / "volumes" / name / "capacity") == f"{8 * MiB}\n"
+    run(["qemu-io", "-f", fmt, "-c", "read -P 0x6e 1M 64k", "-c", "read -P 0 0 1M", str(img)])
+    assert oct(img.stat().st_mode & 0o777) == "0o600"
+    assert " convert -p -n " in m.log() and "rbd:" in m.log()
+    assert c.client_key not in m.log()
+    assert not list(tmp_path.glob("files/.*"))  # no temporary left
+    # and back: dir -> rbd through qemu-img convert -n onto an rbd: URL, keyed by file
+    command(d / "volumes" / name / "control", f"clone back{fmt} --pool rx --format raw")
+    run(["qemu-io", "-f", "raw", "-c", "read -P 0x6e 1M 64k",
+         f"rbd:{POOL}/back{fmt}:conf={c.conf}:id=admin"])
+    assert c.client_key not in m.log()
+    os.rmdir(r / "volumes" / f"back{fmt}")
+    os.rmdir(r / "volumes" / "out")

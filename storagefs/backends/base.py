@@ -49,7 +49,7 @@ import contextlib
 import errno
 import os
 import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -90,6 +90,8 @@ class FileStat:
                    st.st_ctime_ns)
 
 
+#: VolumeInfo.options key of a clone's source from another pool: its qemu URL (rbd:)
+QEMU_SOURCE = "qemu-source"
 #: the options of a volume that has none (shared: a volume's own are a new mapping)
 NO_OPTIONS: Mapping[str, str] = MappingProxyType({})
 
@@ -240,6 +242,10 @@ class PoolBackend:
     policy: ClassVar[VolumePolicy] = VolumePolicy()
     #: its <source><device>s are its own: no other pool that claims devices may use them
     claims_devices: ClassVar[bool] = False
+    #: delete_volume(info, purge_snapshots=True) removes the volume's snapshots first
+    purges_snapshots: ClassVar[bool] = False
+    #: clone_volume makes a copy-on-write clone when spec.options["linked"] == "yes"
+    linked_clones: ClassVar[bool] = False
 
     def __init__(self, definition: PoolDef, ctx: PoolContext | None = None) -> None:
         self.definition = definition
@@ -312,6 +318,18 @@ class PoolBackend:
     async def pool_info(self) -> PoolInfo | None:
         """Current sizes (statvfs, an engine's report), or None if unknown. Called in
         the background, never for a read; raises when the storage is gone."""
+        return None
+
+    @contextlib.asynccontextmanager
+    async def qemu_source(self, info: VolumeInfo) -> AsyncIterator[str | None]:
+        """What qemu-img reads a volume of this pool as, for a copy into another pool:
+        a network volume's URL (rbd: with a keyring file that exists only meanwhile),
+        or None (a local path is info.path)."""
+        yield None
+
+    async def volume_allocations(self) -> dict[str, int] | None:
+        """Volumes' allocations that only a pool-wide call tells (rbd du), with the
+        figures, in the background (never on a read): name -> bytes, or None."""
         return None
 
     async def target_perms(self) -> tuple[int, int, int] | None:

@@ -195,6 +195,28 @@ async def qemu_convert(src: VolumeInfo, dst: str, fmt: str, report: Progress) ->
         raise from_oserror(exc, f"cannot set the permissions of '{dst}'") from None
 
 
+async def convert_from_url(url: str, src_fmt: str, capacity: int, dst: str, fmt: str,
+                           report: Progress) -> None:
+    """A network volume of another pool (an ``rbd:`` URL whose keyring file exists only
+    while this runs) converted into a new file: dst is made first (0600, the capacity;
+    a qcow2 by qemu-img create), then ``qemu-img convert -n`` writes into it. The caller
+    removes dst on failure."""
+    try:
+        fd = create_private(dst)
+        try:
+            if fmt == "raw":
+                os.ftruncate(fd, capacity)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise from_oserror(exc, f"cannot create '{dst}'") from None
+    if fmt != "raw":
+        await hostcmd.run([QEMU_IMG, "create", "-q", "-f", fmt, dst, str(capacity)],
+                          timeout=60)
+    argv = [QEMU_IMG, "convert", "-p", "-n", "-f", src_fmt, "-O", fmt, url, dst]
+    await hostcmd.run_progress(argv, _PERCENT, report, timeout=24 * 3600)
+
+
 async def wipe_file(info: VolumeInfo, algorithm: str, report: Progress,
                     secret_file: str | None = None) -> None:
     if algorithm not in WIPE_ALGORITHMS:

@@ -21,7 +21,7 @@ from .. import hostcmd
 from ..errors import Busy, Exists, InvalidArgument, NotSupported, StorageError, from_oserror
 from ..names import check_name
 from . import allocation, fileio, fileops, imagefmt
-from .base import VolumeInfo, VolumeSpec
+from .base import QEMU_SOURCE, VolumeInfo, VolumeSpec
 from .imagefmt import CREATABLE, QEMU_ERRNOS, QEMU_IMG, RESIZABLE, check_creatable, made_format
 
 log = logging.getLogger(__name__)
@@ -318,14 +318,21 @@ class FileVolumes:
         return await self.create(spec, tmp)
 
     async def clone(self, src: VolumeInfo, spec: VolumeSpec, report) -> VolumeInfo:
-        await self.ensure_regular(src)
+        url = src.options.get(QEMU_SOURCE) if src.path is None else None
+        if url is None:
+            await self.ensure_regular(src)
+        if spec.format not in CREATABLE and (url or spec.format != src.format):
+            raise NotSupported(f"cannot convert to format '{spec.format}'")
         path = self.path_of(spec.name)
         if await self.io(os.path.lexists, path, what=f"stat {path}"):
             raise Exists(f"volume target path '{path}' already exists")
         tmp = os.path.join(self.dir, self.temp_name("clone", spec.name))
         await self.discard(tmp)  # left by an interrupted clone (the name is reserved now)
         try:
-            if spec.format == src.format:
+            if url is not None:  # a network volume of another pool (rbd)
+                await fileops.convert_from_url(url, src.format, src.capacity, tmp,
+                                               spec.format, report)
+            elif spec.format == src.format:
                 await fileops.copy_file(src.path, tmp, src.physical, report)
             else:
                 if spec.format not in CREATABLE:

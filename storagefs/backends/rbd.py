@@ -8,8 +8,13 @@ runs.
 
 - listing: one ``rbd ls -l --format json`` for every image, its size, parent and
   snapshots (never one open per image) and one ``rados df`` for the figures. Volumes
-  are raw (RBD fixes the format); allocation is the capacity (libvirt's
-  ``<refresh><volume allocation='capacity'/>``): ``rbd du`` opens every image.
+  are raw (RBD fixes the format). Allocation: an image with fast-diff (its object map
+  says which objects exist) gets ``used_size`` of ``rbd du --format json``, one call
+  for the pool (one per such image when others lack fast-diff: du would read every
+  object of those; one call again past DU_ONE_BY_ONE of them), made with the figures
+  in the background, at most every DU_EVERY seconds and 1/DU_DUTY of the time, never
+  on a read; any other image shows its capacity (libvirt's
+  ``<refresh><volume allocation='capacity'/>``).
 - the pool is polled (``poll_interval``) while someone reads it: an image made or
   removed by another host shows up or goes within that time.
 - create is ``rbd create`` (atomic in the cluster: of two hosts making one name, one
@@ -24,13 +29,10 @@ runs.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import logging
 import os
-import re
-import secrets
 
 import trio
 
@@ -39,6 +41,7 @@ from ..errors import Busy, Exists, InvalidArgument, NotSupported, StorageError
 from . import rbdlock
 from .base import PoolBackend, PoolInfo, VolumeInfo, VolumePolicy, VolumeSpec
 from .fileops import Snapshot
+from .rbd_copies import RbdCopies
 from .rbdtool import (
     LONG_TIMEOUT,
     QUICK_TIMEOUT,
@@ -50,6 +53,7 @@ from .rbdtool import (
     key_text,
     keyring,
     parse_df,
+    parse_du,
     parse_json,
     parse_ls_long,
 )
@@ -58,28 +62,40 @@ log = logging.getLogger(__name__)
 
 #: seconds between two listings of a pool someone reads (other hosts' changes)
 POLL_INTERVAL = 1.0
-#: prefix of the hidden name a clone is made under before its rename
-HIDDEN = ".storagefs-"
 #: Debian's Python, whose python3-rados the listing script uses
 SYSTEM_PYTHON = "/usr/bin/python3"
 LISTER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rbd_lister.py")
 #: None: not tried yet; False: that Python has no rados module
 _LISTER_OK: bool | None = None
-_PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
+#: seconds between two rbd du calls of a pool (the figures task runs more often)
+DU_EVERY = 5.0
+#: rbd du runs at most 1/DU_DUTY of the time (a du of 2 s: every 20 s at most)
+DU_DUTY = 10.0
+#: where some images lack fast-diff: up to this many fast-diff images are measured one
+#: by one; more, and one rbd du of the pool (which reads the others' objects) it is
+DU_ONE_BY_ONE = 32
 
 
-class RbdBackend(PoolBackend):
+class RbdBackend(RbdCopies, PoolBackend):
     type = "rbd"
     policy = VolumePolicy(formats=("raw",), default_format="raw",
                           wipe_algorithms=("zero", "trim"),
                           snapshots={"raw": ("engine",)}, watchable=False,
                           poll_interval=POLL_INTERVAL)
+    purges_snapshots = True
+    linked_clones = True
 
     def __init__(self, definition, ctx=None) -> None:
         super().__init__(definition, ctx)
         self._info: PoolInfo | None = None
         #: the figures the last listing brought along (None: ask rados df)
         self._listed_df: tuple[int, int, int] | None = None
+        #: images with fast-diff (from the listing or rbd info), their rbd du used_size
+        self._fast: set[str] = set()
+        self._listed: set[str] = set()
+        self._used: dict[str, int] = {}
+        self._du_at = -DU_EVERY
+        self._du_took = 0.0
 
     # ---- the definition -------------------------------------------------------------
     @property
@@ -120,12 +136,14 @@ class RbdBackend(PoolBackend):
     def _volume(self, name: str, size: int, snaps: list[dict],
                 parent: str | None = None) -> VolumeInfo:
         spec = self._spec(name)
+        used = self._used.get(name, size) if name in self._fast else size
         info = VolumeInfo(name=name, path=None, key=spec, format="raw", type="network",
-                          capacity=size, allocation=size, physical=size, url=spec)
+                          capacity=size, allocation=min(used, size), physical=size,
+                          url=spec)
         info.snapshots = [Snapshot(s["name"], s.get("id", ""), s.get("date", ""))
                           for s in snaps]
         if parent:
-            info.options["parent"] = parent
+            info.options = {"parent": parent}
         return info
 
     def _from_row(self, row: ImageRow) -> VolumeInfo:
@@ -158,6 +176,10 @@ class RbdBackend(PoolBackend):
         rows = parse_ls_long(await self._listing())
         if self._listed_df is None:
             await self.pool_info()
+        # a listing that tells no features (rbd ls -l) keeps what rbd info said
+        self._fast = {r.name for r in rows if r.fast_diff or
+                      (r.features is None and r.name in self._fast)}
+        self._listed = {r.name for r in rows if not r.name.startswith(".")}
         vols = [self._from_row(r) for r in rows if not r.name.startswith(".")]
         return self._info or PoolInfo(), vols
 
@@ -210,6 +232,11 @@ class RbdBackend(PoolBackend):
         if not isinstance(data, dict):
             return None
         size = int(data.get("size", 0) or 0)
+        features = data.get("features")
+        if isinstance(features, list) and "fast-diff" in features:
+            self._fast.add(name)
+        else:
+            self._fast.discard(name)
         parent = data.get("parent")
         pname = None
         if isinstance(parent, dict) and parent.get("image"):
@@ -218,6 +245,38 @@ class RbdBackend(PoolBackend):
                  "date": str(s.get("timestamp", ""))}
                 for s in (snaps or []) if isinstance(s, dict)]
         return self._volume(name, size, rows, pname)
+
+    async def volume_allocations(self) -> dict[str, int] | None:
+        fast = self._fast & self._listed
+        if not fast:
+            return None
+        # every DU_EVERY seconds, and never more than 1/DU_DUTY of the time (du of a
+        # large pool opens every image); a new image at the next refresh that allows
+        now = trio.current_time()
+        wait = max(DU_EVERY, DU_DUTY * self._du_took)
+        new = bool(fast - self._used.keys())
+        if now - self._du_at >= wait or (new and now - self._du_at >= DU_DUTY *
+                                         self._du_took):
+            self._du_at = now
+            used: dict[str, int] = {}
+            try:
+                if fast == self._listed or len(fast) > DU_ONE_BY_ONE:  # one call
+                    used = parse_du(await self._json("du", "-p", self.pool,
+                                                     what=f"rbd du of '{self.pool}'"))
+                else:  # du of the others would read every one of their objects
+                    for name in sorted(fast):
+                        used.update(parse_du(await self._json(
+                            "du", self._spec(name), what=f"rbd du '{self._spec(name)}'")))
+            except StorageError as exc:
+                # an image removed meanwhile, a du past its time limit (a huge pool):
+                # the figures stay as they were and the next try waits 10x as long; a
+                # cluster that is gone is the listing's to tell (inaccessible)
+                self._du_took = trio.current_time() - now
+                log.info("pool %s: allocations not refreshed: %s", self.pool, exc.reason)
+                return {n: self._used[n] for n in fast if n in self._used}
+            self._du_took = trio.current_time() - now
+            self._used = used
+        return {n: self._used[n] for n in fast if n in self._used}
 
     async def _must_probe(self, name: str) -> VolumeInfo:
         info = await self.probe_volume(name)
@@ -251,7 +310,9 @@ class RbdBackend(PoolBackend):
             raise
         return await self._must_probe(spec.name)
 
-    async def delete_volume(self, info: VolumeInfo) -> None:
+    async def delete_volume(self, info: VolumeInfo, purge_snapshots: bool = False) -> None:
+        if purge_snapshots:
+            await self._purge_snapshots(info)
         try:
             await self._rbd("rm", "--no-progress", self._spec(info.name),
                             what=f"failed to remove volume '{info.key}'")
@@ -260,8 +321,26 @@ class RbdBackend(PoolBackend):
                 return
             if exc.errno == errno.ENOTEMPTY:
                 raise StorageError(f"{exc.reason.rstrip('.')} (remove them in "
-                                   "snapshots/ first)", errno.ENOTEMPTY) from None
+                                   "snapshots/ first, or 'delete --purge-snapshots')",
+                                   errno.ENOTEMPTY) from None
             raise
+
+    async def _purge_snapshots(self, info: VolumeInfo) -> None:
+        """``rbd snap purge``, after a check that no snapshot is protected (purge would
+        remove the others and then fail): nothing is unprotected behind the user's back,
+        and a refusal changes nothing."""
+        spec = self._spec(info.name)
+        snaps = await self._json("snap", "ls", spec, what=f"rbd snap ls '{spec}'")
+        prot = [str(s.get("name")) for s in (snaps or []) if isinstance(s, dict)
+                and str(s.get("protected", "false")).lower() == "true"]
+        if prot:
+            raise Busy(f"cannot purge the snapshots of '{spec}': "
+                       f"{', '.join(prot)} {'is' if len(prot) == 1 else 'are'} protected "
+                       "(rbd snap unprotect, after its clones are flattened or removed)")
+        if snaps:
+            await self._rbd("snap", "purge", "--no-progress", spec,
+                            what=f"failed to purge the snapshots of '{spec}'",
+                            timeout=LONG_TIMEOUT)
 
     async def resize_volume(self, info: VolumeInfo, capacity: int, *, shrink: bool = False,
                             allocate: bool = False, **_ignored) -> VolumeInfo:
@@ -290,77 +369,6 @@ class RbdBackend(PoolBackend):
                 raise Busy(f"snapshot '{snap}' is protected (rbd snap unprotect it first, "
                            "or remove its clones)") from None
             raise
-        return await self._must_probe(info.name)
-
-    # ---- copies ------------------------------------------------------------------------------
-    def _same_cluster(self, src: VolumeInfo) -> bool:
-        """An RBD image (url POOL/IMAGE, no local node): copied inside the cluster."""
-        url = src.url or ""
-        return src.type == "network" and src.path is None and url.count("/") == 1 and \
-            "://" not in url and ":" not in url
-
-    async def clone_volume(self, src: VolumeInfo, spec: VolumeSpec, report) -> VolumeInfo:
-        self.check_volume_name(spec.name)
-        if spec.format not in ("raw", ""):
-            raise NotSupported(f"RBD images are raw; cannot clone into format "
-                               f"'{spec.format}'")
-        hidden = f"{HIDDEN}{secrets.token_hex(4)}-{spec.name}"
-        conn = self.conn()
-        try:
-            if self._same_cluster(src):
-                # a full copy of the image's data (not its snapshots), in the cluster
-                await self._copy(conn, ["cp", src.url, self._spec(hidden)], report)
-            elif src.path:
-                await self._rbd("create", self._spec(hidden), "--size", f"{src.capacity}B",
-                                what=f"failed to create volume '{self._spec(spec.name)}'")
-                await self._convert(conn, src, hidden, report)
-            else:
-                raise NotSupported(f"cannot copy '{src.name}' into an rbd pool (no path)")
-            await self._rbd("rename", self._spec(hidden), self._spec(spec.name),
-                            what=f"failed to create volume '{self._spec(spec.name)}'")
-        except BaseException as exc:
-            with trio.CancelScope(shield=True), contextlib.suppress(StorageError):
-                await self._rbd("rm", "--no-progress", self._spec(hidden),
-                                what="remove the partial copy")
-            if isinstance(exc, StorageError) and exc.errno == errno.EEXIST:
-                raise Exists(exc.reason) from None
-            raise
-        return await self._must_probe(spec.name)
-
-    async def _copy(self, conn: Connection, argv: list[str], report) -> None:
-        """An rbd copy whose "Image deep copy: 12% complete..." feeds progress."""
-        pat = re.compile(rb"(\d+)% complete")
-        async with keyring(conn) as kr:
-            limit = hostcmd.limit(LONG_TIMEOUT)
-            try:
-                await hostcmd.run_progress(["rbd", *conn.args(kr, limit), *argv], pat,
-                                           report, timeout=limit)
-            except StorageError as exc:
-                raise StorageError(f"failed to copy the image: {exc.reason}",
-                                   exc.errno) from None
-
-    async def _convert(self, conn: Connection, src: VolumeInfo, image: str, report) -> None:
-        async with keyring(conn) as kr:
-            fmt = src.format if src.format != "luks" else "raw"
-            argv = ["qemu-img", "convert", "-p", "-n", "-f", fmt, "-O", "raw", src.path,
-                    conn.qemu_url(image, kr)]
-            await hostcmd.run_progress(argv, _PROGRESS, report, timeout=LONG_TIMEOUT)
-
-    async def wipe_volume(self, info: VolumeInfo, algorithm: str, report) -> VolumeInfo:
-        conn = self.conn()
-        async with keyring(conn) as kr:
-            url = conn.qemu_url(info.name, kr)
-            if algorithm == "trim":
-                await hostcmd.run(["qemu-io", "-f", "raw", "-c",
-                                   f"discard 0 {info.capacity}", url],
-                                  timeout=LONG_TIMEOUT)
-            else:  # zeros written over every byte (-S 0: no zero detection)
-                src = json.dumps({"driver": "raw", "file": {
-                    "driver": "null-co", "size": info.capacity, "read-zeroes": True}})
-                await hostcmd.run_progress(
-                    ["qemu-img", "convert", "-p", "-n", "-S", "0", "-O", "raw",
-                     f"json:{src}", url], _PROGRESS, report, timeout=LONG_TIMEOUT)
-        report(1.0)
         return await self._must_probe(info.name)
 
     # ---- locks across hosts -----------------------------------------------------------------

@@ -115,8 +115,11 @@ def main():
         omap = results.get(name)
         if not omap or "size" not in omap:
             continue  # being made or removed right now, or not a format-2 image
-        rows.append({"image": name, "id": ids[name], "size": _u64(omap["size"], 0),
-                     "format": 2})
+        row = {"image": name, "id": ids[name], "size": _u64(omap["size"], 0),
+               "format": 2}
+        if len(omap.get("features", b"")) >= 8:  # RBD_FEATURE_* bits (16: fast-diff)
+            row["features"] = _u64(omap["features"], 0)
+        rows.append(row)
         for key, value in sorted(omap.items()):
             if key.startswith("snapshot_"):
                 try:

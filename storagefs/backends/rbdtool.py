@@ -183,6 +183,16 @@ class ImageRow:
     parent: str | None = None
     snapshots: list[dict] = field(default_factory=list)
     lock: str | None = None
+    #: RBD_FEATURE_* bits where the listing tells them (rbd_lister.py), else None
+    features: int | None = None
+
+    @property
+    def fast_diff(self) -> bool:
+        return self.features is not None and bool(self.features & FAST_DIFF)
+
+
+#: RBD_FEATURE_FAST_DIFF: rbd du reads the object map instead of every object
+FAST_DIFF = 1 << 4
 
 
 def _int(value: object) -> int:
@@ -214,6 +224,8 @@ def parse_ls_long(data: object) -> list[ImageRow]:
         parent = row.get("parent")
         if isinstance(parent, dict) and parent.get("image"):
             img.parent = f"{parent.get('pool', '')}/{parent['image']}@{parent.get('snapshot')}"
+        if isinstance(row.get("features"), int):
+            img.features = row["features"]
         lock = row.get("lock_type")
         img.lock = str(lock) if lock else None
     return list(images.values())

@@ -165,6 +165,11 @@ class VolumeIndex:
             pool.touch()
             self.reg.listener.changed(pool.name)
         pool.refreshed = time.monotonic()
+        allocations = await pool.backend.volume_allocations()
+        for name, allocation in (allocations or {}).items():
+            vol = pool.volumes.get(name)
+            if vol is not None and not vol.busy and vol.info.allocation != allocation:
+                self.update(vol, dataclasses.replace(vol.info, allocation=allocation))
 
     async def refresh_perms(self, pool: Pool) -> None:
         """The target's permissions for status.xml of a pool that is not running (a

@@ -10,15 +10,25 @@ stay responsive (the work runs in a thread or a child process).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 import trio
 
-from ..backends.base import VolumeSpec
+from ..backends.base import QEMU_SOURCE, VolumeSpec
 from ..errors import Exists, NotFound, NotSupported
-from ..parsing import Clone, Resize, Snapshot, VolumeCommand, Wipe, check_snapshot_name
+from ..parsing import (
+    CLONE_USAGE,
+    Clone,
+    DeleteVolume,
+    Resize,
+    Snapshot,
+    VolumeCommand,
+    Wipe,
+    check_snapshot_name,
+)
 from ..state import StoredVolume
 from ..xml.volume import format_volume, parse_volume
 from .events import SNAPSHOT_EVENTS
@@ -29,7 +39,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CLONE_USAGE = "clone NEWNAME [--format FMT] [--pool POOL]"
 
 #: what each command leaves when a signal cuts it short (said in the EINTR error line)
 CUT_WIPE = ("the wipe stopped part way: the volume may be partly wiped (a wipe cannot "
@@ -53,14 +62,20 @@ class VolumeCommands:
             cmds += ["resize SIZE", "resize --delta SIZE", "resize --allocate SIZE",
                      "resize --shrink SIZE"]
         if b.supports("clone_volume"):
-            cmds.append(CLONE_USAGE)
+            cmds.append(CLONE_USAGE if b.linked_clones else
+                        CLONE_USAGE.replace(" [--linked]", ""))
         if b.supports("wipe_volume") and policy.wipe_algorithms:
             cmds.append(f"wipe [{'|'.join(policy.wipe_algorithms)}]")
         if b.supports("snapshot_volume") and policy.snapshots_for(vol.info.format):
             cmds += ["snapshot NAME", "revert NAME", "delete-snapshot NAME"]
+        if b.purges_snapshots:
+            cmds.append("delete [--purge-snapshots]")
         return cmds
 
     async def command(self, vol: Volume, cmd: VolumeCommand) -> None:
+        if isinstance(cmd, DeleteVolume):  # rmdir, recorded as such
+            await self.reg.vols.delete(vol, purge_snapshots=cmd.purge_snapshots)
+            return
         with self.reg.rec.recording(vol, "control"):
             if vol.pending:
                 raise NotFound(f"volume '{vol.name}' is pending: write its config.xml first")
@@ -182,7 +197,12 @@ class VolumeCommands:
         if vol.info.encrypted and fmt != vol.info.format:
             raise NotSupported("an encrypted volume is cloned in its own format (a byte copy "
                                "that keeps its encryption); converting it is not supported")
-        spec = VolumeSpec(name=new, format=fmt, capacity=vol.info.capacity)
+        if cmd.linked and (target is not vol.pool or not target.backend.linked_clones):
+            raise NotSupported(f"a linked clone is made in the volume's own pool, by "
+                               f"pool types that have them (rbd); not '{target.name}' "
+                               f"({target.definition.type})")
+        spec = VolumeSpec(name=new, format=fmt, capacity=vol.info.capacity,
+                          options={"linked": "yes"} if cmd.linked else {})
         await reg.chains.check(vol)  # a copy or a convert reads the whole chain
         clone = Volume(target, new, vol.info, recorded_format=fmt)
         if vol.info.encrypted and vol.config is not None:
@@ -199,7 +219,15 @@ class VolumeCommands:
                 # the source's pool is checked too: its target may have been replaced
                 await vol.pool.backend.check_storage()
                 report = self._progress(vol, "clone")
-                clone.info = await target.backend.clone_volume(vol.info, spec, report)
+                src = vol.info
+                # a network volume into another pool: its qemu URL, while the copy runs
+                network = target is not vol.pool and src.path is None
+                async with (vol.pool.backend.qemu_source(src) if network
+                            else contextlib.nullcontext()) as url:
+                    if url:
+                        src = dataclasses.replace(src, options={**src.options,
+                                                                QEMU_SOURCE: url})
+                    clone.info = await target.backend.clone_volume(src, spec, report)
             record.commit()
             target.volumes[new] = clone
         except BaseException:

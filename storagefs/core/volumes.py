@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from ..backends.base import VolumeInfo, VolumeSpec
-from ..errors import Busy, Exists, NotFound, StorageError
+from ..errors import Busy, Exists, NotFound, NotSupported, StorageError
 from ..names import check_name
 from ..state import FileMeta, StoredVolume, merge_meta
 from ..xml.pooltypes import default_volume_type
@@ -180,9 +180,14 @@ class Volumes:
         await reg.index.settle(pool)
 
     # ---- rmdir ------------------------------------------------------------------------
-    async def delete(self, vol: Volume) -> None:
+    async def delete(self, vol: Volume, purge_snapshots: bool = False) -> None:
+        """rmdir; ``purge_snapshots`` (``delete --purge-snapshots``): the volume's
+        snapshots are removed with it, where the pool type can (rbd)."""
         reg, pool, name = self.reg, vol.pool, vol.name
         with reg.rec.recording(vol, "delete"):
+            if purge_snapshots and not pool.backend.purges_snapshots:
+                raise NotSupported(f"pools of type '{pool.definition.type}' cannot purge "
+                                   "a volume's snapshots on delete")
             with claim(vol, "delete"):
                 if pool.volumes.get(name) is not vol:
                     raise NotFound(f"no storage vol with matching name '{name}'")
@@ -194,7 +199,11 @@ class Volumes:
                     pool.busy_volumes += 1
                     try:
                         async with pool.backend.volume_lock(vol.info, "delete"):
-                            await pool.backend.delete_volume(vol.info)
+                            if purge_snapshots:
+                                await pool.backend.delete_volume(vol.info,
+                                                                 purge_snapshots=True)
+                            else:
+                                await pool.backend.delete_volume(vol.info)
                     except BaseException:
                         record.abort()
                         raise

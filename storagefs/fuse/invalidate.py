@@ -131,9 +131,13 @@ class Invalidator:
 
     def _drop(self, inode: Inode) -> None:
         parent = inode.parent
+        # a directory whose entries the kernel knows (a file in it may be open: the
+        # control file of ``delete --purge-snapshots``) is only invalidated: a "deleted"
+        # notice of it fails with ENOTEMPTY (and pyfuse3 logs an ERROR)
+        deleted = 0 if inode.children else inode.ino
         self.table.detach(inode)
         if parent is not None:
-            self._entry(parent, inode.name, inode.ino)
+            self._entry(parent, inode.name, deleted)
 
     def _links(self, dirs) -> None:
         """Links under the lookup directories whose target changed or vanished: let the
