@@ -140,10 +140,12 @@ def _pools(reg: Registry, out: Exposition) -> None:
     out.family("storagefs_pool_volumes", "gauge", "Volumes listed in the pool.",
                (({"pool": p.name}, sum(1 for v in p.volumes.values() if not v.pending))
                 for p in active))
-    now = time.monotonic()
-    out.family("storagefs_pool_refresh_age_seconds", "gauge",
-               "Seconds since the pool's figures were last refreshed from its storage.",
-               (({"pool": p.name}, round(now - p.refreshed, 3)) for p in active
+    # a timestamp, not an age (age = time() - it, in PromQL): the file's bytes change only
+    # when something changes, so a reader (tar) sees the size it was told
+    wall = time.time() - time.monotonic()
+    out.family("storagefs_pool_last_refresh_timestamp_seconds", "gauge",
+               "When the pool's figures were last refreshed from its storage (Unix time).",
+               (({"pool": p.name}, math.floor(wall + p.refreshed)) for p in active
                 if p.refreshed))
 
 

@@ -31,8 +31,10 @@ def entry_attributes(tree: Tree, inode: Inode) -> pyfuse3.EntryAttributes:
     a.st_ino = inode.ino
     a.entry_timeout = ENTRY_TIMEOUT
     a.attr_timeout = ATTR_TIMEOUT
-    if tree.hidden_from_anyone(inode.path) or getattr(node, "streaming", False):
-        # a stream's size grows with every line (tail -f stats it)
+    if (tree.hidden_from_anyone(inode.path) or getattr(node, "streaming", False)
+            or getattr(node, "live", False)):
+        # a stream's size grows with every line (tail -f stats it); a live file (metrics)
+        # is rendered at each open: its size is the one it has now, never a cached one
         a.entry_timeout = a.attr_timeout = 0
     a.st_blksize = 4096
     t = node.mtime_ns()
