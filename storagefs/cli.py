@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import logging.handlers
 import os
@@ -241,6 +242,8 @@ def cmd_import_libvirt(args: argparse.Namespace) -> int:
         return fail(f"{mnt} is not a storagefs mount (it has no pools/)")
     try:
         pools, unreadable = importer.read_libvirt(args.dir, args.run_dir)
+        if args.dry_run:  # a dry run says what it would do, for unreadable files too
+            unreadable = [dataclasses.replace(o, action="would skip") for o in unreadable]
     except OSError as exc:
         return fail(f"cannot read libvirt's pools in {args.dir}: {exc.strerror}")
     from .backends import BACKENDS

@@ -266,6 +266,13 @@ def test_import_refuses_a_missing_directory_and_reports_a_bad_file(mounted, lv, 
     (conf / "ok.xml").write_text(
         "<!--\nWARNING: THIS IS AN AUTO-GENERATED FILE.\n-->\n"
         + pool_xml("ok-" + tag(), tmp_path, uuid=str(uuid.uuid4())))
+    # a dry run says what it would do, for an unreadable file too
+    res = subprocess.run([*storagefs_cmd(), "import-libvirt", "--dry-run", "--mount",
+                          str(mounted.mnt), "--run-dir", str(tmp_path / "run"), str(conf)],
+                         capture_output=True, text=True)
+    assert res.returncode == 2, res
+    assert any(line.startswith("would skip broken: cannot read")
+               for line in res.stdout.splitlines()), res.stdout
     res = subprocess.run([*storagefs_cmd(), "import-libvirt", "--mount", str(mounted.mnt),
                           "--run-dir", str(tmp_path / "run"), str(conf)],
                          capture_output=True, text=True)

@@ -222,6 +222,22 @@ def test_a_name_a_pool_has_is_offered_as_name_type(mounted, loops, tmp_path):
 
 
 # ---- queries -------------------------------------------------------------------------
+def test_a_query_naming_a_path_inside_the_mount_is_refused_and_holds_up_nothing(
+        mounted, tmp_path):
+    """Found by an outside tester: such a query made storagefs stat its own mount from
+    its event loop, and the whole tree hung until SIGKILL."""
+    link = tmp_path / "into-the-mount"
+    link.symlink_to(mounted.mnt / "README")
+    for kind, query in (("fs", mounted.mnt / "pools"), ("disk", mounted.mnt / "README"),
+                        ("fs", f"{mounted.mnt}/pools/../README"), ("disk", link),
+                        ("logical", mounted.mnt / "pools")):
+        k = mounted.mnt / "sources" / kind
+        code, _ = write_errno(k / "query", f"{query}\n")
+        assert code == errno.EINVAL, (kind, query)
+        assert "inside the storagefs mount" in assert_one_error_line(k)
+        assert "default" in ls_names(mounted.mnt / "pools")  # the tree answers
+
+
 def test_a_query_names_a_device_and_keeps_its_answer_in_a_directory(mounted, loops, tmp_path):
     dev, busy = loops.make("64M"), loops.make("64M")
     host(["mkfs.ext4", "-q", dev.path])

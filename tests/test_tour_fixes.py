@@ -656,3 +656,14 @@ def test_command_files_never_become_writable_by_others(mount_factory, other_user
     os.chown(pool / "config.xml", 0, other_user.gid)
     st_ = os.stat(pool / "config.xml")
     assert stat.S_IMODE(st_.st_mode) == 0o640 and st_.st_gid == other_user.gid
+    # but a definition never becomes writable by others: it is applied with root's rights
+    for path, owner in ((pool / "config.xml", pool), (vol / "config.xml", vol),
+                        (s / "config.xml", s)):
+        for bad in (0o666, 0o664, 0o646):
+            assert chmod_errno(path, bad) == errno.EPERM, (path, oct(bad))
+            assert "would let others change it" in assert_one_error_line(owner)
+        assert chown_errno(path, other_user.uid, -1) == errno.EPERM, path
+        assert os.stat(path).st_uid == 0
+    got = as_user(other_user, m.mnt, {
+        "config.xml": lambda: os.close(os.open(pool / "config.xml", os.O_WRONLY))})
+    assert got["config.xml"][1] in ("EACCES", "EPERM"), got

@@ -260,7 +260,8 @@ async def examine(query: str) -> tuple[BlockDevice, dict[str, str]]:
     path = query.strip()
     if not path.startswith("/"):
         raise NotFound(f"'{path}' is not a device path (write one such as /dev/sdb)")
-    rdev = _rdev(path)
+    # in a worker thread: the path may lead onto storage that does not answer
+    rdev = await trio.to_thread.run_sync(_rdev, path, abandon_on_cancel=True)
     if rdev is None:
         raise NotFound(f"'{path}' is not a block device")
     dev = next((d for d in flatten(await list_devices()) if _rdev(d.path) == rdev), None)

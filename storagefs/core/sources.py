@@ -315,6 +315,7 @@ class Sources:
         kind = self.kind(pool_type)
         with self.reg.rec.recording(kind, f"query {text}"):
             dirname = query_dirname(text)
+            await self._check_outside_mount(text)
             if dirname in kind.running:
                 raise Busy(f"query '{text}' is running already")
             kind.running.add(dirname)
@@ -326,6 +327,17 @@ class Sources:
         kind.touch()
         self._notify(kind)
         log.info("sources %s: query '%s' found %d", kind.type, text, len(found))
+
+    async def _check_outside_mount(self, text: str) -> None:
+        """A query naming a path inside the storagefs mount is refused (EINVAL) before
+        anything looks at it: a stat of it from storagefs itself would wait on
+        storagefs. The path is resolved in a worker thread (pathrules.resolve)."""
+        path, mnt = text.strip(), self.reg.mountpoint
+        if not mnt or not path.startswith("/"):
+            return
+        if pathrules.inside(pathrules.normal(path), mnt) or \
+                pathrules.inside(await pathrules.resolve(path), mnt):
+            raise InvalidArgument(f"'{path}' is inside the storagefs mount {mnt}")
 
     def forget(self, pool_type: str, dirname: str) -> None:
         """``rmdir sources/TYPE/QUERY``."""

@@ -102,10 +102,22 @@ def set_meta(tree: Tree, ino: Inode, node: Node, attr, fields) -> None:
     elif isinstance(node, ScratchDirNode):
         node.sdir.meta = meta
     elif isinstance(node, DocumentFile):
+        check_document_meta(ino.name, meta)
         node.set_meta(meta)
     else:
         check_command_meta(ino.name, node, meta)
         tree.file_meta[ino.path] = meta
+
+
+def check_document_meta(name: str, meta: FileMeta) -> None:
+    """A definition (config.xml) is applied with root's rights when written: a mode or
+    owner that lets anyone but root write it would let them redefine the object (a pool's
+    target, a secret), so it is refused, EPERM; modes that only take bits away, or give
+    read, round-trip as before (Puppet's and Ansible's mode/owner)."""
+    mode = meta.mode & 0o7777
+    if mode & 0o022 or (meta.uid != 0 and mode & 0o200):
+        raise NotPermitted(f"{name}: a definition is written by root only; mode "
+                           f"{mode:04o} owner {meta.uid} would let others change it")
 
 
 def check_command_meta(name: str, node: Node, meta: FileMeta) -> None:
