@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import logging.handlers
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -216,11 +217,17 @@ def cmd_unmount(args: argparse.Namespace) -> int:
         return fail(res.stderr.strip().splitlines()[-1] if res.stderr.strip()
                     else f"cannot unmount {mnt}")
     if pid is not None:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if not process_alive(pid):
+        # the tree is unmounted; the server ends when its FUSE connection does. A copy of
+        # the mount in another mount namespace keeps the connection (and the server)
+        # alive: after 10 s it is asked to stop (SIGTERM ends it cleanly).
+        for wait, then in ((10, signal.SIGTERM), (20, None)):
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and process_alive(pid):
+                time.sleep(0.02)
+            if then is None or not process_alive(pid):
                 break
-            time.sleep(0.02)
+            with contextlib.suppress(OSError):
+                os.kill(pid, then)
     return 0
 
 
