@@ -206,9 +206,14 @@ def test_chmod_chown_touch_of_config_round_trip(pool1):
     cfg = p / "config.xml"
     run(["chmod", "0600", cfg])
     assert stat.S_IMODE(os.stat(cfg).st_mode) == 0o600
+    # a definition is never made writable by anyone but root (it is applied with root's
+    # rights): a non-root owner only without owner write
+    assert run(["chown", "65534:65534", cfg], check=False).returncode != 0
+    run(["chmod", "0440", cfg])
     run(["chown", "65534:65534", cfg])
     st = os.stat(cfg)
     assert (st.st_uid, st.st_gid) == (65534, 65534)
+    assert run(["chmod", "0640", cfg], check=False).returncode != 0
     run(["touch", "-d", "2001-02-03 04:05:06 UTC", cfg])
     assert os.stat(cfg).st_mtime == 981173106
     assert read(cfg) == old

@@ -102,7 +102,8 @@ def set_meta(tree: Tree, ino: Inode, node: Node, attr, fields) -> None:
     elif isinstance(node, ScratchDirNode):
         node.sdir.meta = meta
     elif isinstance(node, DocumentFile):
-        check_document_meta(ino.name, meta)
+        if fields.update_mode or fields.update_uid:
+            check_document_meta(ino.name, meta)
         node.set_meta(meta)
     else:
         check_command_meta(ino.name, node, meta)
