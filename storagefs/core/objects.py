@@ -31,6 +31,65 @@ def new_meta(mode: int = 0o644) -> FileMeta:
     return FileMeta(mode=mode, atime_ns=t, mtime_ns=t, ctime_ns=t)
 
 
+class VolumeTable(dict):
+    """A pool's volumes by name, which knows its names in order and counts its changes:
+    ``ls`` of 100,000 volumes sorts them again only after a volume came or went, and
+    a listing made for the kernel is reused while ``gen`` stays (every way a dict
+    changes is caught here; reads are plain dict reads)."""
+
+    __slots__ = ("_sorted", "gen")
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._sorted: list[str] | None = None
+        self.gen = 0
+
+    def sorted_names(self) -> list[str]:
+        """The names in order (the same list while no name came or went); callers never
+        change it."""
+        if self._sorted is None:
+            self._sorted = sorted(self)
+        return self._sorted
+
+    def _changed(self, names: bool = True) -> None:
+        self.gen += 1
+        if names:
+            self._sorted = None
+
+    def __setitem__(self, key, value) -> None:
+        self._changed(key not in self)
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key) -> None:
+        self._changed()
+        super().__delitem__(key)
+
+    def pop(self, *args):
+        self._changed()
+        return super().pop(*args)
+
+    def popitem(self):
+        self._changed()
+        return super().popitem()
+
+    def clear(self) -> None:
+        self._changed()
+        super().clear()
+
+    def update(self, *args, **kwargs) -> None:
+        self._changed()
+        super().update(*args, **kwargs)
+
+    def setdefault(self, key, default=None):
+        if key not in self:
+            self._changed()
+        return super().setdefault(key, default)
+
+    def __ior__(self, other):
+        self._changed()
+        return super().__ior__(other)
+
+
 @dataclass(eq=False, slots=True)
 class Volume:
     pool: Pool
@@ -67,6 +126,7 @@ class Volume:
     def touch(self) -> None:
         self.changed_ns = now_ns()
         self.version += 1
+        self.pool.volumes_touched += 1
 
     def file_meta(self) -> FileMeta:
         if self.meta is None:
@@ -90,7 +150,9 @@ class Pool:
     state: str = INACTIVE
     error: str = ""
     info: PoolInfo = field(default_factory=PoolInfo)
-    volumes: dict[str, Volume] = field(default_factory=dict)
+    volumes: VolumeTable = field(default_factory=VolumeTable)
+    #: bumped by every change of one of its volumes (Volume.touch)
+    volumes_touched: int = 0
     #: names being created right now (taken, but not listed yet)
     reserved: set[str] = field(default_factory=set)
     #: the pool operation that runs ("" when none)

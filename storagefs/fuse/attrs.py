@@ -25,7 +25,23 @@ ATTR_TIMEOUT = 1.0
 
 
 def entry_attributes(tree: Tree, inode: Inode) -> pyfuse3.EntryAttributes:
-    """What stat shows of an inode, from the node alone (no storage call)."""
+    """What stat shows of an inode, from the node alone (no storage call). A pool's or
+    volume's directory keeps the attributes it got last while what they are made of has
+    not changed (readdir of 100,000 volumes builds none anew); callers never modify the
+    object they get."""
+    node = inode.node
+    if node.attrs_by_stamp:
+        cached = inode.attrs
+        changed, gen = node.mtime_ns(), tree.attrs_gen
+        if cached is not None and cached[0] == changed and cached[1] == gen:
+            return cached[2]
+        attrs = _attributes(tree, inode)
+        inode.attrs = (changed, gen, attrs)
+        return attrs
+    return _attributes(tree, inode)
+
+
+def _attributes(tree: Tree, inode: Inode) -> pyfuse3.EntryAttributes:
     node = inode.node
     a = pyfuse3.EntryAttributes()
     a.st_ino = inode.ino
@@ -73,6 +89,7 @@ def dir_setattr(tree: Tree, ino: Inode, attr, fields) -> pyfuse3.EntryAttributes
         raise NotPermitted(f"{ino.name}: the mode and owner of directories are fixed")
     if fields.update_atime or fields.update_mtime:
         old = tree.dir_times.get(ino.path, (cur.st_atime_ns, cur.st_mtime_ns))
+        tree.attrs_gen += 1
         tree.dir_times[ino.path] = (
             attr.st_atime_ns if fields.update_atime else old[0],
             attr.st_mtime_ns if fields.update_mtime else old[1])
@@ -108,6 +125,7 @@ def set_meta(tree: Tree, ino: Inode, node: Node, attr, fields) -> None:
     else:
         check_command_meta(ino.name, node, meta)
         tree.file_meta[ino.path] = meta
+        tree.attrs_gen += 1
 
 
 def check_document_meta(name: str, meta: FileMeta) -> None:

@@ -22,7 +22,8 @@ Path = tuple[str, ...]
 
 
 class Inode:
-    __slots__ = ("ino", "path", "parent", "children", "lookups", "stale", "node")
+    __slots__ = ("ino", "path", "parent", "children", "lookups", "stale", "node", "attrs",
+                 "listing")
 
     def __init__(self, ino: int, path: Path, parent: Inode | None, node: Node | None) -> None:
         self.ino = ino
@@ -32,10 +33,28 @@ class Inode:
         self.lookups = 0
         self.stale = False
         self.node = node
+        #: (stamp, EntryAttributes) of a directory whose attributes are cached (attrs.py)
+        self.attrs: tuple | None = None
+        #: a directory's entries as readdir last sent them (operations.py)
+        self.listing: Listing | None = None
 
     @property
     def name(self) -> str:
         return self.path[-1] if self.path else ""
+
+
+class Listing:
+    """What readdir sent of a directory, entry by entry: (name bytes, inode, attributes),
+    None for a name gone since opendir. Good while ``key`` holds: the directory's own
+    key (its objects unchanged, Dir.listing_key), the tree's attrs_gen, the table's gen
+    (no inode dropped or made stale) and the same list of names."""
+
+    __slots__ = ("key", "names", "entries")
+
+    def __init__(self, key: tuple, names: list[str]) -> None:
+        self.key = key
+        self.names = names
+        self.entries: list[tuple[bytes, Inode, pyfuse3.EntryAttributes] | None] = []
 
 
 class InodeTable:
@@ -44,6 +63,8 @@ class InodeTable:
         self.root.lookups = 1
         self.inodes: dict[int, Inode] = {self.root.ino: self.root}
         self._next = itertools.count(pyfuse3.ROOT_INODE + 1)
+        #: bumped whenever an inode is dropped, made stale or moved (Listing's key)
+        self.gen = 0
 
     def __len__(self) -> int:
         return len(self.inodes)
@@ -82,6 +103,7 @@ class InodeTable:
 
     def detach(self, inode: Inode) -> list[Inode]:
         """Forget a subtree's names (the object is gone); returns the inodes marked stale."""
+        self.gen += 1
         parent = inode.parent
         if parent is not None and parent.children.get(inode.name) is inode:
             del parent.children[inode.name]
@@ -99,6 +121,7 @@ class InodeTable:
 
     def rename(self, inode: Inode, new_name: str) -> None:
         """Move an inode under the same parent (scratch files only)."""
+        self.gen += 1
         parent = inode.parent
         assert parent is not None
         if parent.children.get(inode.name) is inode:
@@ -116,6 +139,7 @@ class InodeTable:
         inode.lookups -= count
         if inode.lookups > 0 or inode.children:
             return
+        self.gen += 1
         del self.inodes[ino]
         parent = inode.parent
         if not inode.stale and parent is not None and parent.children.get(inode.name) is inode:

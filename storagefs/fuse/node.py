@@ -38,6 +38,9 @@ class Node:
     """A path of the tree. Subclasses set ``kind`` to 'dir', 'file' or 'link'."""
 
     kind: ClassVar[str] = "file"
+    #: its attributes change only with its owner's changed_ns or the tree's attrs_gen
+    #: (modes, owners, times, hidden names): cached per inode (ls -l of 100,000)
+    attrs_by_stamp: ClassVar[bool] = False
     __slots__ = ("t", "path")
 
     def __init__(self, t: Tree, path: Path) -> None:
@@ -84,6 +87,16 @@ class Dir(Node):
 
     def child(self, name: str, caller: Caller) -> Node:
         raise NotFound(name)
+
+    def listing_key(self) -> tuple | None:
+        """What the names, children and their attributes depend on besides the tree's
+        modes and times: readdir reuses what it sent while it is equal (None: never)."""
+        return None
+
+    def current(self, name: str, node: Node) -> bool:
+        """Does ``node`` (of a child inode) still stand for what child(name) gives now?
+        True lets readdir reuse it without making a node (False: ask child())."""
+        return False
 
     async def mkdir(self, name: str, mode: int, caller: Caller) -> Node:
         raise self.refuse("directories are made only in pools/, pools/P/volumes/, "

@@ -24,7 +24,7 @@ from ..errors import Busy, InvalidArgument, NotFound, NotPermitted, StorageError
 from .attrs import dir_setattr, entry_attributes, set_meta
 from .events import StreamHandle
 from .handles import Handle, LiveHandle, ScratchHandle
-from .inodes import Inode, InodeTable
+from .inodes import Inode, InodeTable, Listing
 from .interrupt import interruptible
 from .invalidate import Invalidator
 from .node import Caller, File, Generated, Node
@@ -166,15 +166,44 @@ class Operations(pyfuse3.Operations):
         parent, names, who = self.dirs[fh]
         if parent.stale:
             return
+        listing = self._listing(parent, names)
+        reply = pyfuse3.readdir_reply
         for i in range(start_id, len(names)):
-            try:
-                inode = self.child(parent, names[i], who)
-                attrs = self.attrs(inode)
-            except (NotFound, FUSEError):
-                continue  # gone since opendir
-            if not pyfuse3.readdir_reply(token, os.fsencode(names[i]), attrs, i + 1):
+            entry = listing.entries[i] if listing and i < len(listing.entries) else None
+            if entry is None:
+                if listing and i < len(listing.entries):
+                    continue  # gone since the listing was made
+                entry = self._dir_entry(parent, names[i], who)
+                if listing and i == len(listing.entries):
+                    listing.entries.append(entry)
+                if entry is None:
+                    continue  # gone since opendir
+            if not reply(token, entry[0], entry[2], i + 1):
                 return
-            inode.lookups += 1
+            entry[1].lookups += 1
+
+    def _listing(self, parent: Inode, names: list[str]) -> Listing | None:
+        """The entries readdir sent of this directory last time, when nothing they are
+        made of has changed since (a fresh, empty one when something has)."""
+        key = parent.node.listing_key()  # type: ignore[attr-defined]
+        if key is None:
+            return None
+        key = (*key, self.tree.attrs_gen, self.table.gen)
+        listing = parent.listing
+        if listing is None or listing.names is not names or listing.key != key:
+            listing = parent.listing = Listing(key, names)
+        return listing
+
+    def _dir_entry(self, parent: Inode, name: str, who: Caller
+                   ) -> tuple[bytes, Inode, pyfuse3.EntryAttributes] | None:
+        inode = parent.children.get(name)
+        try:
+            if inode is None or inode.stale \
+                    or not parent.node.current(name, inode.node):  # type: ignore[attr-defined]
+                inode = self.child(parent, name, who)
+            return (os.fsencode(name), inode, entry_attributes(self.tree, inode))
+        except (NotFound, FUSEError):
+            return None
 
     @fuse_op
     async def releasedir(self, fh):

@@ -35,6 +35,9 @@ class PoolsDir(Dir):
             raise NotFound(name)
         return PoolDir(self.t, (*self.path, name), pool)
 
+    def current(self, name: str, node: Node) -> bool:
+        return getattr(node, "pool", None) is self.t.core.pools.get(name)
+
     async def mkdir(self, name: str, mode: int, caller: Caller) -> Node:
         self.t.core.defs.mkdir(name)
         return self.child(name, caller)
@@ -58,12 +61,16 @@ class _OfPool:
     def owner(self) -> Any:
         return self.pool
 
+    def mtime_ns(self) -> int:
+        return self.pool.changed_ns
+
     def pool_alive(self) -> bool:
         return self.t.core.pools.get(self.pool.name) is self.pool  # type: ignore[attr-defined]
 
 
 class PoolDir(_OfPool, ObjectDir):
     __slots__ = ("pool",)
+    attrs_by_stamp = True
 
     def __init__(self, t, path, pool: Pool) -> None:
         super().__init__(t, path)

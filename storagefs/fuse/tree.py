@@ -59,11 +59,15 @@ class Tree:
         self.dir_times: dict[Path, tuple[int, int]] = {}
         #: per file path: pid -> deadline while that process does not see the name
         self._hidden: dict[Path, dict[int, float]] = {}
+        #: bumped by every change of file_meta, dir_times or hidden names: part of the
+        #: stamp under which a directory's attributes are cached (attrs.py)
+        self.attrs_gen = 0
         #: by-* link tables with the core's links_version they were built at
         self.link_cache: dict[str, tuple[int, dict[str, str]]] = {}
 
     # ---- names hidden from the process that unlinked them ---------------------------
     def hide(self, path: Path, pid: int) -> None:
+        self.attrs_gen += 1
         self._hidden.setdefault(path, {})[tgid(pid)] = time.monotonic() + HIDE_SECONDS
 
     def hidden_from_anyone(self, path: Path) -> bool:
@@ -83,6 +87,7 @@ class Tree:
             del who[pid]
             if not who:
                 del self._hidden[path]
+                self.attrs_gen += 1
             return False
         return True
 
@@ -96,6 +101,7 @@ class Tree:
             who.pop(tgid(pid), None)
         if not who:
             del self._hidden[path]
+            self.attrs_gen += 1
 
     # ---- scratch entries -----------------------------------------------------------
     def scratch_of(self, directory: Path) -> dict[str, Scratch | ScratchDir]:
@@ -119,6 +125,7 @@ class Tree:
         """An object directory went away: its scratch entries, modes and times go too
         (a new object of the same name starts clean)."""
         n = len(path)
+        self.attrs_gen += 1
         for table in (self.scratch, self.file_meta, self.dir_times, self._hidden):
             for key in [k for k in table if k[:n] == path]:
                 del table[key]

@@ -38,13 +38,20 @@ class VolumesDir(Dir):
 
     def names(self, caller: Caller) -> list[str]:
         self.pool.last_read = time.monotonic()
-        return sorted(self.pool.volumes)
+        return self.pool.volumes.sorted_names()
 
     def child(self, name: str, caller: Caller) -> Node:
         vol = self.pool.volumes.get(name)
         if vol is None:
             raise NotFound(name)
         return VolumeDir(self.t, (*self.path, name), vol)
+
+    def current(self, name: str, node: Node) -> bool:
+        return getattr(node, "vol", None) is self.pool.volumes.get(name)
+
+    def listing_key(self) -> tuple | None:
+        pool = self.pool
+        return (pool, pool.volumes.gen, pool.volumes_touched)
 
     async def mkdir(self, name: str, mode: int, caller: Caller) -> Node:
         await self.t.core.vols.create(self.pool, name)
@@ -65,6 +72,9 @@ class _OfVolume:
     def owner(self) -> Any:
         return self.vol
 
+    def mtime_ns(self) -> int:
+        return self.vol.changed_ns
+
     def alive(self) -> bool:
         vol = self.vol
         return (self.t.core.pools.get(vol.pool.name) is vol.pool  # type: ignore[attr-defined]
@@ -73,6 +83,7 @@ class _OfVolume:
 
 class VolumeDir(_OfVolume, ObjectDir):
     __slots__ = ("vol",)
+    attrs_by_stamp = True
 
     def __init__(self, t, path, vol: Volume) -> None:
         super().__init__(t, path)

@@ -1,0 +1,99 @@
+"""readdir of pools/ and volumes/ reuses what it sent the kernel while nothing it is made
+of changed (issue 11: `ls -l` of 100,000 volumes). These tests change each thing a
+listing is made of, between two `ls -l` of the same directory, and check that the
+second one shows the change: names made and removed through the tree and outside it,
+a volume's own change (its directory's time), times set by touch, and the kernel
+forgetting the inodes it was given (drop_caches)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+from mount_helpers import command, run
+
+N = 40
+
+
+def listing(d) -> dict[str, tuple[int, str]]:
+    """name -> (inode, mtime) as `ls -li` prints them, and nothing on stderr."""
+    res = run(["ls", "-li", "--time-style=+%s.%N", str(d)])
+    assert res.stderr == ""
+    out = {}
+    for line in res.stdout.splitlines()[1:]:
+        f = line.split()
+        out[f[-1]] = (int(f[0]), f[-2])
+    return out
+
+
+def many(m) -> None:
+    for i in range(N):
+        (m.images / f"v{i:02d}.raw").write_bytes(b"")
+    command(m.pool() / "control", "refresh")
+
+
+def test_names_made_and_removed_show_at_the_next_ls(mounted):
+    many(mounted)
+    vols = mounted.pool() / "volumes"
+    first = listing(vols)
+    assert len(first) == N
+    assert listing(vols) == first  # the reused listing is the same listing
+
+    os.mkdir(vols / "new.raw")
+    after = listing(vols)
+    assert set(after) == set(first) | {"new.raw"}
+    os.rmdir(vols / "v03.raw")
+    assert "v03.raw" not in listing(vols)
+
+    (mounted.images / "v05.raw").unlink()
+    (mounted.images / "outside.raw").write_bytes(b"")
+    command(mounted.pool() / "control", "refresh")
+    now = listing(vols)
+    assert "v05.raw" not in now and "outside.raw" in now
+    assert set(now) == (set(first) - {"v03.raw", "v05.raw"}) | {"new.raw", "outside.raw"}
+
+
+def test_a_volume_change_and_touch_show_in_its_directory_time(mounted):
+    many(mounted)
+    vols = mounted.pool() / "volumes"
+    before = listing(vols)
+    command(vols / "v07.raw" / "control", "resize 1M")
+    after = listing(vols)
+    assert after["v07.raw"][1] != before["v07.raw"][1]
+    assert after["v08.raw"] == before["v08.raw"]
+
+    run(["touch", "-m", "-d", "@1000000000", str(vols / "v09.raw")])
+    assert listing(vols)["v09.raw"][1] == "1000000000.000000000"
+
+
+def test_pools_listing_follows_define_and_undefine(mounted, tmp_path):
+    pools = mounted.mnt / "pools"
+    before = listing(pools)
+    os.mkdir(pools / "extra")
+    assert "extra" in listing(pools)
+    os.rmdir(pools / "extra")
+    assert set(listing(pools)) == set(before)
+
+
+def test_listing_after_the_kernel_forgot_its_inodes(mounted):
+    """Inodes the kernel forgets are dropped from the table: a listing reused after
+    that would hand the kernel inode numbers storagefs no longer knows (ENOENT/ESTALE
+    on the next stat). drop_caches makes the kernel forget every unused inode."""
+    many(mounted)
+    vols = mounted.pool() / "volumes"
+    first = listing(vols)
+    held = os.open(vols, os.O_RDONLY)  # volumes/ stays known: only its entries go
+    try:
+        subprocess.run(["sync"], check=True)
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("2\n")
+        time.sleep(0.5)  # the kernel sends its FORGETs in the background
+        again = listing(vols)
+    finally:
+        os.close(held)
+    assert set(again) == set(first)
+    for name in again:
+        st = os.stat(vols / name)  # every inode the listing gave is one storagefs knows
+        assert st.st_ino == again[name][0]
+        assert os.listdir(vols / name)
