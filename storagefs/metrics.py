@@ -185,6 +185,22 @@ def _activity(reg: Registry, out: Exposition) -> None:
                (({"tool": t}, h.failures) for t, h in sorted(TOOLS.tools.items())))
 
 
+def stamp(reg: Registry) -> tuple:
+    """What render's bytes are made of, as a few counters (the pools by identity and
+    version, counts of secrets, devices, events, refusals, tool runs): an equal stamp
+    gives equal bytes, so a stat of metrics.prom renders nothing while nothing changed."""
+    events = reg.events
+    return (
+        tuple((p, p.version, p.volumes.gen, p.volumes_touched, p.state, p.broken,
+               p.autostart, p.refreshed) for p in reg.pools.values()),
+        sum(1 for s in reg.secrets.values() if s.definition is not None),
+        -1 if reg.devices is None else len(reg.devices),
+        sum(events.counts.values()), events.handles, events.lost,
+        sum(reg.rec.refusals.values()),
+        sum(h.total for h in TOOLS.tools.values()),
+    )
+
+
 def render(reg: Registry) -> bytes:
     """The exposition of ``reg`` now (cache only)."""
     out = Exposition()

@@ -13,13 +13,17 @@ fixture does (clean unmount, no Traceback in its log).
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from mount_helpers import ACTIVE_MOUNTS, Mount, command, write
+from mount_helpers import ACTIVE_MOUNTS, Mount, command, read, write, write_errno
 
 NAMES = ("a", "b", "c")
 
@@ -117,3 +121,49 @@ def three_hosts(tmp_path) -> Iterator[Callable[..., Hosts]]:
         problems += _finish(h)
     if problems:
         pytest.fail("\n".join(problems), pytrace=False)
+
+
+def wipe_in_background(volume_dir: Path, line: str = "wipe") -> tuple[threading.Thread, dict]:
+    """``echo LINE > VOLUME/control`` in a thread; the dict gets "errno" (None: done)."""
+    out: dict = {}
+
+    def run() -> None:
+        out["errno"] = write_errno(volume_dir / "control", line + "\n")[0]
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, out
+
+
+RECAP = re.compile(r"^(host-\w)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+"
+                   r"failed=(\d+)", re.M)
+
+
+def ansible_three_hosts(hosts: Hosts, xml: str, tmp_path: Path) -> tuple[dict, dict]:
+    """tests/ansible/multihost.yml (engine-neutral) run twice over the three hosts for
+    a pool ``shared`` of document ``xml``: what each run changed on each host. Checks
+    that it succeeds on all three and leaves one document, running, on each."""
+    from test_config_mgmt import PLAYBOOK_DIR, ansible_env, ansible_playbook
+
+    inv = tmp_path / "inventory.ini"
+    inv.write_text("[fleet]\n" + "".join(
+        f"{h.host_id} ansible_connection=local mnt={h.mnt}\n" for h in hosts))
+    extra = tmp_path / "vars.json"
+    extra.write_text(json.dumps({"shared_pools": [{"name": "shared", "xml": xml}]}))
+
+    def play() -> dict[str, int]:
+        res = subprocess.run([ansible_playbook(), "-i", str(inv), "-e", f"@{extra}",
+                              str(PLAYBOOK_DIR / "multihost.yml")], capture_output=True,
+                             text=True, timeout=300, env=ansible_env(tmp_path),
+                             cwd=PLAYBOOK_DIR)
+        assert res.returncode == 0, res.stdout + res.stderr
+        rows = {m[0]: (int(m[2]), int(m[4])) for m in RECAP.findall(res.stdout)}
+        assert sorted(rows) == ["host-a", "host-b", "host-c"], res.stdout
+        assert all(failed == 0 for _, failed in rows.values())
+        return {h: changed for h, (changed, _) in rows.items()}
+
+    first = play()
+    second = play()
+    assert len({read(h.pool("shared") / "config.xml") for h in hosts}) == 1
+    assert all(read(h.pool("shared") / "state") == "running\n" for h in hosts)
+    return first, second

@@ -17,7 +17,7 @@ import threading
 import time
 
 from mount_helpers import MiB, command, read, write_errno, xml_value
-from multihost import three_hosts, wait_until  # noqa: F401
+from multihost import ansible_three_hosts, three_hosts, wait_until, wipe_in_background  # noqa: F401
 from server_gluster import gluster_server, gluster_volume  # noqa: F401
 
 
@@ -121,17 +121,6 @@ def test_one_name_made_on_two_hosts_at_once(gluster_volume, three_hosts):
         os.rmdir(vols(hosts.a) / f"race{r}")
 
 
-def _wipe_in_background(h, vol: str) -> tuple[threading.Thread, dict]:
-    out: dict = {}
-
-    def run() -> None:
-        out["errno"] = write_errno(vols(h) / vol / "control", "wipe random\n")[0]
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t, out
-
-
 WIPE_SIZE = "256M"  # a random wipe: seconds of writes through GlusterFS
 
 
@@ -141,7 +130,7 @@ def test_second_host_gets_ebusy_naming_the_holder(gluster_volume, three_hosts):
     command(hosts.a.pool("shared") / "control", f"create big {WIPE_SIZE}")
     for h in (hosts.b, hosts.c):
         wait_until(lambda h=h: "big" in os.listdir(vols(h)), 3)
-    t, out = _wipe_in_background(hosts.a, "big")
+    t, out = wipe_in_background(vols(hosts.a) / "big", "wipe random")
     try:
         wait_until(lambda: "wipe" in read(vols(hosts.a) / "big" / "progress"), 10, 0.01)
         for h in (hosts.b, hosts.c):
@@ -166,7 +155,7 @@ def test_lock_of_a_killed_host_goes_with_it(gluster_volume, three_hosts):
     hosts.define("shared", shared_xml(gluster_volume))
     command(hosts.a.pool("shared") / "control", f"create orphan {WIPE_SIZE}")
     wait_until(lambda: "orphan" in os.listdir(vols(hosts.b)), 3)
-    t, _ = _wipe_in_background(hosts.a, "orphan")
+    t, _ = wipe_in_background(vols(hosts.a) / "orphan", "wipe random")
     wait_until(lambda: "wipe" in read(vols(hosts.a) / "orphan" / "progress"), 10, 0.01)
     code, _ = write_errno(vols(hosts.b) / "orphan" / "control", "resize 1G\n")
     assert code == errno.EBUSY
@@ -212,7 +201,7 @@ def test_lock_of_a_host_whose_client_died_goes_with_it(gluster_volume, three_hos
     command(hosts.a.pool("shared") / "control", f"create orphan {WIPE_SIZE}")
     wait_until(lambda: "orphan" in os.listdir(vols(hosts.b)), 3)
     client = _client_pid(hosts.a)
-    t, _ = _wipe_in_background(hosts.a, "orphan")
+    t, _ = wipe_in_background(vols(hosts.a) / "orphan", "wipe random")
     wait_until(lambda: "wipe" in read(vols(hosts.a) / "orphan" / "progress"), 10, 0.01)
     assert write_errno(vols(hosts.b) / "orphan" / "control", "resize 1G\n")[0] == errno.EBUSY
     os.kill(client, signal.SIGKILL)
@@ -237,41 +226,11 @@ def test_lock_of_a_host_whose_client_died_goes_with_it(gluster_volume, three_hos
 def test_one_ansible_play_for_three_hosts(gluster_volume, three_hosts, tmp_path):
     """tests/ansible/multihost.yml is engine-neutral: the same play for a gluster pool on
     three hosts; the second run changes nothing."""
-    import json
-    import re
-    import subprocess
-
-    from test_config_mgmt import PLAYBOOK_DIR, ansible_env, ansible_playbook
-
     hosts = three_hosts()
-    inv = tmp_path / "inventory.ini"
-    inv.write_text("[fleet]\n" + "".join(
-        f"{h.host_id} ansible_connection=local mnt={h.mnt}\n" for h in hosts))
-    extra = tmp_path / "vars.json"
-    extra.write_text(json.dumps({"shared_pools": [
-        {"name": "shared", "xml": shared_xml(gluster_volume)}]}))
-    recap = re.compile(r"^(host-\w)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+"
-                       r"failed=(\d+)", re.M)
-
-    def play() -> dict[str, int]:
-        res = subprocess.run([ansible_playbook(), "-i", str(inv), "-e", f"@{extra}",
-                              str(PLAYBOOK_DIR / "multihost.yml")], capture_output=True,
-                             text=True, timeout=300, env=ansible_env(tmp_path),
-                             cwd=PLAYBOOK_DIR)
-        assert res.returncode == 0, res.stdout + res.stderr
-        rows = {m[0]: (int(m[2]), int(m[4])) for m in recap.findall(res.stdout)}
-        assert sorted(rows) == ["host-a", "host-b", "host-c"], res.stdout
-        assert all(failed == 0 for _, failed in rows.values())
-        return {h: changed for h, (changed, _) in rows.items()}
-
-    first = play()
-    assert all(c > 0 for c in first.values()), first
-    second = play()
+    first, second = ansible_three_hosts(hosts, shared_xml(gluster_volume), tmp_path)
     print(f"ansible three hosts (gluster): first run changed={first}, second {second}")
+    assert all(c > 0 for c in first.values()), first
     assert second == {"host-a": 0, "host-b": 0, "host-c": 0}
-    docs = {read(h.pool("shared") / "config.xml") for h in hosts}
-    assert len(docs) == 1
-    assert all(read(h.pool("shared") / "state") == "running\n" for h in hosts)
     command(hosts.a.pool("shared") / "control", "create fleet 4M")
     for h in (hosts.b, hosts.c):
         wait_until(lambda h=h: "fleet" in os.listdir(vols(h)), 2.5)

@@ -11,7 +11,7 @@ import threading
 import time
 
 from mount_helpers import MiB, command, read, write_errno, xml_value
-from multihost import three_hosts, wait_until  # noqa: F401
+from multihost import ansible_three_hosts, three_hosts, wait_until, wipe_in_background  # noqa: F401
 from server_ceph import POOL, ceph_cluster  # noqa: F401
 
 
@@ -93,23 +93,12 @@ def test_one_name_made_on_two_hosts_at_once(three_hosts, ceph_cluster):  # noqa:
     os.rmdir(vols(winner) / "race")
 
 
-def _wipe_in_background(h, vol: str) -> tuple[threading.Thread, dict]:
-    out: dict = {}
-
-    def run() -> None:
-        out["errno"] = write_errno(vols(h) / vol / "control", "wipe\n")[0]
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t, out
-
-
 def test_second_host_gets_ebusy_naming_the_holder(three_hosts, ceph_cluster):  # noqa: F811
     hosts = three_hosts()
     hosts.define("shared", shared_xml(ceph_cluster))
     command(hosts.a.pool("shared") / "control", "create big 768M")
     wait_until(lambda: "big" in os.listdir(vols(hosts.b)), 3)
-    t, out = _wipe_in_background(hosts.a, "big")
+    t, out = wipe_in_background(vols(hosts.a) / "big")
     try:
         wait_until(lambda: "wipe" in read(vols(hosts.a) / "big" / "progress"), 10, 0.01)
         code, _ = write_errno(vols(hosts.b) / "big" / "control", "resize 1G\n")
@@ -129,7 +118,7 @@ def test_lock_left_by_a_dead_host_is_broken(three_hosts, ceph_cluster):  # noqa:
     hosts.define("shared", shared_xml(ceph_cluster))
     command(hosts.a.pool("shared") / "control", "create orphan 768M")
     wait_until(lambda: "orphan" in os.listdir(vols(hosts.b)), 3)
-    t, _ = _wipe_in_background(hosts.a, "orphan")
+    t, _ = wipe_in_background(vols(hosts.a) / "orphan")
     wait_until(lambda: "wipe" in read(vols(hosts.a) / "orphan" / "progress"), 10, 0.01)
     hosts.a.kill()  # SIGKILL while it holds the lock
     killed_at = time.monotonic()
@@ -148,38 +137,8 @@ def test_lock_left_by_a_dead_host_is_broken(three_hosts, ceph_cluster):  # noqa:
 def test_one_ansible_play_for_three_hosts(three_hosts, ceph_cluster, tmp_path):  # noqa: F811
     """Configuration management writes the same config.xml on every host: one play,
     three hosts (three mountpoints); the second run changes nothing."""
-    import json
-    import re
-    import subprocess
-
-    from test_config_mgmt import PLAYBOOK_DIR, ansible_env, ansible_playbook
-
     hosts = three_hosts()
-    inv = tmp_path / "inventory.ini"
-    inv.write_text("[fleet]\n" + "".join(
-        f"{h.host_id} ansible_connection=local mnt={h.mnt}\n" for h in hosts))
-    extra = tmp_path / "vars.json"
-    extra.write_text(json.dumps({"shared_pools": [
-        {"name": "shared", "xml": shared_xml(ceph_cluster)}]}))
-    recap = re.compile(r"^(host-\w)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+"
-                       r"failed=(\d+)", re.M)
-
-    def play() -> dict[str, int]:
-        res = subprocess.run([ansible_playbook(), "-i", str(inv), "-e", f"@{extra}",
-                              str(PLAYBOOK_DIR / "multihost.yml")], capture_output=True,
-                             text=True, timeout=300, env=ansible_env(tmp_path),
-                             cwd=PLAYBOOK_DIR)
-        assert res.returncode == 0, res.stdout + res.stderr
-        rows = {m[0]: (int(m[2]), int(m[4])) for m in recap.findall(res.stdout)}
-        assert sorted(rows) == ["host-a", "host-b", "host-c"], res.stdout
-        assert all(failed == 0 for _, failed in rows.values())
-        return {h: changed for h, (changed, _) in rows.items()}
-
-    first = play()
+    first, second = ansible_three_hosts(hosts, shared_xml(ceph_cluster), tmp_path)
+    print(f"ansible three hosts (rbd): first run changed={first}, second {second}")
     assert all(c > 0 for c in first.values()), first
-    second = play()
-    print(f"ansible three hosts: first run changed={first}, second run changed={second}")
     assert second == {"host-a": 0, "host-b": 0, "host-c": 0}
-    docs = {read(h.pool("shared") / "config.xml") for h in hosts}
-    assert len(docs) == 1
-    assert all(read(h.pool("shared") / "state") == "running\n" for h in hosts)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import pyfuse3
 
 if TYPE_CHECKING:
+    from .listing import Listing
     from .node import Node
 
 Path = tuple[str, ...]
@@ -33,28 +34,15 @@ class Inode:
         self.lookups = 0
         self.stale = False
         self.node = node
-        #: (stamp, EntryAttributes) of a directory whose attributes are cached (attrs.py)
+        #: (changed_ns, attrs_gen, EntryAttributes) of a directory whose attributes are
+        #: cached (attrs.py)
         self.attrs: tuple | None = None
-        #: a directory's entries as readdir last sent them (operations.py)
+        #: a directory's entries as readdir last sent them (listing.py)
         self.listing: Listing | None = None
 
     @property
     def name(self) -> str:
         return self.path[-1] if self.path else ""
-
-
-class Listing:
-    """What readdir sent of a directory, entry by entry: (name bytes, inode, attributes),
-    None for a name gone since opendir. Good while ``key`` holds: the directory's own
-    key (its objects unchanged, Dir.listing_key), the tree's attrs_gen, the table's gen
-    (no inode dropped or made stale) and the same list of names."""
-
-    __slots__ = ("key", "names", "entries")
-
-    def __init__(self, key: tuple, names: list[str]) -> None:
-        self.key = key
-        self.names = names
-        self.entries: list[tuple[bytes, Inode, pyfuse3.EntryAttributes] | None] = []
 
 
 class InodeTable:

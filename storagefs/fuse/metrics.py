@@ -11,21 +11,27 @@ METRICS_FILE = "metrics.prom"
 
 
 class MetricsFile(Generated):
-    """Rendered at each open from the core's cache (no version: never cached by the
-    kernel, read with direct I/O)."""
+    """Rendered from the core's cache when what it is made of changed (metrics.stamp),
+    else the bytes of the last rendering (no version: never cached by the kernel, read
+    with direct I/O; stat asks each time, and gets the size a read gets)."""
 
-    __slots__ = ("_last", "_changed_ns")
+    __slots__ = ("_last", "_changed_ns", "_stamp")
     live = True  # no attribute caching: stat tells the size a read gets now
 
     def __init__(self, t, path) -> None:
         super().__init__(t, path)
         self._last = b""
         self._changed_ns = now_ns()
+        self._stamp: tuple | None = None
 
     def version(self) -> object:
         return None
 
     def render(self) -> bytes:
+        stamp = metrics.stamp(self.t.core)
+        if stamp == self._stamp:
+            return self._last
+        self._stamp = stamp
         data = metrics.render(self.t.core)
         if data != self._last:  # the time of the last change, so tar sees no change
             self._last, self._changed_ns = data, now_ns()

@@ -93,7 +93,7 @@ class Dir(Node):
         modes and times: readdir reuses what it sent while it is equal (None: never)."""
         return None
 
-    def current(self, name: str, node: Node) -> bool:
+    def child_is_current(self, name: str, node: Node) -> bool:
         """Does ``node`` (of a child inode) still stand for what child(name) gives now?
         True lets readdir reuse it without making a node (False: ask child())."""
         return False

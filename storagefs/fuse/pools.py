@@ -35,7 +35,7 @@ class PoolsDir(Dir):
             raise NotFound(name)
         return PoolDir(self.t, (*self.path, name), pool)
 
-    def current(self, name: str, node: Node) -> bool:
+    def child_is_current(self, name: str, node: Node) -> bool:
         return getattr(node, "pool", None) is self.t.core.pools.get(name)
 
     async def mkdir(self, name: str, mode: int, caller: Caller) -> Node:

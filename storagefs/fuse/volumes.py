@@ -46,7 +46,7 @@ class VolumesDir(Dir):
             raise NotFound(name)
         return VolumeDir(self.t, (*self.path, name), vol)
 
-    def current(self, name: str, node: Node) -> bool:
+    def child_is_current(self, name: str, node: Node) -> bool:
         return getattr(node, "vol", None) is self.pool.volumes.get(name)
 
     def listing_key(self) -> tuple | None:
