@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import logging
 import os
 import signal
@@ -132,6 +133,13 @@ def _device_listener(core: Registry, ops: Operations):
     return changed
 
 
+#: the collector's thresholds while serving. Python's defaults (700, 10, 10) run a full
+#: collection every few hundred thousand allocations: with 100,000 volumes (a million
+#: objects) each one walks them all, 40% of the first listing of such a pool (measured:
+#: 983 ms -> 619 ms). Cyclic garbage is still collected, less often.
+GC_THRESHOLDS = (50_000, 20, 10)
+
+
 async def make_core(state_dir: str, *, devices: bool = False,
                     mountpoint: str | None = None, host_id: str = "") -> Registry:
     """The core over a state directory, loaded (pools defined and started again);
@@ -153,6 +161,7 @@ async def serve(mountpoint: str, state_dir: str, *, allow_other: bool,
     """Mount and serve until unmounted; ``ready(None)`` once the tree is usable,
     ``ready(reason)`` if it cannot start."""
     os.umask(UMASK)
+    gc.set_threshold(*GC_THRESHOLDS)
     # first: it takes $NOTIFY_SOCKET out of the environment before any host tool runs
     notifier = Notifier()
     try:

@@ -69,25 +69,44 @@ def qemu_preallocates(spec: VolumeSpec) -> bool:
                 and spec.allocation >= spec.capacity)
 
 
+#: how a file is opened to read its header: never through a symlink, never waiting
+#: (a FIFO), never becoming a controlling terminal
+_PROBE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+#: headers that say what the file is in their first bytes (others: the tail is read too)
+_MAGICS = (b"QFI\xfb", b"QED\0", b"KDMV", b"# Disk", b"LUKS")
+
+
 def probe_header(path: str) -> tuple[str, int | None, str | None]:
     """The image format, virtual size and encryption (libvirt's name: luks or qcow)
     from the file's header, as libvirt probes them (no host tool: a refresh of
     thousands of images stays fast, and works when qemu-img hangs or is missing).
     Size None: unknown (raw: the file size)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = os.open(path, _PROBE_FLAGS)
     except OSError:
         return "raw", None, None
     try:
+        return _header(fd, None)
+    finally:
+        os.close(fd)
+
+
+def _header(fd: int, size: int | None) -> tuple[str, int | None, str | None]:
+    """probe_header of an open file (``size``: its size when known)."""
+    try:
         head = os.pread(fd, 512, 0)
         tail = b""
-        if not head.startswith((b"QFI\xfb", b"QED\0", b"KDMV", b"# Disk", b"LUKS")):
-            size = os.fstat(fd).st_size  # a vpc footer (or raw: most files found)
+        if not head.startswith(_MAGICS):
+            if size is None:
+                size = os.fstat(fd).st_size  # a vpc footer (or raw: most files found)
             tail = os.pread(fd, 512, size - 512) if size >= 512 else b""
     except OSError:
         return "raw", None, None
-    finally:
-        os.close(fd)
+    return parse_header(head, tail)
+
+
+def parse_header(head: bytes, tail: bytes) -> tuple[str, int | None, str | None]:
+    """Format, virtual size and encryption from a file's first and last 512 bytes."""
 
     def num(fmt: str, off: int, data: bytes = head) -> int | None:
         n = struct.calcsize(fmt)
@@ -263,28 +282,44 @@ def remake_options(fmt: str, data: dict, key_secret: str = "sec0") -> dict[str, 
 
 # ---- one directory of image files (run in the pool's worker threads) ---------------------
 def probe_file(path: str, name: str, fmt: str | None = None) -> VolumeInfo | None:
-    """The volume as the storage has it, from one lstat and its header.
+    """The volume as the storage has it, from its header and one stat.
 
     ``fmt`` is the volume's recorded format (storagefs made it or was told): it wins
     over the header, which whoever writes to the volume controls. Without it (a file
-    found in the pool) the header decides."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise from_oserror(exc, f"cannot stat '{path}'") from None
+    found in the pool) the header decides. A file whose header is read is opened once
+    and stat'ed through that descriptor (a scan of 100,000 files); one that cannot be
+    opened (a root-squashed export) is what lstat says, raw."""
+    found, capacity, crypt = "raw", None, None
+    st = None
+    if fmt != "raw":
+        try:
+            fd = os.open(path, _PROBE_FLAGS)
+        except FileNotFoundError:
+            return None
+        except OSError:
+            fd = -1  # a symlink (ELOOP), unreadable: lstat below says what it is
+        if fd >= 0:
+            try:
+                st = os.fstat(fd)
+                if stat.S_ISREG(st.st_mode):
+                    found, capacity, crypt = _header(fd, st.st_size)
+            except OSError as exc:
+                raise from_oserror(exc, f"cannot stat '{path}'") from None
+            finally:
+                os.close(fd)
+    if st is None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise from_oserror(exc, f"cannot stat '{path}'") from None
     if not stat.S_ISREG(st.st_mode):
         return None
-    crypt = None
-    if fmt == "raw":
-        capacity = None  # the file size; the header is guest data
-    else:
-        found, capacity, crypt = probe_header(path)
-        if fmt is None:
-            fmt = found
-        elif found != fmt:
-            capacity, crypt = None, None  # not the recorded format's: qemu-img says
+    if fmt is None:
+        fmt = found
+    elif found != fmt:
+        capacity, crypt = None, None  # not the recorded format's: qemu-img says
     info = VolumeInfo(name=name, path=path, key=path, format=fmt, encrypted=bool(crypt))
     if crypt:
         info.options = {"encryption": crypt}
@@ -298,19 +333,24 @@ def probe_file(path: str, name: str, fmt: str | None = None) -> VolumeInfo | Non
 
 def scan(directory: str, formats: Mapping[str, str]) -> list[VolumeInfo]:
     """Every regular file of the directory with a valid volume name, probed."""
-    found = []
     try:
         with os.scandir(directory) as it:
             entries = [e.name for e in it
                        if not e.name.startswith(".") and e.is_file(follow_symlinks=False)]
     except OSError as exc:
         raise from_oserror(exc, f"cannot open directory '{directory}'") from None
-    for name in entries:
+    return _probe_all(directory if directory.endswith("/") else directory + "/", entries,
+                      formats)
+
+
+def _probe_all(prefix: str, names: list[str], formats: Mapping[str, str]) -> list[VolumeInfo]:
+    found = []
+    for name in names:
         try:
             check_name(name)
         except StorageError:
             continue
-        info = probe_file(os.path.join(directory, name), name, formats.get(name))
+        info = probe_file(prefix + name, name, formats.get(name))
         if info is not None:
             found.append(info)
     return found
