@@ -11,7 +11,7 @@ import os
 import subprocess
 import time
 
-from mount_helpers import command, run
+from mount_helpers import command, read, run
 
 N = 40
 
@@ -54,17 +54,52 @@ def test_names_made_and_removed_show_at_the_next_ls(mounted):
     assert set(now) == (set(first) - {"v03.raw", "v05.raw"}) | {"new.raw", "outside.raw"}
 
 
-def test_a_volume_change_and_touch_show_in_its_directory_time(mounted):
+def mtime(path) -> str:
+    return run(["stat", "-c", "%.9Y", str(path)]).stdout.strip()
+
+
+def test_times_follow_names_and_bytes_as_on_any_filesystem(mounted):
+    """A directory's mtime moves when its names do (mkdir, rmdir), not when a volume in
+    it changes (tar of the tree: "file changed as we read it"); a file's mtime moves with
+    its own bytes; touch of a directory shows until its names change again."""
     many(mounted)
     vols = mounted.pool() / "volumes"
     before = listing(vols)
+    d0, cap0, fmt0 = mtime(vols), mtime(vols / "v07.raw" / "capacity"), \
+        mtime(vols / "v07.raw" / "format")
     command(vols / "v07.raw" / "control", "resize 1M")
-    after = listing(vols)
-    assert after["v07.raw"][1] != before["v07.raw"][1]
-    assert after["v08.raw"] == before["v08.raw"]
+    assert listing(vols) == before  # the volume's directory is as it was
+    assert mtime(vols) == d0
+    assert mtime(vols / "v07.raw" / "capacity") != cap0  # its bytes changed
+    assert mtime(vols / "v07.raw" / "format") == fmt0  # its bytes did not
 
     run(["touch", "-m", "-d", "@1000000000", str(vols / "v09.raw")])
     assert listing(vols)["v09.raw"][1] == "1000000000.000000000"
+    run(["touch", "-m", "-d", "@1000000000", str(vols)])
+    assert mtime(vols) == "1000000000.000000000"
+    os.mkdir(vols / "after-touch.raw")
+    assert float(mtime(vols)) > 1000000000 + 1
+
+
+def test_tar_of_a_pool_whose_figures_move_reads_no_changing_directory(mounted):
+    """A guest writing into its volume moves the volume's allocation and the pool's
+    figures: the directories tar reads meanwhile keep their times."""
+    many(mounted)
+    pool = mounted.pool()
+    disk = mounted.images / "v00.raw"
+    guest = subprocess.Popen(["bash", "-c", "for i in $(seq 25); do dd if=/dev/urandom "
+                              f"of={disk} bs=1M count=1 seek=$i conv=notrunc,fsync "
+                              "status=none; sleep 0.2; done"])
+    allocations = set()
+    try:
+        while guest.poll() is None:  # tar again and again while the figures move
+            out = run(["tar", "-cf", "/dev/null", str(pool / "volumes")], check=False)
+            assert "changed as we read it" not in out.stderr, out.stderr
+            assert out.returncode == 0, out.stderr
+            allocations.add(read(pool / "volumes" / "v00.raw" / "allocation"))
+    finally:
+        guest.wait(60)
+    assert len(allocations) > 2  # the figures did move meanwhile
 
 
 def test_pools_listing_follows_define_and_undefine(mounted, tmp_path):

@@ -70,8 +70,18 @@ def qemu_preallocates(spec: VolumeSpec) -> bool:
 
 
 #: how a file is opened to read its header: never through a symlink, never waiting
-#: (a FIFO), never becoming a controlling terminal
-_PROBE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+#: (a FIFO), never becoming a controlling terminal, and without touching its atime
+#: (a probe is no access: the volume's status.xml keeps its times)
+_PROBE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_NOATIME
+
+
+def _open_for_probe(path: str) -> int:
+    """O_NOATIME is refused (EPERM) for a file not owned by us without CAP_FOWNER: open
+    it as any reader would then."""
+    try:
+        return os.open(path, _PROBE_FLAGS)
+    except PermissionError:
+        return os.open(path, _PROBE_FLAGS & ~os.O_NOATIME)
 #: headers that say what the file is in their first bytes (others: the tail is read too)
 _MAGICS = (b"QFI\xfb", b"QED\0", b"KDMV", b"# Disk", b"LUKS")
 
@@ -82,7 +92,7 @@ def probe_header(path: str) -> tuple[str, int | None, str | None]:
     thousands of images stays fast, and works when qemu-img hangs or is missing).
     Size None: unknown (raw: the file size)."""
     try:
-        fd = os.open(path, _PROBE_FLAGS)
+        fd = _open_for_probe(path)
     except OSError:
         return "raw", None, None
     try:
@@ -293,7 +303,7 @@ def probe_file(path: str, name: str, fmt: str | None = None) -> VolumeInfo | Non
     st = None
     if fmt != "raw":
         try:
-            fd = os.open(path, _PROBE_FLAGS)
+            fd = _open_for_probe(path)
         except FileNotFoundError:
             return None
         except OSError:

@@ -37,12 +37,14 @@ class VolumeTable(dict):
     a listing made for the kernel is reused while ``gen`` stays (every way a dict
     changes is caught here; reads are plain dict reads)."""
 
-    __slots__ = ("_sorted", "gen")
+    __slots__ = ("_sorted", "gen", "names_ns")
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._sorted: list[str] | None = None
         self.gen = 0
+        #: when a name came or went last (the mtime of volumes/)
+        self.names_ns = now_ns()
 
     def sorted_names(self) -> list[str]:
         """The names in order (the same list while no name came or went); callers never
@@ -55,6 +57,7 @@ class VolumeTable(dict):
         self.gen += 1
         if names:
             self._sorted = None
+            self.names_ns = now_ns()
 
     def __setitem__(self, key, value) -> None:
         self._changed(key not in self)
@@ -112,6 +115,8 @@ class Volume:
     #: deleted: a handle still holding it gets ENOENT instead of acting on it
     gone: bool = False
     changed_ns: int = field(default_factory=now_ns)
+    #: when it was listed first (the mtime of its directory, whose names stay)
+    born_ns: int = field(default_factory=now_ns)
     #: bumped by every change: generated files are rendered again only when it moves
     version: int = 0
     #: made by mkdir in a pool where space is really taken (disk, logical) and whose
@@ -153,6 +158,8 @@ class Pool:
     volumes: VolumeTable = field(default_factory=VolumeTable)
     #: bumped by every change of one of its volumes (Volume.touch)
     volumes_touched: int = 0
+    #: when its directory's names last changed: made, defined (pending -> defined)
+    names_ns: int = field(default_factory=now_ns)
     #: names being created right now (taken, but not listed yet)
     reserved: set[str] = field(default_factory=set)
     #: the pool operation that runs ("" when none)

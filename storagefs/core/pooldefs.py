@@ -16,7 +16,7 @@ from ..errors import Busy, Exists, InvalidArgument, NotFound
 from ..names import check_name
 from ..state import FileMeta, StoredPool, merge_meta
 from ..xml.pool import parse_pool
-from .objects import Pool, claim
+from .objects import Pool, claim, now_ns
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -157,6 +157,8 @@ class PoolDefinitions:
                                      meta=merge_meta(pool.meta, meta, content_changed=True))
                 reg.state.save_pool(stored)  # first: a refused save changes nothing
                 backend.definition = defn
+                if pool.definition is None:
+                    pool.names_ns = now_ns()  # its directory shows all its files now
                 pool.definition, pool.backend, pool.config = defn, backend, data
                 pool.real_target, pool.real_sources = real
                 pool.uuid, pool.meta = new_uuid, stored.meta

@@ -61,8 +61,9 @@ def _attributes(tree: Tree, inode: Inode) -> pyfuse3.EntryAttributes:
         a.st_mode = stat.S_IFDIR | (meta.mode & 0o7777 if meta is not None else 0o755)
         a.st_nlink = 2
         times = tree.dir_times.get(inode.path)
-        if times is not None:
-            a.st_atime_ns, a.st_mtime_ns = times
+        if times is not None and times[2] >= t:  # set by touch since its names changed
+            a.st_atime_ns, a.st_mtime_ns = times[0], times[1]
+            a.st_ctime_ns = times[2]
     elif node.kind == "link":
         a.st_mode = stat.S_IFLNK | 0o777
         a.st_nlink = 1
@@ -71,6 +72,9 @@ def _attributes(tree: Tree, inode: Inode) -> pyfuse3.EntryAttributes:
         a.st_mode = file_mode(node)
         a.st_nlink = 1
         a.st_size = node.size()  # type: ignore[attr-defined]
+        changed = getattr(node, "bytes_ns", 0)  # rendered just now: its bytes' own time
+        if changed > 0:
+            a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = changed
     if meta is not None and node.kind != "link":
         a.st_uid, a.st_gid = meta.uid, meta.gid
         a.st_atime_ns = meta.atime_ns or a.st_atime_ns
@@ -89,11 +93,13 @@ def dir_setattr(tree: Tree, ino: Inode, attr, fields) -> pyfuse3.EntryAttributes
             or (fields.update_gid and attr.st_gid != cur.st_gid):
         raise NotPermitted(f"{ino.name}: the mode and owner of directories are fixed")
     if fields.update_atime or fields.update_mtime:
-        old = tree.dir_times.get(ino.path, (cur.st_atime_ns, cur.st_mtime_ns))
+        old = (cur.st_atime_ns, cur.st_mtime_ns)
         tree.attrs_gen += 1
+        # (atime, mtime, when set): a later change of its names wins, as mkdir in a
+        # touched directory moves its mtime on any filesystem
         tree.dir_times[ino.path] = (
             attr.st_atime_ns if fields.update_atime else old[0],
-            attr.st_mtime_ns if fields.update_mtime else old[1])
+            attr.st_mtime_ns if fields.update_mtime else old[1], now_ns())
         cur = entry_attributes(tree, ino)
     return cur
 

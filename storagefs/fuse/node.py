@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import stat
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -149,13 +150,18 @@ class Generated(File):
     ``served`` is the version the kernel last got: an open of an unchanged file keeps
     the kernel's page cache (keep_cache), a changed one makes the kernel drop it."""
 
-    __slots__ = ("_version", "_bytes", "served")
+    __slots__ = ("_version", "_bytes", "served", "bytes_ns")
 
     def __init__(self, t: Tree, path: Path) -> None:
         super().__init__(t, path)
         self._version: object = None
         self._bytes = b""
         self.served: object = None
+        #: when its bytes last changed: its object's last change when first rendered,
+        #: the time of the rendering that changed them since (-1: never rendered). A
+        #: file's mtime moves with its own bytes, not with every change of its object
+        #: (tar, find -newer, rsync)
+        self.bytes_ns = -1
 
     def version(self) -> object:
         """A value that changes whenever render() would give other bytes."""
@@ -168,8 +174,12 @@ class Generated(File):
     def content(self) -> bytes:
         v = self.version()
         if v != self._version or v is None:
-            self._bytes = self.render()
-            self._version = v
+            data = self.render()
+            if self.bytes_ns < 0:
+                self.bytes_ns = self.mtime_ns()  # its object's last change: no later
+            elif data != self._bytes:
+                self.bytes_ns = time.time_ns()
+            self._bytes, self._version = data, v
         return self._bytes
 
 

@@ -72,7 +72,7 @@ class Operations(pyfuse3.Operations):
         self.table = InodeTable(self.tree.root())
         self.inval = Invalidator(self.table)
         self.handles: dict[int, tuple[Inode, Handle]] = {}
-        self.dirs: dict[int, tuple[Inode, list[str], Caller]] = {}
+        self.dirs: dict[int, tuple[Inode, list[str] | None, Caller]] = {}
         self._fh = itertools.count(1)
         self.inval.on_removed = self.tree.forget_under
         core.listener = self.inval
@@ -159,7 +159,7 @@ class Operations(pyfuse3.Operations):
             raise FUSEError(errno.ENOTDIR)
         who = caller(ctx)
         fh = next(self._fh)
-        self.dirs[fh] = (d, d.node.names(who), who)  # type: ignore[attr-defined]
+        self.dirs[fh] = (d, None, who)  # names: at the first readdir
         return fh
 
     @fuse_op
@@ -167,6 +167,9 @@ class Operations(pyfuse3.Operations):
         parent, names, who = self.dirs[fh]
         if parent.stale:
             return
+        if start_id == 0 or names is None:  # the first read, and after rewinddir (POSIX:
+            names = parent.node.names(who)  # the directory as it is now)
+            self.dirs[fh] = (parent, names, who)
         listing = listing_of(parent, names, (self.tree.attrs_gen, self.table.gen))
         send(token, start_id, names, listing, lambda name: self._dir_entry(parent, name, who))
 

@@ -76,6 +76,9 @@ class PoolDir(_OfPool, ObjectDir):
         super().__init__(t, path)
         self.pool = pool
 
+    def mtime_ns(self) -> int:
+        return self.pool.names_ns  # moves with its names (made, defined), not its figures
+
     def alive(self) -> bool:
         return self.pool_alive()
 

@@ -55,8 +55,8 @@ class Tree:
         self.scratch: dict[Path, dict[str, Scratch | ScratchDir]] = {}
         #: per file path: mode, owner and times set by chmod/chown/touch
         self.file_meta: dict[Path, FileMeta] = {}
-        #: times set on directories (rsync -a), kept while mounted
-        self.dir_times: dict[Path, tuple[int, int]] = {}
+        #: times set on directories (rsync -a), kept while mounted: (atime, mtime, when)
+        self.dir_times: dict[Path, tuple[int, int, int]] = {}
         #: per file path: pid -> deadline while that process does not see the name
         self._hidden: dict[Path, dict[int, float]] = {}
         #: bumped by every change of file_meta, dir_times or hidden names: part of the

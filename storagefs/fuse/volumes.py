@@ -49,6 +49,9 @@ class VolumesDir(Dir):
     def child_is_current(self, name: str, node: Node) -> bool:
         return getattr(node, "vol", None) is self.pool.volumes.get(name)
 
+    def mtime_ns(self) -> int:
+        return self.pool.volumes.names_ns  # a directory's time moves with its names
+
     def listing_key(self) -> tuple | None:
         pool = self.pool
         return (pool, pool.volumes.gen, pool.volumes_touched)
@@ -88,6 +91,11 @@ class VolumeDir(_OfVolume, ObjectDir):
     def __init__(self, t, path, vol: Volume) -> None:
         super().__init__(t, path)
         self.vol = vol
+
+    def mtime_ns(self) -> int:
+        # a directory's time moves with its names, which a volume keeps: not with its
+        # figures (tar of the tree: "file changed as we read it" for every volume in use)
+        return self.vol.born_ns
 
     def object_names(self) -> list[str]:
         if self.vol.pending:  # a pending volume: its config.xml (and why it was refused)
