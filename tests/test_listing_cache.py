@@ -132,3 +132,44 @@ def test_listing_after_the_kernel_forgot_its_inodes(mounted):
         st = os.stat(vols / name)  # every inode the listing gave is one storagefs knows
         assert st.st_ino == again[name][0]
         assert os.listdir(vols / name)
+
+
+def test_rewinddir_shows_the_directory_as_it_is_now(mounted):
+    """POSIX: rewinddir makes the stream refer to the directory's current state. libc's
+    opendir/readdir/rewinddir, as a C program (or Perl's rewinddir) calls them."""
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+    class Dirent(ctypes.Structure):
+        _fields_ = [("d_ino", ctypes.c_ulong), ("d_off", ctypes.c_long),
+                    ("d_reclen", ctypes.c_ushort), ("d_type", ctypes.c_ubyte),
+                    ("d_name", ctypes.c_char * 256)]
+
+    libc.opendir.restype = ctypes.c_void_p
+    libc.readdir.restype = ctypes.POINTER(Dirent)
+    libc.readdir.argtypes = libc.rewinddir.argtypes = libc.closedir.argtypes = \
+        [ctypes.c_void_p]
+    many(mounted)
+    vols = mounted.pool() / "volumes"
+
+    def names(d) -> set[str]:
+        out = set()
+        while True:
+            ent = libc.readdir(d)
+            if not ent:
+                return out
+            out.add(ent.contents.d_name.decode())
+
+    d = libc.opendir(str(vols).encode())
+    assert d
+    try:
+        assert libc.readdir(d)  # the stream has begun
+        os.mkdir(vols / "new.raw")
+        os.rmdir(vols / "v01.raw")
+        libc.rewinddir(d)
+        seen = names(d)
+    finally:
+        libc.closedir(d)
+    assert "new.raw" in seen and "v01.raw" not in seen
