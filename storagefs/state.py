@@ -45,6 +45,7 @@ from .durable import (
     remove_file,
 )
 from .errors import Busy, StorageError
+from .kept_formats import KeptFormats
 from .records import (  # noqa: F401 -- the record types are part of what state offers
     BROKEN,
     BadRecord,
@@ -80,6 +81,8 @@ class StateDir:
         self.secrets_dir = self.path / "secrets"
         #: what exists only while storagefs runs (private mounts of gluster pools)
         self.run_dir = self.path / "run"
+        #: the formats of undefined pools' volumes, by storage (kept_formats.py)
+        self.kept = KeptFormats(self.path)
         self._lock_fd: int | None = None
 
     @property

@@ -23,6 +23,7 @@ from mount_helpers import (
     MiB,
     assert_one_error_line,
     command,
+    define_pool,
     parse,
     qemu_info,
     read,
@@ -148,6 +149,39 @@ def test_recorded_format_wins_after_inotify_and_remount_for_every_way_of_making(
     for name in names:
         assert read(mounted.vol(name) / "format") == "raw\n", name
         assert parse(read(mounted.vol(name) / "status.xml")).find("backingStore") is None
+
+
+def test_recorded_formats_survive_undefining_and_redefining_the_pool(mounted, tmp_path):
+    """rmdir of a pool removes its records; a pool defined again on the same target (by
+    the same or another name) takes back its volumes' recorded formats, so a header a
+    guest wrote meanwhile still chooses nothing. The header here names another volume
+    of the same pool as its backing file (a chain inside the pools, which a probe
+    would otherwise follow and a clone copy: another guest's data)."""
+    target = tmp_path / "p1"
+    pdir = define_pool(mounted, "p1", target)
+    os.mkdir(pdir / "volumes" / "victim.raw")
+    write(pdir / "volumes" / "victim.raw" / "path", b"VICTIM-DATA" * 1000)
+    os.mkdir(pdir / "volumes" / "g2.img")
+    evil = tmp_path / "evil"
+    qemu_create("-f", "qcow2", "-b", target / "victim.raw", "-F", "raw", evil, "1M")
+    run(["dd", f"if={evil}", f"of={target / 'g2.img'}", "conv=notrunc", "status=none"])
+    assert read(pdir / "volumes" / "g2.img" / "format") == "raw\n"
+    doc = read(pdir / "config.xml")
+    for name in ("p1", "p2"):  # the same name again, then another name
+        command(pdir / "control", "stop")
+        os.rmdir(pdir)
+        pdir = mounted.pool(name)
+        os.mkdir(pdir)
+        write(pdir / "config.xml", doc.replace("<name>p1</name>", f"<name>{name}</name>"))
+        command(pdir / "control", "start")
+        g2 = pdir / "volumes" / "g2.img"
+        assert read(g2 / "format") == "raw\n", name
+        assert parse(read(g2 / "status.xml")).find("backingStore") is None
+        command(g2 / "control", f"clone copy-{name}.raw")
+        assert b"VICTIM-DATA" not in read_bytes(pdir / "volumes" / f"copy-{name}.raw" / "path")
+        os.rmdir(pdir / "volumes" / f"copy-{name}.raw")
+    mounted.remount()
+    assert read(mounted.pool("p2") / "volumes" / "g2.img" / "format") == "raw\n"
 
 
 def test_a_dropped_image_whose_backing_file_leaves_the_pools_is_shown_and_never_followed(

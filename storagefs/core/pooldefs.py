@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING
 
 from .. import pathrules
 from ..backends import backend_class
-from ..errors import Busy, Exists, InvalidArgument, NotFound
+from ..errors import Busy, Exists, InvalidArgument, NotFound, StorageError
 from ..names import check_name
-from ..state import FileMeta, StoredPool, merge_meta
+from ..state import FileMeta, StoredPool, StoredVolume, merge_meta
 from ..xml.pool import parse_pool
 from .objects import Pool, claim, now_ns
+from .volspec import stored_format
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -43,9 +44,52 @@ def source_conflict(mine, defn, real_sources: tuple[str, ...], other: Pool) -> s
     return None
 
 
+def storage_key(pool: Pool) -> str | None:
+    """What a pool's volumes are on, for the formats kept across its undefinition
+    (kept_formats.py): its resolved target directory, else its remote source."""
+    if pool.real_target:
+        return f"target {pool.real_target}"
+    defn = pool.definition
+    key = backend_class(defn.type).source_key(defn) if defn is not None else None
+    return None if key is None else f"source {' '.join(str(k) for k in key)}"
+
+
 class PoolDefinitions:
     def __init__(self, reg: Registry) -> None:
         self.reg = reg
+
+    # ---- recorded formats across an undefinition ------------------------------------
+    def keep_formats(self, pool: Pool) -> None:
+        """Before the records of a pool being undefined go: keep its volumes' recorded
+        formats by storage (StorageError when they cannot be kept: nothing changes)."""
+        key = storage_key(pool)
+        stored = self.reg.state.load_volumes(pool.name) if key else {}
+        formats = {n: f for n, f in ((n, stored_format(pool, sv)) for n, sv in
+                                     stored.items() if not sv.broken) if f}
+        if formats:
+            self.reg.state.kept.keep(key, formats)  # type: ignore[arg-type]
+
+    def adopt_formats(self, pool: Pool) -> None:
+        """A pool newly defined on storage an undefined pool used: the formats kept
+        become its volume records again (where it has none). Best effort: what cannot
+        be saved is left kept and logged."""
+        key = storage_key(pool)
+        kept = self.reg.state.kept.take(key) if key else {}
+        if not kept:
+            return
+        state = self.reg.state
+        have = state.load_volumes(pool.name)
+        try:
+            for name, fmt in kept.items():
+                if name not in have:
+                    state.save_volume(StoredVolume(pool.name, name, None, format=fmt))
+            state.kept.drop(key)  # type: ignore[arg-type]
+        except StorageError as exc:
+            log.warning("pool %s: the recorded formats of its volumes were not taken "
+                        "back: %s", pool.name, exc.reason)
+            return
+        log.info("pool %s: %d recorded volume formats taken back from an earlier "
+                 "definition on %s", pool.name, len(kept), key)
 
     # ---- paths and conflicts -------------------------------------------------------
     async def check_paths(self, pool: Pool, defn) -> tuple[str | None, tuple[str, ...]]:
@@ -157,10 +201,13 @@ class PoolDefinitions:
                                      meta=merge_meta(pool.meta, meta, content_changed=True))
                 reg.state.save_pool(stored)  # first: a refused save changes nothing
                 backend.definition = defn
-                if pool.definition is None:
+                newly = pool.definition is None
+                if newly:
                     pool.names_ns = now_ns()  # its directory shows all its files now
                 pool.definition, pool.backend, pool.config = defn, backend, data
                 pool.real_target, pool.real_sources = real
+                if newly:
+                    self.adopt_formats(pool)
                 pool.uuid, pool.meta = new_uuid, stored.meta
                 if pool.broken:
                     reg.state.drop_broken_pool(name)
@@ -196,6 +243,7 @@ class PoolDefinitions:
                 if pool.active:
                     raise Busy(f"storage pool '{name}' is still active")
                 if pool.defined or pool.broken:
+                    self.keep_formats(pool)
                     reg.state.delete_pool(name)
                     reg.events.of(pool, "undefined")
                 del reg.pools[name]
