@@ -46,23 +46,23 @@ def check_name(name: str | bytes, what: str = "name") -> str:
     return name
 
 
+_UNSAFE = re.compile(rb"[^A-Za-z0-9:_./]")
+
+
 def systemd_escape_path(path: str) -> str:
-    """``systemd-escape --path``: strip slashes, '/' -> '-', unsafe bytes -> \\xNN."""
+    """``systemd-escape --path``: strip slashes, '/' -> '-', unsafe bytes -> \\xNN (a
+    leading '.' too). One regex pass: the link tables of 100,000 volumes escape every
+    volume's path when they are rebuilt."""
     stripped = path.strip("/")
     while "//" in stripped:
         stripped = stripped.replace("//", "/")
     if not stripped:
         return "-"
-    out = []
-    for i, byte in enumerate(stripped.encode("utf-8", "surrogateescape")):
-        c = chr(byte)
-        if c == "/":
-            out.append("-")
-        elif (c.isascii() and (c.isalnum() or c in ":_.")) and not (i == 0 and c == "."):
-            out.append(c)
-        else:
-            out.append(f"\\x{byte:02x}")
-    return "".join(out)
+    raw = _UNSAFE.sub(lambda m: b"\\x%02x" % m.group()[0],
+                      stripped.encode("utf-8", "surrogateescape"))
+    if raw.startswith(b"."):
+        raw = b"\\x2e" + raw[1:]
+    return raw.replace(b"/", b"-").decode("ascii")
 
 
 def fit_name(name: str, limit: int = MAX_NAME_BYTES) -> str:

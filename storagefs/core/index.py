@@ -235,13 +235,14 @@ class VolumeIndex:
                 if None in names:
                     await self._rescan(pool)
                     continue
-                for name in names:
-                    try:
-                        await self._probe_one(pool, name)
-                    except StorageError as exc:
-                        log.info("pool %s: probe of %s: %s", pool.name, name, exc.reason)
-                    except Exception:
-                        log.exception("pool %s: probe of %s failed", pool.name, name)
+                with self.reg.listener.batch():
+                    for name in names:
+                        try:
+                            await self._probe_one(pool, name)
+                        except StorageError as exc:
+                            log.info("pool %s: probe of %s: %s", pool.name, name, exc.reason)
+                        except Exception:
+                            log.exception("pool %s: probe of %s failed", pool.name, name)
                 self.figures_changed(pool)
             await trio.sleep(PROBE_EVERY)  # events of the next half second come together
 
@@ -377,6 +378,12 @@ class VolumeIndex:
         """Put a listing begun at ``began`` in place: whether anything changed, and the
         volumes that are new or changed (the ones whose details are wanted again).
         What storagefs itself changed since the listing began is newer and kept."""
+        with self.reg.listener.batch():
+            return self._apply_listing(pool, info, found, stored, formats, began, deep)
+
+    def _apply_listing(self, pool: Pool, info, found: list[VolumeInfo], stored: dict,
+                       formats: dict[str, str], began: int, deep: bool
+                       ) -> tuple[bool, set[str]]:
         reg = self.reg
         changed = info != pool.info
         pool.info = info

@@ -42,6 +42,7 @@ class Listener(Protocol):
     def changed(self, pool: str, volume: str | None = None) -> None: ...
     def added(self, pool: str, volume: str | None = None) -> None: ...
     def removed(self, pool: str, volume: str | None = None) -> None: ...
+    def batch(self) -> contextlib.AbstractContextManager[None]: ...
 
 
 class NullListener:
@@ -61,6 +62,9 @@ class NullListener:
 
     def links_changed(self) -> None:
         pass
+
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
 
 
 def one_line(op: str, reason: str) -> str:

@@ -14,8 +14,9 @@ so ``readlink`` of a stable link never fails while others come and go.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pyfuse3
 
@@ -46,6 +47,24 @@ class Invalidator:
         self.vfs_removing: set[tuple[int, str]] = set()
         #: called with the path of an object that went away
         self.on_removed: Callable[[tuple[str, ...]], None] = lambda path: None
+        #: open batches (batch()), and the link directories to prune when the last ends
+        self._batches = 0
+        self._links_due: set[tuple[str, ...]] = set()
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Many volumes come or go (a scan, a burst of inotify events): the link tables
+        are pruned once at the end, not once per volume (each prune walks every link
+        the kernel knows: 1,000 files made in a pool of 3,000 took 30 s). Until then a
+        stale link is still refused at its next use (Operations.inode checks alive())."""
+        self._batches += 1
+        try:
+            yield
+        finally:
+            self._batches -= 1
+            if not self._batches and self._links_due:
+                due, self._links_due = tuple(self._links_due), set()
+                self._links(due)
 
     def progress(self, pool: str, volume: str) -> None:
         for handle in self.pollers.pop((pool, volume), []):
@@ -147,6 +166,9 @@ class Invalidator:
             if d is None:
                 continue
             self._inode(d)
+            if self._batches:
+                self._links_due.add(path)
+                continue
             self._prune(d, lambda inode: inode.node is not None and inode.node.alive())
 
     def _prune(self, d: Inode, valid: Callable[[Inode], bool]) -> None:
