@@ -217,6 +217,32 @@ def test_a_dropped_image_whose_backing_file_leaves_the_pools_is_shown_and_never_
     assert "snapshots" not in qemu_info(dropped)
 
 
+def test_the_backing_store_of_a_dropped_image_shows_after_a_mount_and_a_start(mounted,
+                                                                             secret):
+    """The details qemu-img tells (the backing store) of images found at a mount or a
+    pool start come in the background: they used to be dropped when the pool's tasks
+    started, so status.xml lacked <backingStore> until a refresh."""
+    import time
+
+    qemu_create("-f", "qcow2", "-b", secret, "-F", "raw", mounted.images / "bk.qcow2", "1M")
+    status = mounted.vol("bk.qcow2") / "status.xml"
+
+    def shown() -> bool:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if parse(read(status)).find("backingStore") is not None:
+                return True
+            time.sleep(0.1)
+        return False
+
+    mounted.remount()
+    assert shown()
+    command(mounted.pool() / "control", "stop")
+    command(mounted.pool() / "control", "start")
+    assert shown()
+    assert parse(read(status)).findtext("backingStore/path") == str(secret)
+
+
 def test_a_dropped_image_with_a_data_file_or_vmdk_extent_outside_is_never_followed(mounted,
                                                                                   secret):
     data_file = mounted.images.parent / "data-outside"

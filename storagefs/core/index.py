@@ -77,7 +77,10 @@ class VolumeIndex:
         """The pool runs (again): watch it, and give it its task group and figures task."""
         if self.nursery is None or pool.runner is None:
             return
+        wanted = self._details.get(pool.name)  # by the listing its start just made
         self.stopped(pool)
+        if wanted:
+            self.want_details(pool, sorted(wanted))
         self.nursery.start_soon(self._pool_tasks, pool)
 
     async def _pool_tasks(self, pool: Pool) -> None:
