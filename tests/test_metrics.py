@@ -77,6 +77,50 @@ def test_figures_are_the_trees_and_the_text_parses(mounted):
     assert "# HELP storagefs_pool_capacity_bytes " in text
 
 
+def test_fstat_of_an_open_exposition_tells_the_size_its_reads_get(mounted):
+    """grep opens, fstats and reads; tar and rsync read st_size bytes. While volumes
+    come and go the exposition changes between an open and the fstat that follows:
+    the opener's fstat still tells the size of what its reads get (else grep says
+    'binary file matches', tar archives it cut)."""
+    import threading
+
+    stop = threading.Event()
+
+    def churn() -> None:
+        i = 0
+        while not stop.is_set():
+            for k in range(30):
+                (mounted.images / f"z{i}_{k}.img").write_bytes(b"")
+            time.sleep(0.05)
+            for k in range(30):
+                (mounted.images / f"z{i}_{k}.img").unlink()
+            i += 1
+
+    worker = threading.Thread(target=churn)
+    worker.start()
+    reads, wrong, sizes = 0, [], set()
+    try:
+        end = time.monotonic() + 4
+        while time.monotonic() < end:
+            fd = os.open(mounted.mnt / "metrics.prom", os.O_RDONLY)
+            try:
+                size = os.fstat(fd).st_size
+                data = b""
+                while chunk := os.read(fd, 1 << 20):
+                    data += chunk
+            finally:
+                os.close(fd)
+            reads += 1
+            sizes.add(size)
+            if len(data) != size:
+                wrong.append((size, len(data)))
+    finally:
+        stop.set()
+        worker.join()
+    assert len(sizes) > 2  # it did change meanwhile
+    assert wrong == [], f"{len(wrong)} of {reads} reads disagreed with fstat: {wrong[:5]}"
+
+
 def test_refusals_are_counted_by_kind(mounted):
     m = mounted
     before = samples(read(m.mnt / "metrics.prom"))

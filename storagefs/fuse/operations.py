@@ -134,7 +134,14 @@ class Operations(pyfuse3.Operations):
 
     @fuse_op
     async def getattr(self, inode, ctx=None):
-        return self.attrs(self.inode(inode))
+        ino = self.inode(inode)
+        attrs = self.attrs(ino)
+        pinned = getattr(ino.node, "pinned_size", None)  # metrics.prom (fuse/metrics.py)
+        if pinned is not None and ctx is not None:
+            size = pinned(ctx.pid)
+            if size is not None:  # a fresh EntryAttributes: a live file's are not cached
+                attrs.st_size, attrs.st_blocks = size, (size + 511) // 512
+        return attrs
 
     @fuse_op
     async def readlink(self, inode, ctx):
@@ -261,7 +268,9 @@ class Operations(pyfuse3.Operations):
             handle.ino = ino.ino
             return self._new_handle(ino, handle, direct_io=True, pid=ctx.pid)
         if node.live:
-            return self._new_handle(ino, node.open_read(), direct_io=True)
+            opener = getattr(node, "open_read_by", None)
+            handle = opener(ctx.pid) if opener is not None else node.open_read()
+            return self._new_handle(ino, handle, direct_io=True)
         handle = node.open_read()
         keep = True
         if isinstance(node, Generated):
