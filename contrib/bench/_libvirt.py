@@ -1,7 +1,8 @@
 """Shared helpers for the benchmarks in contrib/bench/: subprocess timing, mount checks,
-the storagefs CLI and log summary, and a private libvirtd (own mount namespace: tmpfs on
-/run/libvirt, private /etc/libvirt, /var/lib/libvirt, /var/cache/libvirt) reached with
-nsenter + virsh. Import it from a script in this directory (`from _libvirt import ...`).
+the storagefs CLI, a mount of it and its log summary, a benchmark's work directory, and
+a private libvirtd (own mount namespace: tmpfs on /run/libvirt, private /etc/libvirt,
+/var/lib/libvirt, /var/cache/libvirt) reached with nsenter + virsh. Import it from a
+script in this directory (`from _libvirt import ...`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 URI = "qemu:///system"
@@ -97,6 +99,41 @@ class Libvirt:
 def storagefs_cli() -> list[str]:
     exe = Path(sys.executable).parent / "storagefs"
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "storagefs"]
+
+
+def mount_storagefs(work: Path, stack: contextlib.ExitStack, timeout: float = 120,
+                    ) -> tuple[Path, Path]:
+    """storagefs mounted at WORK/mnt with its state in WORK/state; unmounted when the
+    stack closes, then its log summed up. Returns (mountpoint, state directory)."""
+    cli = storagefs_cli()
+    mnt, state = work / "mnt", work / "state"
+    mnt.mkdir(exist_ok=True)
+    state.mkdir(exist_ok=True)
+    run([*cli, "mount", str(mnt), "--state-dir", str(state)], timeout=timeout)
+    stack.callback(lambda: print_log(state / "storagefs.log"))
+    stack.callback(lambda: subprocess.run([*cli, "unmount", str(mnt)]))
+    return mnt, state
+
+
+def run_in(work: Path, body: Callable[[contextlib.ExitStack], None],
+           show: Callable[[], None]) -> int:
+    """A benchmark's body, run with an ExitStack in WORK: Ctrl-C cleans up and says so
+    (130); the results so far are always shown, and WORK removed unless something is
+    still mounted under it."""
+    try:
+        with contextlib.ExitStack() as stack:
+            body(stack)
+    except KeyboardInterrupt:
+        print("interrupted: cleaned up; partial results below", file=sys.stderr)
+        return 130
+    finally:
+        show()
+        left = mounted_under(work)
+        if left:
+            print(f"NOT removing {work}: still mounted: {left}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
 
 
 def print_log(log: Path) -> None:

@@ -33,7 +33,15 @@ import time
 from pathlib import Path
 
 from _floorfs import snapshot
-from _libvirt import Libvirt, mounted_under, print_log, run, storagefs_cli, timed
+from _libvirt import (
+    Libvirt,
+    mount_storagefs,
+    print_log,
+    run,
+    run_in,
+    storagefs_cli,
+    timed,
+)
 
 HERE = Path(__file__).resolve().parent
 GIB = 1 << 30
@@ -167,15 +175,11 @@ def rss_of_mount(mnt: Path) -> int:
 
 
 def bench_reads(args, work: Path, stack: contextlib.ExitStack, t: Table) -> None:
-    cli = storagefs_cli()
-    mnt, state, target = work / "mnt", work / "state", work / "pool"
-    for d in (mnt, state, target):
-        d.mkdir()
+    target = work / "pool"
+    target.mkdir()
     n = args.volumes
     make_files(target, 0, n)
-    run([*cli, "mount", str(mnt), "--state-dir", str(state)], timeout=120)
-    stack.callback(lambda: print_log(state / "storagefs.log"))
-    stack.callback(lambda: subprocess.run([*cli, "unmount", str(mnt)]))
+    mnt, state = mount_storagefs(work, stack)
     pool = mnt / "pools/bench"
     pool.mkdir()
     (pool / "config.xml").write_text(
@@ -367,28 +371,17 @@ def main() -> int:
         return 1
     work = Path(tempfile.mkdtemp(prefix="sfcore-", dir=args.workdir or "/tmp")).resolve()
     t = Table()
-    try:
-        with contextlib.ExitStack() as stack:
-            if not args.no_reads:
-                bench_reads(args, work, stack, t)
-        with contextlib.ExitStack() as stack:
-            if not args.no_hang:
-                bench_hang(args, work, stack, t)
-        with contextlib.ExitStack() as stack:
-            if not args.no_large:
-                bench_large(args, work, stack, t)
-    except KeyboardInterrupt:
-        print("interrupted: cleaned up; partial results below", file=sys.stderr)
-        return 130
-    finally:
-        t.print()
-        left = mounted_under(work)
-        if left:
-            print(f"NOT removing {work}: still mounted: {left}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-    print("ratio = storagefs / baseline; targets are issue 11's.")
-    return 0
+    def body(stack: contextlib.ExitStack) -> None:
+        for skip, part in ((args.no_reads, bench_reads), (args.no_hang, bench_hang),
+                           (args.no_large, bench_large)):
+            if not skip:
+                with contextlib.ExitStack() as own:  # each part's mounts go before the next
+                    part(args, work, own, t)
+
+    code = run_in(work, body, t.print)
+    if code == 0:
+        print("ratio = storagefs / baseline; targets are issue 11's.")
+    return code
 
 
 if __name__ == "__main__":

@@ -27,7 +27,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from _libvirt import Libvirt, mounted_under, print_log, run, storagefs_cli, timed
+from _libvirt import (
+    Libvirt,
+    print_log,
+    run,
+    run_in,
+    storagefs_cli,
+    timed,
+)
 
 LIST_TARGET = 0.1  # the issue: listing at least 10x faster than virsh
 
@@ -143,22 +150,13 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="sfbench-dev-", dir=args.workdir or "/tmp")).resolve()
     rows: list[Row] = []
     notes: list[str] = []
-    code = 0
-    try:
-        with contextlib.ExitStack() as stack:
-            bench(args, work, stack, rows, notes)
-    except KeyboardInterrupt:
-        print("interrupted: cleaned up; partial results below", file=sys.stderr)
-        code = 130
-    finally:
+
+    def show() -> None:
         print_table(rows)
         for note in notes:
             print(note)
-        left = mounted_under(work)
-        if left:
-            print(f"NOT removing {work}: still mounted: {left}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+
+    code = run_in(work, lambda stack: bench(args, work, stack, rows, notes), show)
     print(f"ratio = storagefs s / virsh s; target: listing >= 10x faster (<= {LIST_TARGET:g}); "
           f"medians of {args.repeat} runs, one process per command (virsh via nsenter).")
     return code

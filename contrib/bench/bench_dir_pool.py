@@ -26,7 +26,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from _libvirt import Libvirt, mounted_under, print_log, run, storagefs_cli, timed
+from _libvirt import (
+    Libvirt,
+    print_log,
+    run,
+    run_in,
+    storagefs_cli,
+    timed,
+)
 
 GIB = 1 << 30
 
@@ -192,19 +199,10 @@ def main() -> int:
         return 1
     work = Path(tempfile.mkdtemp(prefix="sfbench-", dir=args.workdir or "/tmp")).resolve()
     rows: list[Row] = []
-    try:
-        with contextlib.ExitStack() as stack:
-            bench(args, work, stack, rows)
-    except KeyboardInterrupt:
-        print("interrupted: cleaned up; partial results below", file=sys.stderr)
-        return 130
-    finally:
-        print_table(rows)
-        left = mounted_under(work)
-        if left:
-            print(f"NOT removing {work}: still mounted: {left}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+    code = run_in(work, lambda stack: bench(args, work, stack, rows),
+                  lambda: print_table(rows))
+    if code:
+        return code
     print("ratio = storagefs s / baseline s; target is the issue's (<= 0.1: 10x faster).")
     return 0
 

@@ -29,7 +29,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from _libvirt import Libvirt, mounted_under, print_log, run, storagefs_cli, timed
+from _libvirt import (
+    Libvirt,
+    mount_storagefs,
+    mounted_under,
+    run,
+    timed,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 from server_gluster import GlusterdError, GlusterServer, start_glusterd  # noqa: E402
@@ -63,13 +69,7 @@ def bench(args: argparse.Namespace, work: Path, stack: contextlib.ExitStack) -> 
         with open(client / f"v{i:05d}.raw", "wb") as f:
             f.truncate(GIB)
 
-    cli = storagefs_cli()
-    mnt, state = work / "mnt", work / "state"
-    mnt.mkdir()
-    state.mkdir()
-    run([*cli, "mount", str(mnt), "--state-dir", str(state)], timeout=120)
-    stack.callback(lambda: print_log(state / "storagefs.log"))
-    stack.callback(lambda: subprocess.run([*cli, "unmount", str(mnt)]))
+    mnt, state = mount_storagefs(work, stack)
     pool = mnt / "pools" / POOL
     pool.mkdir()
     (pool / "config.xml").write_text(

@@ -37,7 +37,13 @@ import threading
 import time
 from pathlib import Path
 
-from _libvirt import Libvirt, mounted_under, print_log, run, storagefs_cli, timed
+from _libvirt import (
+    Libvirt,
+    mount_storagefs,
+    run,
+    run_in,
+    timed,
+)
 
 IQN = "iqn.2026-11.org.storagefs.bench:luns"
 MIB = 1 << 20
@@ -153,13 +159,7 @@ def bench(args, work: Path, stack: contextlib.ExitStack, t: Table) -> None:
     for i in range(1, n + 1):
         tgt.lun(i, 64 * MIB + i * 4096)
 
-    cli = storagefs_cli()
-    mnt, state = work / "mnt", work / "state"
-    mnt.mkdir()
-    state.mkdir()
-    run([*cli, "mount", str(mnt), "--state-dir", str(state)], timeout=120)
-    stack.callback(lambda: print_log(state / "storagefs.log"))
-    stack.callback(lambda: subprocess.run([*cli, "unmount", str(mnt)]))
+    mnt, state = mount_storagefs(work, stack)
     pool = mnt / "pools" / "luns"
     pool.mkdir()
     (pool / "config.xml").write_text(pool_xml("luns", tgt.port, IQN + "-storagefs"))
@@ -258,19 +258,9 @@ def main() -> int:
             return 1
     work = Path(tempfile.mkdtemp(prefix="sfiscsi-", dir=args.workdir or "/tmp")).resolve()
     t = Table()
-    try:
-        with contextlib.ExitStack() as stack:
-            bench(args, work, stack, t)
-    except KeyboardInterrupt:
-        print("interrupted: cleaned up; partial results below", file=sys.stderr)
-        return 130
-    finally:
-        t.print()
-        left = mounted_under(work)
-        if left:
-            print(f"NOT removing {work}: still mounted: {left}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+    code = run_in(work, lambda stack: bench(args, work, stack, t), t.print)
+    if code:
+        return code
     print("ratio = storagefs / baseline")
     return 0
 

@@ -31,7 +31,7 @@ import time
 import uuid
 from pathlib import Path
 
-from _libvirt import Libvirt, print_log, run, storagefs_cli, timed
+from _libvirt import Libvirt, mount_storagefs, run, timed
 
 
 def zfs_fuse_running() -> list[int]:
@@ -113,13 +113,7 @@ def main() -> None:
         rows.append((f"zfs create x{n} (setup)", "-", made, ""))
         rows.append(("zfs get -Hp -r (the listing a refresh runs)", "-", median(get), ""))
 
-        cli = storagefs_cli()
-        mnt, state = work / "mnt", work / "state"
-        mnt.mkdir()
-        state.mkdir()
-        run([*cli, "mount", str(mnt), "--state-dir", str(state)], timeout=120)
-        stack.callback(lambda: print_log(state / "storagefs.log"))
-        stack.callback(lambda: subprocess.run([*cli, "unmount", str(mnt)]))
+        mnt, state = mount_storagefs(work, stack)
         pool = mnt / "pools" / "bz"
         pool.mkdir()
         (pool / "config.xml").write_text(
