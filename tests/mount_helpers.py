@@ -301,6 +301,23 @@ def run_mount_expect_refusal(argv: list[str], mnt: Path, timeout: float = 15):
 # running things
 
 
+def answer_within(fn, seconds: float):
+    """(answered, ("ok", result) | ("err", OSError)) of fn() run in a helper thread that
+    is given ``seconds``: a call on hung storage must not hang the test with it."""
+    box: list = []
+
+    def work():
+        try:
+            box.append(("ok", fn()))
+        except OSError as exc:
+            box.append(("err", exc))
+
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    t.join(seconds)
+    return bool(box), (box[0] if box else None)
+
+
 def run(argv, check: bool = True, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
     kw.setdefault("capture_output", True)
     kw.setdefault("text", True)

@@ -16,11 +16,10 @@ import os
 import shutil
 import signal
 import subprocess
-import threading
 import time
 
 import pytest
-from mount_helpers import command, read, write_errno
+from mount_helpers import answer_within, command, read, write_errno
 
 LIMIT = 6  # seconds: the storage time limit of this mount
 ANSWER = 2.5  # a call "answers" when it returns within this (well below LIMIT)
@@ -51,19 +50,7 @@ def bindfs(tmp_path):
 
 
 def within(fn, seconds: float = ANSWER):
-    """(answered, result or exception) of fn() run in a helper thread."""
-    box: list = []
-
-    def work():
-        try:
-            box.append(("ok", fn()))
-        except OSError as exc:
-            box.append(("err", exc))
-
-    t = threading.Thread(target=work, daemon=True)
-    t.start()
-    t.join(seconds)
-    return (bool(box), box[0] if box else None)
+    return answer_within(fn, seconds)
 
 
 @pytest.mark.log_allows("storage became inaccessible", "not responding", "returned after")

@@ -14,6 +14,7 @@ import time
 
 import pytest
 from mount_helpers import (
+    answer_within,
     assert_one_error_line,
     assert_valid,
     command,
@@ -179,19 +180,7 @@ def client_pid(target) -> int:
 
 
 def within(fn, seconds: float = 0.1):
-    """(answered, ("ok", result) | ("err", OSError)) of fn() in a helper thread."""
-    box: list = []
-
-    def work():
-        try:
-            box.append(("ok", fn()))
-        except OSError as exc:
-            box.append(("err", exc))
-
-    t = threading.Thread(target=work, daemon=True)
-    t.start()
-    t.join(seconds)
-    return bool(box), (box[0] if box else None)
+    return answer_within(fn, seconds)
 
 
 # ---- gluster, used natively -----------------------------------------------------------

@@ -17,6 +17,7 @@ import time
 import pytest
 import trio
 from mount_helpers import (
+    answer_within,
     assert_one_error_line,
     assert_valid,
     command,
@@ -84,19 +85,7 @@ def until(cond, seconds: float = 5.0, step: float = 0.1) -> bool:
 
 
 def within(fn, seconds: float = ANSWER):
-    """(answered, ("ok", result) | ("err", OSError)) of fn() in a helper thread."""
-    box: list = []
-
-    def work():
-        try:
-            box.append(("ok", fn()))
-        except OSError as exc:
-            box.append(("err", exc))
-
-    t = threading.Thread(target=work, daemon=True)
-    t.start()
-    t.join(seconds)
-    return (bool(box), box[0] if box else None)
+    return answer_within(fn, seconds)
 
 
 def test_zfs_build_start_sizes_datasets_snapshots_stop_delete(mounted, zfs):
