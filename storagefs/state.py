@@ -124,7 +124,7 @@ class StateDir:
         """Temp files of writes a crash interrupted (the old file next to them is intact),
         and records renamed aside by an operation a crash interrupted (put back)."""
         for d in (self.pools_dir, self.secrets_dir, *self.volumes_dir.glob("*/"),
-                  self.volumes_dir):
+                  self.volumes_dir, self.kept.dir):
             for tmp in d.glob(".*.tmp"):
                 with contextlib.suppress(OSError):
                     tmp.unlink()

@@ -503,3 +503,34 @@ def test_unreadable_volume_and_secret_records_are_kept_aside(mounted, tmp_path):
     m.remount()
     assert read(s / "value") == "passphrase-1"
     assert read(s / "config.xml") == secret_xml(UUID)
+
+
+@pytest.mark.log_allows("left by an interrupted write")
+def test_temp_files_of_interrupted_writes_are_removed_at_start(mounted, tmp_path):
+    """A crash in the middle of a write leaves `.NAME.XXXX.tmp` beside the intact old
+    file; the next start removes it in every directory of the state directory that
+    storagefs writes (records of pools, volumes, secrets, kept formats), so none builds
+    up over crashes. The default pool's images are storage, not state: left alone."""
+    m = mounted
+    for name in ("kept", "gone"):
+        define_pool(m, name, tmp_path / name)
+        os.mkdir(m.pool(name) / "volumes" / "v1")
+    command(m.pool("gone") / "control", "stop")
+    os.rmdir(m.pool("gone"))  # keeps the formats of its volumes (kept-formats/)
+    m.stop()
+    st = m.state_dir
+    dirs = [d for d in (st, *st.rglob("*")) if d.is_dir() and d != st
+            and st / "images" not in (d, *d.parents)]
+    names = {str(d.relative_to(st)) for d in dirs}
+    assert {"pools", "secrets", "kept-formats"} <= names and \
+        any(n.startswith("volumes/") for n in names), names
+    planted = [d / ".x.json.0123abcd.tmp" for d in dirs]
+    for p in planted:
+        p.write_bytes(b"{half")
+    image_tmp = st / "images" / ".user-file.tmp"
+    image_tmp.write_bytes(b"not ours")
+    m.start()
+    assert [str(p.relative_to(st)) for p in planted if p.exists()] == []
+    assert image_tmp.read_bytes() == b"not ours"
+    assert read(m.pool("kept") / "state") == "running\n"
+    assert "v1" in ls_names(m.pool("kept") / "volumes")
