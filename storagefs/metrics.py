@@ -173,6 +173,12 @@ def _activity(reg: Registry, out: Exposition) -> None:
                "Refused operations since the mount, by object, operation and errno.",
                (({"object": k, "operation": op, "errno": code}, n)
                 for (k, op, code), n in sorted(reg.rec.refusals.items())))
+    out.family("storagefs_background_failures_total", "counter",
+               "Failures of storagefs's own background work since the mount (a rescan "
+               "after a change it saw, the details of a listing), by object, operation "
+               "and errno: no user's operation was refused.",
+               (({"object": k, "operation": op, "errno": code}, n)
+                for (k, op, code), n in sorted(reg.rec.failures.items())))
     out.family("storagefs_event_readers", "gauge", "Open readers of the events file.",
                [({}, events.handles)])
     out.family("storagefs_events_lost_total", "counter",
@@ -196,7 +202,7 @@ def stamp(reg: Registry) -> tuple:
         sum(1 for s in reg.secrets.values() if s.definition is not None),
         -1 if reg.devices is None else len(reg.devices),
         sum(events.counts.values()), events.handles, events.lost,
-        sum(reg.rec.refusals.values()),
+        sum(reg.rec.refusals.values()), sum(reg.rec.failures.values()),
         sum(h.total for h in TOOLS.tools.values()),
     )
 

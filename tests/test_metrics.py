@@ -17,7 +17,7 @@ from conftest import _finish
 from events_reader import EventReader
 from hypothesis import given
 from hypothesis import strategies as st
-from mount_helpers import TEST_DEADLINE, Mount, command, read, write_errno
+from mount_helpers import TEST_DEADLINE, Mount, command, define_pool, read, write_errno
 from prometheus_client.parser import text_string_to_metric_families
 from server_node_exporter import node_exporter  # noqa: F401
 from test_hung_storage import bindfs, within  # noqa: F401
@@ -229,3 +229,29 @@ def test_any_label_value_round_trips_through_the_parser(rows):
     parsed = [(s.labels["pool"], s.value) for f in text_string_to_metric_families(
         out.text().decode()) for s in f.samples]
     assert parsed == [(name, v) for name, v in rows]
+
+
+@pytest.mark.log_allows("storage became inaccessible", "refused refresh", "cannot watch")
+def test_a_failed_background_rescan_is_no_refusal(mounted, tmp_path):
+    """storagefs's own rescan, after it saw the target go, fails: the pool is
+    inaccessible and the failure is counted as a background failure, not as a refused
+    operation (nobody asked for anything). A user's refresh of it is a refusal."""
+    m = mounted
+    target = tmp_path / "t"
+    define_pool(m, "p", target)
+    shutil.rmtree(target)
+    deadline = time.monotonic() + TEST_DEADLINE
+    while read(m.pool("p") / "state") != "inaccessible\n":
+        assert time.monotonic() < deadline, "the pool never became inaccessible"
+        time.sleep(0.1)
+    text = read(m.mnt / "metrics.prom")
+    kinds = {(k[0], dict(k[1])["object"], dict(k[1])["operation"]) for k in samples(text)
+             if k[0] in ("storagefs_refusals_total", "storagefs_background_failures_total")}
+    assert ("storagefs_background_failures_total", "pool", "refresh") in kinds, kinds
+    assert ("storagefs_refusals_total", "pool", "refresh") not in kinds, kinds
+    code, _ = write_errno(m.pool("p") / "control", "refresh\n")
+    assert code != 0
+    refusals = {dict(k[1])["operation"]: v for k, v in
+                samples(read(m.mnt / "metrics.prom")).items()
+                if k[0] == "storagefs_refusals_total" and dict(k[1])["object"] == "pool"}
+    assert refusals == {"control": 1}, refusals  # the write refused: control

@@ -91,7 +91,7 @@ class Chains:
             await chain.escape(info, self.trusted_places(), self.named_backing(vol))
         except chain.ChainLoop as exc:
             if exc.reason not in (vol.error or ""):
-                self.reg.rec.note_refusal(vol, "refresh", exc)
+                self.reg.rec.note_refusal(vol, "refresh", exc, background=True)
         except StorageError:
             pass  # what the chain names cannot be read: operations say so
         except OSError as exc:  # a file of the chain changed under the walk

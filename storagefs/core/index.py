@@ -144,6 +144,7 @@ class VolumeIndex:
                 if pool.busy in STOPPING:
                     continue  # its storage goes away because a user stops it
                 if pool.runner.stuck or exc.errno in LOST:
+                    self.reg.rec.count_failure(pool, "refresh", exc)
                     self.reg.life.lost_storage(pool, exc)
                     return
                 log.warning("pool %s: figures not refreshed: %s", pool.name, exc.reason)
@@ -258,7 +259,7 @@ class VolumeIndex:
                 self.nursery.start_soon(self._rescan_later, pool.name)
         except StorageError as exc:
             # the pool is inaccessible until its storage is back
-            self.reg.rec.note_refusal(pool, "refresh", exc)
+            self.reg.rec.note_refusal(pool, "refresh", exc, background=True)
 
     async def _rescan_later(self, pool_name: str) -> None:
         await trio.sleep(0.5)
@@ -331,7 +332,7 @@ class VolumeIndex:
         try:
             info = await pool.backend.volume_details(dataclasses.replace(vol.info))
         except StorageError as exc:
-            self.reg.rec.note_refusal(vol, "refresh", exc)
+            self.reg.rec.note_refusal(vol, "refresh", exc, background=True)
             return
         except Exception:
             log.exception("volume %s/%s: details failed", pool.name, name)

@@ -102,6 +102,9 @@ class Recorder:
         #: (object kind, operation, errno name), for the metrics
         self.events = events if events is not None else EventBus()
         self.refusals: collections.Counter[tuple[str, str, str]] = collections.Counter()
+        #: failures of storagefs's own background work (a rescan after a change seen,
+        #: the details of a listing): nobody's operation was refused, so counted apart
+        self.failures: collections.Counter[tuple[str, str, str]] = collections.Counter()
         #: lost(obj, exc, op): an operation found that the storage of obj's pool is gone
         #: or was replaced (StorageLost): the registry makes the pool inaccessible
         self.lost = lost
@@ -147,16 +150,25 @@ class Recorder:
             raise
 
     def note_refusal(self, obj: Owner | None, op: str, exc: StorageError,
-                     line: bool = True) -> None:
+                     line: bool = True, background: bool = False) -> None:
         """One line in the object's error file, one in the log. ``line=False``: the log
         only (a refused read: error lines are for refused changes, SPEC "Errors are
-        errno", and a reader such as tar must not see the tree change under it)."""
+        errno", and a reader such as tar must not see the tree change under it).
+        ``background``: storagefs's own work failed (counted in failures, not refusals)."""
         exc.recorded = True
-        self.refusals[(describe(obj).split()[0], (op.split() or ["?"])[0],
-                       errno.errorcode.get(exc.errno, str(exc.errno)))] += 1
+        (self.failures if background else self.refusals)[self._kind(obj, op, exc)] += 1
         log.log(REFUSED, "%s: refused %s", describe(obj), one_line(op, exc.reason))
         if obj is not None and line:
             self.set_error(obj, error_line(op, exc.reason))
+
+    def count_failure(self, obj: Owner | None, op: str, exc: StorageError) -> None:
+        """Count a failure of background work whose line is set elsewhere."""
+        self.failures[self._kind(obj, op, exc)] += 1
+
+    @staticmethod
+    def _kind(obj: Owner | None, op: str, exc: StorageError) -> tuple[str, str, str]:
+        return (describe(obj).split()[0], (op.split() or ["?"])[0],
+                errno.errorcode.get(exc.errno, str(exc.errno)))
 
     def set_error(self, obj: Owner, line: str) -> None:
         obj.error = line

@@ -117,7 +117,9 @@ class Registry:
     def _stuck(self, pool: Pool, reason: str) -> None:
         """A storage call of the pool overran its time limit: inaccessible at once."""
         if self.pools.get(pool.name) is pool and pool.active:
-            self.life.lost_storage(pool, StorageError(reason, errno.EIO))
+            exc = StorageError(reason, errno.EIO)
+            self.rec.count_failure(pool, pool.busy or "refresh", exc)
+            self.life.lost_storage(pool, exc)
 
     def _lost(self, obj: Owner | None, exc: StorageError, op: str) -> None:
         """An operation on obj found its pool's storage gone or replaced: inaccessible."""
