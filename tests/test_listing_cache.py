@@ -11,7 +11,7 @@ import os
 import subprocess
 import time
 
-from mount_helpers import command, read, run
+from mount_helpers import command, define_pool, read, run
 
 N = 40
 
@@ -173,3 +173,31 @@ def test_rewinddir_shows_the_directory_as_it_is_now(mounted):
     finally:
         libc.closedir(d)
     assert "new.raw" in seen and "v01.raw" not in seen
+
+
+def test_pools_and_secrets_directories_move_with_their_names(mounted, tmp_path):
+    """pools/ and secrets/ keep their mtime while nothing comes or goes (a pool's start
+    or a change inside a pool is not a change of pools/), and it moves when a pool or
+    secret is defined or undefined."""
+    m = mounted
+    pools, secrets = m.mnt / "pools", m.mnt / "secrets"
+    p0, s0 = mtime(pools), mtime(secrets)
+    time.sleep(0.05)
+    command(m.pool("default") / "control", "refresh")
+    os.mkdir(m.vol("inside.raw"))
+    assert (mtime(pools), mtime(secrets)) == (p0, s0)
+    define_pool(m, "extra", tmp_path / "extra")
+    p1 = mtime(pools)
+    assert float(p1) > float(p0)
+    time.sleep(0.05)
+    command(m.pool("extra") / "control", "stop")
+    assert mtime(pools) == p1
+    os.rmdir(m.pool("extra"))
+    assert float(mtime(pools)) > float(p1)
+    uuid = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
+    os.mkdir(secrets / uuid)
+    s1 = mtime(secrets)
+    assert float(s1) > float(s0)
+    time.sleep(0.05)
+    os.rmdir(secrets / uuid)
+    assert float(mtime(secrets)) > float(s1)

@@ -31,8 +31,9 @@ def new_meta(mode: int = 0o644) -> FileMeta:
     return FileMeta(mode=mode, atime_ns=t, mtime_ns=t, ctime_ns=t)
 
 
-class VolumeTable(dict):
-    """A pool's volumes by name, which knows its names in order and counts its changes:
+class NameTable(dict):
+    """Objects by name (a pool's volumes, the pools, the secrets), which knows its names
+    in order, when they last changed (the directory's mtime) and counts its changes:
     ``ls`` of 100,000 volumes sorts them again only after a volume came or went, and
     a listing made for the kernel is reused while ``gen`` stays (every way a dict
     changes is caught here; reads are plain dict reads)."""
@@ -43,7 +44,7 @@ class VolumeTable(dict):
         super().__init__(*args, **kwargs)
         self._sorted: list[str] | None = None
         self.gen = 0
-        #: when a name came or went last (the mtime of volumes/)
+        #: when a name came or went last (the mtime of its directory)
         self.names_ns = now_ns()
 
     def sorted_names(self) -> list[str]:
@@ -155,7 +156,7 @@ class Pool:
     state: str = INACTIVE
     error: str = ""
     info: PoolInfo = field(default_factory=PoolInfo)
-    volumes: VolumeTable = field(default_factory=VolumeTable)
+    volumes: NameTable = field(default_factory=NameTable)
     #: bumped by every change of one of its volumes (Volume.touch)
     volumes_touched: int = 0
     #: when its directory's names last changed: made, defined (pending -> defined)

@@ -25,7 +25,7 @@ from .chains import Chains
 from .events import EventBus
 from .index import VolumeIndex
 from .lifecycle import PoolLifecycle
-from .objects import Owner, Pool, Secret, Volume, new_meta, now_ns
+from .objects import NameTable, Owner, Pool, Secret, Volume, new_meta, now_ns
 from .pooldefs import PoolDefinitions
 from .recording import Listener, NullListener, Recorder, error_line
 from .runner import PoolRunner
@@ -79,7 +79,7 @@ class Registry:
         self.host_id = host_id
         #: where the tree is mounted (canonical): no pool's storage may be inside it
         self.mountpoint = mountpoint
-        self.pools: dict[str, Pool] = {}
+        self.pools: NameTable = NameTable()  # name -> Pool
         #: bumped whenever a by-* link may have appeared, moved or gone (link tables
         #: are cached on it)
         self.links_version = 0

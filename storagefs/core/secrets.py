@@ -21,7 +21,7 @@ import trio
 from ..errors import Exists, InvalidArgument, NotFound, NotPermitted, from_oserror
 from ..state import FileMeta, StateDir, merge_meta
 from ..xml.secret import parse_secret
-from .objects import Secret
+from .objects import NameTable, Secret
 from .recording import Recorder, error_line
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ class SecretStore:
     def __init__(self, state: StateDir, recorder: Recorder) -> None:
         self.state = state
         self.rec = recorder
-        self.by_uuid: dict[str, Secret] = {}
+        self.by_uuid: NameTable = NameTable()  # uuid -> Secret
 
     # ---- as a mapping ----------------------------------------------------------
     def get(self, uid: str) -> Secret | None:
@@ -62,7 +62,7 @@ class SecretStore:
         return self.by_uuid.values()
 
     def load(self) -> None:
-        self.by_uuid = {}
+        self.by_uuid = NameTable()
         for rec in self.state.load_secrets():
             s = Secret(rec.uuid, None, rec.config, rec.meta, rec.value, broken=rec.broken)
             self.by_uuid[rec.uuid] = s

@@ -38,6 +38,9 @@ class PoolsDir(Dir):
     def child_is_current(self, name: str, node: Node) -> bool:
         return getattr(node, "pool", None) is self.t.core.pools.get(name)
 
+    def mtime_ns(self) -> int:
+        return self.t.core.pools.names_ns  # moves when a pool is defined or undefined
+
     async def mkdir(self, name: str, mode: int, caller: Caller) -> Node:
         self.t.core.defs.mkdir(name)
         return self.child(name, caller)

@@ -28,6 +28,9 @@ class SecretsDir(Dir):
             raise NotFound(name)
         return SecretDir(self.t, (*self.path, name), s)
 
+    def mtime_ns(self) -> int:
+        return self.t.core.secrets.by_uuid.names_ns  # moves when a secret comes or goes
+
     async def mkdir(self, name: str, mode: int, caller: Caller) -> Node:
         self.t.core.secrets.mkdir(name)
         return self.child(name, caller)
