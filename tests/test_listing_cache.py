@@ -201,3 +201,42 @@ def test_pools_and_secrets_directories_move_with_their_names(mounted, tmp_path):
     time.sleep(0.05)
     os.rmdir(secrets / uuid)
     assert float(mtime(secrets)) > float(s1)
+
+
+def _forget_all() -> None:
+    subprocess.run(["sync"], check=True)
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("2\n")
+    time.sleep(0.5)  # the kernel sends its FORGETs in the background
+
+
+def test_inode_numbers_outlive_the_kernel_forgetting_them(mounted, tmp_path):
+    """A path keeps its inode number while its object lives, also after the kernel
+    forgot it (find -inum, tar --listed-incremental, rsync -H compare numbers); a new
+    volume of the same name gets new numbers."""
+    m = mounted
+    many(m)
+    vols = m.pool() / "volumes"
+    paths = [m.mnt / "pools", m.pool(), m.pool() / "config.xml", vols, vols / "v03.raw",
+             vols / "v03.raw" / "capacity", m.mnt / "metrics.prom", m.mnt / "secrets"]
+    before = {p: os.stat(p).st_ino for p in paths}
+    _forget_all()
+    assert {p: os.stat(p).st_ino for p in paths} == before
+    found = run(["find", str(m.mnt / "pools"), "-inum",
+                 str(before[vols / "v03.raw" / "capacity"])]).stdout.split()
+    assert found == [str(vols / "v03.raw" / "capacity")]
+    os.rmdir(vols / "v03.raw")
+    os.mkdir(vols / "v03.raw")
+    assert os.stat(vols / "v03.raw").st_ino != before[vols / "v03.raw"]
+    # tar's incremental dump, after a forget, dumps no file again when nothing changed
+    # (it lists every directory, with its names, in every level)
+    snar, out1, out2 = tmp_path / "snar", tmp_path / "1.tar", tmp_path / "2.tar"
+    run(["tar", "--listed-incremental", str(snar), "-cf", str(out1), "-C", str(vols),
+         "v05.raw"])
+    _forget_all()
+    run(["tar", "--listed-incremental", str(snar), "-cf", str(out2), "-C", str(vols),
+         "v05.raw"])
+    first = run(["tar", "-tf", str(out1)]).stdout.split()
+    listed = run(["tar", "-tf", str(out2)]).stdout.split()
+    assert "v05.raw/capacity" in first
+    assert [n for n in listed if not n.endswith("/")] == [], listed

@@ -6,6 +6,12 @@ answers for it (see nodes.py). Inodes are made when the kernel first learns of a
 disappears, its inodes are marked stale, so the next request on a cached inode gets
 ENOENT, and a later object of the same name gets a new inode (the kernel never mixes
 the two up).
+
+Inode numbers are a hash of the path and the object it shows, so a path keeps its
+number while its object lives, also after the kernel forgot the inode and looks it up
+again (``find -inum``, ``tar --listed-incremental``, rsync's hard-link check); a new
+object of the same name gets another number. A number already taken (a collision in
+63 bits, or a stale inode the kernel still holds) falls back to a counter.
 """
 
 from __future__ import annotations
@@ -20,6 +26,18 @@ if TYPE_CHECKING:
     from .node import Node
 
 Path = tuple[str, ...]
+
+INO_BITS = (1 << 63) - 1
+
+
+def _token(value: object) -> object:
+    """What stands for ``value`` in an inode's hash: values as they are, objects by
+    identity (a live object keeps its id; a new object of the same name has another)."""
+    if isinstance(value, (str, bytes, int, float, type(None))):
+        return value
+    if isinstance(value, tuple):
+        return tuple(_token(v) for v in value)
+    return ("id", id(value))
 
 
 class Inode:
@@ -68,7 +86,8 @@ class InodeTable:
             if inode.node is node or (inode.node is not None and inode.node.same(node)):
                 return inode
             self.detach(inode)
-        inode = Inode(next(self._next), (*parent.path, name), parent, node)
+        path = (*parent.path, name)
+        inode = Inode(self._number(path, node), path, parent, node)
         parent.children[name] = inode
         self.inodes[inode.ino] = inode
         return inode
@@ -77,9 +96,20 @@ class InodeTable:
         """An inode of its own for parent/name at every lookup, outside the name table
         (so it never goes stale while open; forget drops it): the events file, whose
         size and content belong to the stream of one open."""
-        inode = Inode(next(self._next), (*parent.path, name), parent, node)
+        inode = Inode(self._counted(), (*parent.path, name), parent, node)
         self.inodes[inode.ino] = inode
         return inode
+
+    def _number(self, path: Path, node: Node) -> int:
+        ino = hash((type(node).__name__, path, _token(node.key()))) & INO_BITS
+        if ino <= pyfuse3.ROOT_INODE or ino in self.inodes:
+            return self._counted()
+        return ino
+
+    def _counted(self) -> int:
+        while (ino := next(self._next)) in self.inodes:
+            pass
+        return ino
 
     def find(self, path: Path) -> Inode | None:
         inode = self.root
