@@ -25,6 +25,7 @@ from ..backends.base import VolumeInfo
 from ..errors import Busy, StorageError
 from ..names import check_name
 from ..watch import DirWatcher
+from .details import DetailsQueue
 from .objects import Pool, Volume, now_ns
 from .recording import error_line
 from .volspec import stored_format
@@ -55,10 +56,7 @@ class VolumeIndex:
         self.nursery: trio.Nursery | None = None
         self._dirty: dict[str, set[str | None]] = {}
         self._dirty_event = trio.Event()
-        #: volumes refreshed from their headers only, waiting for qemu-img's details
-        self._details: dict[str, set[str]] = {}
-        self._details_event = trio.Event()
-        self._details_running: tuple[str, trio.CancelScope] | None = None
+        self.details = DetailsQueue(reg)
         #: pools whose figures should be refreshed soon (after a change)
         self._figures_due: dict[str, trio.Event] = {}
 
@@ -68,7 +66,7 @@ class VolumeIndex:
         self.watcher = DirWatcher(self._on_dir_event)
         nursery.start_soon(self.watcher.run)
         nursery.start_soon(self._probe_worker)
-        nursery.start_soon(self._details_worker)
+        nursery.start_soon(self.details.worker)
         for pool in list(self.reg.pools.values()):
             if pool.active:
                 self.started(pool)
@@ -77,10 +75,9 @@ class VolumeIndex:
         """The pool runs (again): watch it, and give it its task group and figures task."""
         if self.nursery is None or pool.runner is None:
             return
-        wanted = self._details.get(pool.name)  # by the listing its start just made
+        wanted = self.details.wanted(pool)  # by the listing its start just made
         self.stopped(pool)
-        if wanted:
-            self.want_details(pool, sorted(wanted))
+        self.details.want(pool, sorted(wanted))
         self.nursery.start_soon(self._pool_tasks, pool)
 
     async def _pool_tasks(self, pool: Pool) -> None:
@@ -105,17 +102,13 @@ class VolumeIndex:
                 self.watcher.remove(d)
         if pool.runner is not None:
             pool.runner.stop_tasks()
-        self._details.pop(pool.name, None)
+        self.details.drop(pool)
         self._figures_due.pop(pool.name, None)
 
     async def stopping(self, pool: Pool) -> None:
         """Before a pool stops: no more background probes of its volumes, and the one
         under way (if any) cancelled and finished (its tool killed)."""
-        self._details.pop(pool.name, None)
-        with trio.move_on_after(10):
-            while self._details_running is not None and self._details_running[0] == pool.name:
-                self._details_running[1].cancel()
-                await trio.sleep(0.01)
+        await self.details.cancel(pool)
 
     # ---- figures --------------------------------------------------------------------
     def figures_changed(self, pool: Pool) -> None:
@@ -207,7 +200,7 @@ class VolumeIndex:
         was = pool.state
         self.reg.life.apply_health(pool, "refresh")
         if not pool.backend.policy.listing_has_details:
-            self.want_details(pool, [v.name for v in found
+            self.details.want(pool, [v.name for v in found
                                      if v.format != "raw" and v.name in fresh])
         if changed or pool.state != was:
             pool.touch()
@@ -304,48 +297,6 @@ class VolumeIndex:
         vol.touch()
         self.reg.listener.changed(vol.pool.name, vol.name)
 
-    # ---- details (what only a host tool tells) --------------------------------------------
-    async def _details_worker(self) -> None:
-        """Fill in what a refresh left out (backing store, snapshots ...) one volume at
-        a time, after the fact: a slow or hung qemu-img never delays a mount or an ls."""
-        while True:
-            await self._details_event.wait()
-            self._details_event = trio.Event()
-            pending, self._details = self._details, {}
-            for pool_name, names in pending.items():
-                for name in sorted(names):
-                    pool = self.reg.pools.get(pool_name)
-                    vol = pool.volumes.get(name) if pool is not None else None
-                    if vol is None or vol.busy or not pool.active or \
-                            pool.runner.stuck:
-                        continue
-                    # a stop cancels this (the probe must not keep the pool's files busy)
-                    with trio.CancelScope() as scope:
-                        self._details_running = (pool_name, scope)
-                        try:
-                            await self.fill_details(vol)
-                        finally:
-                            self._details_running = None
-
-    async def fill_details(self, vol: Volume) -> None:
-        pool, name = vol.pool, vol.name
-        try:
-            info = await pool.backend.volume_details(dataclasses.replace(vol.info))
-        except StorageError as exc:
-            self.reg.rec.note_refusal(vol, "refresh", exc, background=True)
-            return
-        except Exception:
-            log.exception("volume %s/%s: details failed", pool.name, name)
-            return
-        if pool.volumes.get(name) is vol and not vol.busy:
-            self.update(vol, info)
-            await self.reg.chains.show_loop(vol, info)
-
-    def want_details(self, pool: Pool, names: list[str]) -> None:
-        if names:
-            self._details.setdefault(pool.name, set()).update(names)
-            self._details_event.set()
-
     # ---- a whole refresh ----------------------------------------------------------------
     def _formats(self, pool: Pool) -> tuple[dict, dict[str, str]]:
         """The pool's volume records, and the format each volume has on record."""
@@ -370,12 +321,12 @@ class VolumeIndex:
             return
         slow = [v.name for v in found if v.format != "raw" and v.name in fresh]
         if not deep:
-            self.want_details(pool, slow)
+            self.details.want(pool, slow)
             return
         for name in slow:
             vol = pool.volumes.get(name)
             if vol is not None and not vol.busy:
-                await self.fill_details(vol)
+                await self.details.fill(vol)
 
     def _apply(self, pool: Pool, info, found: list[VolumeInfo], stored: dict,
                formats: dict[str, str], began: int, deep: bool) -> tuple[bool, set[str]]:
