@@ -68,6 +68,26 @@ class ToolError(StorageError):
     default_errno = _errno.EIO
 
 
+class ToolTimedOut(ToolError):
+    """A host tool was killed at its time limit: the storage behind it does not answer
+    (the pool becomes ``inaccessible``; its last known volumes stay listed). The caller
+    gets EIO, as for any tool that failed (SPEC "Errors are errno")."""
+
+
+#: errnos of storage that cannot be reached (a server gone, a connection cut): the
+#: pool's storage is lost for now, not the file asked for
+UNREACHABLE = frozenset({_errno.ENOTCONN, _errno.ESTALE, _errno.ECONNREFUSED,
+                         _errno.ECONNRESET, _errno.ECONNABORTED, _errno.EHOSTDOWN,
+                         _errno.EHOSTUNREACH, _errno.ENETUNREACH, _errno.ENETDOWN})
+
+
+def timed_out(exc: StorageError) -> bool:
+    """A tool killed at its time limit, or storage that did not answer in time."""
+    return isinstance(exc, ToolTimedOut) or exc.errno == _errno.ETIMEDOUT
+
+
 def from_oserror(exc: OSError, what: str) -> StorageError:
-    """Wrap an OSError from a syscall on the storage, keeping its errno."""
-    return StorageError(f"{what}: {exc.strerror or exc}", exc.errno or _errno.EIO)
+    """Wrap an OSError from a syscall on the storage, keeping its errno (StorageLost
+    when the storage cannot be reached at all: a network filesystem's server gone)."""
+    kind = StorageLost if exc.errno in UNREACHABLE else StorageError
+    return kind(f"{what}: {exc.strerror or exc}", exc.errno or _errno.EIO)

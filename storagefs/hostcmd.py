@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import trio
 
-from .errors import NotSupported, StorageError, ToolError
+from .errors import NotSupported, StorageError, ToolError, ToolTimedOut
 from .metrics import TOOLS
 
 log = logging.getLogger(__name__)
@@ -208,7 +208,7 @@ async def _run_untimed(argv: list[str], env: Mapping[str, str], timeout: float,
                 if s is not None:
                     await s.aclose()
         if isinstance(exc, trio.TooSlowError):
-            raise ToolError(f"{argv[0]} did not finish within {timeout:g} s") from None
+            raise ToolTimedOut(f"{argv[0]} did not finish within {timeout:g} s") from None
         raise
     return rc, err.decode(errors="replace")
 

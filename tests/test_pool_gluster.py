@@ -531,3 +531,38 @@ def test_two_hosts_share_a_gluster_volume(mount_factory, gluster_volume, tmp_pat
     assert wait_for(lambda: "v1.qcow2" not in ls_names(pa / "volumes"), 2.5)
     command(pa / "state", "inactive")
     command(pb / "state", "inactive")
+
+
+@pytest.mark.log_allows("storage became inaccessible", "refused control", "refused mkdir",
+                        "is dead: mounting it again", "figures not refreshed")
+def test_a_users_operation_on_a_killed_brick_makes_the_pool_inaccessible(
+        mount_factory, gluster_volume):
+    """The first to notice the server gone is a user's refresh or mkdir (no poll yet):
+    it fails with the client's errno and reason in `error`, and the pool turns
+    inaccessible with its last known volumes still listed (the server is unreachable,
+    not empty); nothing is logged as an internal error."""
+    m = limited_mount(mount_factory)
+    server, vol = gluster_volume.server, gluster_volume.name
+    p = define(m, "gk", gluster_xml("gk", server.host, vol))
+    command(p / "control", "start")
+    os.mkdir(p / "volumes" / "v1")
+    server.kill_brick(vol)
+    deadline = time.monotonic() + LIMIT + 10
+    while True:  # the client notices the brick's connection close within moments
+        code, _ = write_errno(p / "control", "refresh\n")
+        if code is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert code in (errno.ENOTCONN, errno.EIO, errno.ETIMEDOUT), code
+    assert state(p) == "inaccessible"
+    assert "v1" in ls_names(p / "volumes")
+    line = assert_one_error_line(p)
+    assert "not connected" in line or "not responding" in line or "within" in line, line
+    code, _ = write_errno(p / "control", "create v2 1M\n")
+    assert code is not None
+    assert state(p) == "inaccessible"
+    server.start_volume(vol, force=True)
+    assert wait_for(lambda: _try(lambda: command(p / "control", "refresh")), 20)
+    assert state(p) == "running"
+    assert "v1" in ls_names(p / "volumes")
+    command(p / "state", "inactive")

@@ -324,6 +324,7 @@ def test_target_that_goes_away_makes_the_pool_inaccessible_until_it_returns(moun
     # the next poll finds the portal refusing connections
     assert wait_for(lambda: state(p) == "inaccessible", 5.0), read(p / "error")
     assert "Connection refused" in read(p / "error")
+    assert os.listdir(p / "volumes") == ["unit:0:0:1"]  # the last known LUNs stay listed
     answered, _ = answers_within(lambda: os.listdir(m.pool() / "volumes"), 0.1)
     assert answered
     code, _ = write_errno(p / "control", "refresh\n")
@@ -363,6 +364,7 @@ def test_target_that_stops_answering_holds_up_only_its_pool(mount_factory, tgt):
         assert result[0] in (errno.ETIMEDOUT, errno.EIO, errno.EBUSY), result
         assert wait_for(lambda: state(p) == "inaccessible", LIMIT + 2)
         assert "timed out" in read(p / "error") or "not responding" in read(p / "error")
+        assert os.listdir(p / "volumes") == ["unit:0:0:1"]  # the last known LUNs stay
         answered, _ = answers_within(lambda: read(m.pool() / "status.xml"), 0.1)
         assert answered
     finally:
@@ -370,6 +372,36 @@ def test_target_that_stops_answering_holds_up_only_its_pool(mount_factory, tgt):
     command(p / "control", "refresh")
     assert state(p) == "running"
     assert read(p / "volumes" / "unit:0:0:1" / "status.xml") == before
+
+
+
+@pytest.mark.log_allows("storage became inaccessible", "figures not refreshed", "returned after",
+                        "refused control")
+def test_a_wipe_cut_off_by_a_hung_target_says_the_lun_is_partly_wiped(mount_factory, tgt):
+    """A wipe that the target stops answering in the middle of fails at the time limit;
+    its error line says truthfully that the LUN may be partly wiped (a wipe has no
+    undo), and the pool turns inaccessible with its LUNs still listed."""
+    m = mount_factory(env=dict(os.environ, STORAGEFS_TOOL_TIMEOUT=str(LIMIT)))
+    _, iqn = tgt.target("cut", [512 * MiB])
+    p = define(m, "lc", direct_xml("lc", tgt, iqn))
+    vol = p / "volumes" / "unit:0:0:1"
+    result: list = []
+    writer = threading.Thread(
+        target=lambda: result.append(write_errno(vol / "control", "wipe random\n")))
+    writer.start()
+    assert wait_for(lambda: read(vol / "progress").strip() not in ("", "wipe 0%"), 10)
+    tgt.pause()
+    try:
+        writer.join(LIMIT + 15)
+        assert result and result[0][0] in (errno.ETIMEDOUT, errno.EIO), result
+        line = read(vol / "error")
+        assert "partly wiped" in line, line
+        assert wait_for(lambda: state(p) == "inaccessible", 2), (result, line)
+        assert os.listdir(p / "volumes") == ["unit:0:0:1"]
+    finally:
+        tgt.resume()
+    command(p / "control", "refresh")
+    assert state(p) == "running"
 
 
 # ---------------------------------------------------------------- libvirt's corpus

@@ -305,7 +305,7 @@ def test_cephx_wrong_key_is_eacces(mounted, ceph_cephx):  # noqa: F811
 
 # ---- the cluster stops answering (last: it pauses the session's OSD) -------------------------
 @pytest.mark.log_allows("storage became inaccessible", "rbd_lister.py failed",
-                        "figures not refreshed", "returned after")
+                        "figures not refreshed", "returned after", "refused control")
 def test_cluster_that_stops_answering(mount_factory, ceph_cluster, tmp_path):  # noqa: F811
     c = ceph_cluster
     env = dict(os.environ, STORAGEFS_TOOL_TIMEOUT="4")
@@ -315,13 +315,21 @@ def test_cluster_that_stops_answering(mount_factory, ceph_cluster, tmp_path):  #
     command(p / "control", "create stays 4M")
     c.pause("osd.0")
     try:
+        # the first to notice is a volume operation: killed at its time limit, the
+        # pool turns inaccessible, its last known images stay listed
+        code, _ = write_errno(p / "control", "create newone 4M\n")
+        assert code in (errno.EIO, errno.ETIMEDOUT), code
+        assert read(p / "state") == "inaccessible\n"
+        assert "stays" in os.listdir(p / "volumes")
         t0 = time.monotonic()
         code, _ = write_errno(p / "control", "refresh\n")
         took = time.monotonic() - t0
         assert code in (errno.EIO, errno.ETIMEDOUT), code
         assert took < 15, took
         assert read(p / "state") == "inaccessible\n"
-        assert read(p / "error").strip()
+        line = read(p / "error").strip()
+        assert line and not line.endswith(":"), line  # a reason, not an empty one
+        assert "stays" in os.listdir(p / "volumes")
         # every other pool answers at once meanwhile
         t0 = time.monotonic()
         os.listdir(d / "volumes")

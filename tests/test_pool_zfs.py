@@ -332,13 +332,14 @@ def test_zfs_daemon_stopped_makes_the_pool_inaccessible_and_nothing_hangs(
         assert lat and max(lat) < 1.0, lat
         print(f"other pool during the hung refresh: {len(lat)} reads, max "
               f"{max(lat) * 1000:.1f} ms, median {sorted(lat)[len(lat) // 2] * 1000:.1f} ms")
-        assert res[0] == "err" and res[1].errno in (errno.EIO, errno.EBUSY), res
+        assert res[0] == "err" and res[1].errno in (errno.EIO, errno.EBUSY,
+                                                    errno.ETIMEDOUT), res
         assert state(p) == "inaccessible"
         assert "ZFS daemon" in read(p / "error") or "not responding" in read(p / "error")
         answered, res = within(lambda: os.listdir(m.pool() / "volumes"))
         assert answered and res[0] == "ok", res
         answered, res = within(lambda: os.listdir(p / "volumes"))
-        assert answered and res[0] == "ok", res
+        assert answered and res == ("ok", ["d1"]), res  # the last known datasets stay
         # new operations on it fail at once
         answered, res = within(lambda: write_errno(p / "control", "create x 1M\n"))
         assert answered and res[1][0] in (errno.EIO, errno.EBUSY), res

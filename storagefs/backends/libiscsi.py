@@ -39,6 +39,7 @@ from .libiscsi_abi import (
     SESSION_NORMAL,
     STATUS_CHECK_CONDITION,
     STATUS_GOOD,
+    STATUS_TIMEOUT,
     InquiryHead,
     ReadCapacity16,
     library,
@@ -284,7 +285,7 @@ class Session:
             raise StorageError(f"{what} on {where}: {name} (sense key {key:#x}, "
                                f"ASC/ASCQ {ascq:#06x})", sense_errno(key, ascq))
         raise StorageError(f"{what} on {where}: SCSI status {status:#x}: {self._error()}",
-                           errno.EIO)
+                           errno.ETIMEDOUT if status == STATUS_TIMEOUT else errno.EIO)
 
     def _retrying(self, call, what: str, lun: int | None = None):
         """A command, sent again once after a UNIT ATTENTION (the first command after a

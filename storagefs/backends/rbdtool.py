@@ -48,7 +48,9 @@ def ceph_reason(stderr: str, returncode: int = 1) -> tuple[str, int]:
     own = [ln for ln in lines if not _LOG_LINE.match(ln)]
     pick = [ln for ln in own if _ERRNO.search(ln)] or own or lines
     if not pick:
-        return "", errno.EIO
+        if returncode < 0:
+            return f"the tool was killed by signal {-returncode} and said nothing", errno.EIO
+        return f"the tool exited with status {returncode} and said nothing", errno.EIO
     line = pick[-1]
     m = _ERRNO.search(line)
     code = int(m.group(1)) if m else (returncode if 1 < returncode < 126 else errno.EIO)

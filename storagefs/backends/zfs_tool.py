@@ -14,7 +14,7 @@ import time
 import trio
 
 from .. import hostcmd
-from ..errors import InvalidArgument, NotSupported, StorageError
+from ..errors import InvalidArgument, NotSupported, StorageError, ToolTimedOut
 from .zfs_output import errno_for, reason
 
 ZFS, ZPOOL = "zfs", "zpool"
@@ -60,10 +60,11 @@ async def zrun(argv: list[str], *, what: str, timeout: float = LIST_TIMEOUT,
     except StorageError as exc:
         if exc.errno == errno.ENOTSUP:  # not installed
             raise
-        if "did not finish" in exc.reason:
+        kind = ToolTimedOut if isinstance(exc, ToolTimedOut) else StorageError
+        if kind is ToolTimedOut:
             Daemon.hung(" ".join(argv[:2]))
-        raise StorageError(f"{what}: {exc.reason} (is the ZFS daemon answering?)",
-                           errno.EIO) from None
+        raise kind(f"{what}: {exc.reason} (is the ZFS daemon answering?)",
+                   errno.EIO) from None
     Daemon.answered()
     if check and res.returncode != 0:
         why = reason(res.stderr, res.stdout) or f"exit {res.returncode}"

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from ..backends.base import VolumeSpec
-from ..errors import Busy, InvalidArgument, StorageError
+from ..errors import UNREACHABLE, Busy, InvalidArgument, StorageError, timed_out
 from ..parsing import CREATE_USAGE, CreateVolume, PoolCommand
 from ..xml.pooltypes import POOL_TYPE_INFO
 from .objects import DEGRADED, INACCESSIBLE, INACTIVE, RUNNING, Pool, claim
@@ -220,8 +220,9 @@ class PoolLifecycle:
     def lost_storage(self, pool: Pool, exc: StorageError, op: str = "refresh") -> None:
         """The storage of a started pool is gone, replaced or hangs: inaccessible, the
         reason in its error file. Gone or replaced: its volumes are unlisted (a refresh
-        brings them back once the storage is there again). Hung: they stay, with what
-        storagefs last knew, and operations on them fail at once."""
+        brings them back once the storage is there again). Hung, not answering within
+        a time limit or not reachable (a server gone): they stay, with what storagefs
+        last knew (a hung pool's operations fail at once)."""
         if pool.state != INACCESSIBLE:
             log.error("pool %s: storage became inaccessible: %s", pool.name, exc.reason)
             pool.state = INACCESSIBLE
@@ -229,7 +230,7 @@ class PoolLifecycle:
             pool.touch()
             self.reg.events.of(pool, "inaccessible", exc.reason)
         self.reg.index.stopped(pool)
-        if pool.runner.stuck:
+        if pool.runner.stuck or timed_out(exc) or exc.errno in UNREACHABLE:
             self.reg.listener.changed(pool.name)
             return
         names = list(pool.volumes)

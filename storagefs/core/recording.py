@@ -14,7 +14,7 @@ from typing import Protocol
 
 import trio
 
-from ..errors import InvalidArgument, StorageError, StorageLost
+from ..errors import InvalidArgument, StorageError, StorageLost, timed_out
 from .events import EventBus
 from .objects import Owner, Pool, Secret, Volume
 
@@ -143,7 +143,9 @@ class Recorder:
             except ValueError as exc:  # XmlError and size parsing
                 raise InvalidArgument(str(exc)) from None
         except StorageError as exc:
-            if isinstance(exc, StorageLost) and not exc.recorded and self.lost is not None:
+            if (isinstance(exc, StorageLost) or timed_out(exc)) and \
+                    not exc.recorded and self.lost is not None:
+                # gone, replaced, or not answering within the time limit: inaccessible
                 self.lost(obj, exc, op)
             if not exc.recorded:
                 self.note_refusal(obj, op, exc)

@@ -18,7 +18,7 @@ from typing import Any
 import trio
 
 from ..backends import PoolContext, backend_for
-from ..errors import Busy, NotFound, StorageError
+from ..errors import Busy, NotFound, StorageError, StorageLost
 from ..state import FileMeta, StateDir, StoredPool
 from ..xml.pool import parse_pool
 from .chains import Chains
@@ -122,10 +122,15 @@ class Registry:
             self.life.lost_storage(pool, exc)
 
     def _lost(self, obj: Owner | None, exc: StorageError, op: str) -> None:
-        """An operation on obj found its pool's storage gone or replaced: inaccessible."""
+        """An operation on obj found its pool's storage gone or replaced, or a remote
+        pool's storage not answering within the time limit: inaccessible. (A local
+        pool's tool that overran its limit is a slow tool, not storage gone.)"""
         pool = obj.pool if isinstance(obj, Volume) else obj
-        if isinstance(pool, Pool) and self.pools.get(pool.name) is pool and pool.active:
-            self.life.lost_storage(pool, exc, op)
+        if not (isinstance(pool, Pool) and self.pools.get(pool.name) is pool and pool.active):
+            return
+        if not isinstance(exc, StorageLost) and pool.backend.policy.poll_interval is None:
+            return
+        self.life.lost_storage(pool, exc, op)
 
     def make_backend(self, pool: Pool, definition):
         """A backend for ``definition`` that works through the pool's runner and can

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import trio
 
 from .. import hostcmd
-from ..errors import StorageError
+from ..errors import UNREACHABLE, StorageError, from_oserror
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,10 @@ class PoolRunner:
         def work() -> T:
             try:
                 return fn(*args)
+            except OSError as exc:
+                if exc.errno in UNREACHABLE:  # whatever call it was: the server is gone
+                    raise from_oserror(exc, label) from None
+                raise
             finally:
                 with self._lock:
                     state["done"] = True

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from ..backends.base import QEMU_SOURCE, VolumeSpec
-from ..errors import Exists, NotFound, NotSupported
+from ..errors import Exists, NotFound, NotSupported, StorageError
 from ..parsing import (
     CLONE_USAGE,
     Clone,
@@ -43,6 +44,9 @@ log = logging.getLogger(__name__)
 #: what each command leaves when a signal cuts it short (said in the EINTR error line)
 CUT_WIPE = ("the wipe stopped part way: the volume may be partly wiped (a wipe cannot "
             "be undone); write the wipe again to finish it")
+#: errnos of refusals made before anything is written (a wipe refused so is not partial)
+REFUSED_BEFORE = (errno.EINVAL, errno.ENOTSUP, errno.EPERM, errno.EACCES, errno.ENOENT,
+                  errno.EBUSY, errno.ELOOP)
 CUT_CLONE = "the clone stopped; its partial copy was removed and no volume was added"
 CUT_RESIZE = ("the resize stopped part way: the capacity may have changed (the "
               "capacity file shows it now)")
@@ -254,8 +258,14 @@ class VolumeCommands:
         async with self._op(vol, "wipe", CUT_WIPE), \
                 self.reg.secrets.optional_file(secret) as secret_file:
             report = self._progress(vol, "wipe")
-            vol.info = await vol.pool.backend.wipe_volume(
-                vol.info, cmd.algorithm, report, **self._secret_arg(secret_file))
+            try:
+                vol.info = await vol.pool.backend.wipe_volume(
+                    vol.info, cmd.algorithm, report, **self._secret_arg(secret_file))
+            except StorageError as exc:  # a failure part way is no undo either
+                if exc.errno not in REFUSED_BEFORE:
+                    exc.reason = f"{exc.reason}; {CUT_WIPE}"
+                    exc.args = (exc.reason,)
+                raise
             self.reg.events.of(vol, "wiped", f"algorithm={cmd.algorithm}")
 
     async def snapshot(self, vol: Volume, op: str, name: str) -> None:
