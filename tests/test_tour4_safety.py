@@ -13,6 +13,7 @@ import time
 import pytest
 from mount_helpers import command, read, write
 from server_ceph import POOL, ceph_cephx  # noqa: F401
+from test_other_users import other_user  # noqa: F401
 
 SECRET = "7a2b4c6d-8e9f-4a1b-9c2d-3e4f5a6b7c8d"
 AUTH = (f"    <auth username='{{user}}' type='ceph'>\n      <secret uuid='{SECRET}'/>\n"
@@ -106,4 +107,55 @@ def test_key_file_of_a_killed_storagefs_is_removed_at_the_next_start(
     os.rmdir(p / "volumes" / "stale1")
 
 
-_ = errno  # used by the tests below
+# ---- B: the readers of events, per user ---------------------------------------------------------
+def _hold_events(user, cwd, want: int):
+    """A child that became ``user`` (after entering ``cwd`` as root) opens events until
+    ENFILE or ``want`` opens; returns (pid, opens, errno name, the pipe that ends it)."""
+    r, w = os.pipe()
+    r2, w2 = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            os.close(w2)
+            os.chdir(cwd)
+            os.setgroups([])
+            os.setgid(user.gid)
+            os.setuid(user.uid)
+            fds, err = [], "none"
+            while len(fds) < want:
+                try:
+                    fds.append(os.open("events", os.O_RDONLY | os.O_NONBLOCK))
+                except OSError as e:
+                    err = errno.errorcode.get(e.errno, str(e.errno))
+                    break
+            os.write(w, f"{len(fds)} {err}\n".encode())
+            os.read(r2, 1)  # hold them until the parent closes its end
+        finally:
+            os._exit(0)
+    os.close(w)
+    os.close(r2)
+    with os.fdopen(r) as f:
+        count, err = f.readline().split()
+    return pid, int(count), err, w2
+
+
+@pytest.mark.log_allows(r"readers of events")
+def test_one_user_cannot_take_roots_readers_of_events(mount_factory, other_user):
+    m = mount_factory(extra=("--allow-other",))
+    pid, count, err, hold = _hold_events(other_user, m.mnt, 200)
+    try:
+        assert err == "ENFILE" and 0 < count < 64, (count, err)
+        # root still opens events (its own share), and reads its stream
+        fds = [os.open(m.mnt / "events", os.O_RDONLY | os.O_NONBLOCK) for _ in range(count)]
+        try:
+            assert b"storagefs events opened" in os.read(fds[0], 4096)
+        finally:
+            for fd in fds:
+                os.close(fd)
+    finally:
+        os.close(hold)
+        os.waitpid(pid, 0)
+    # the user's opens were given back
+    fd = os.open(m.mnt / "events", os.O_RDONLY | os.O_NONBLOCK)
+    os.close(fd)
