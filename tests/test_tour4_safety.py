@@ -11,7 +11,15 @@ import threading
 import time
 
 import pytest
-from mount_helpers import command, read, write
+from mount_helpers import (
+    assert_one_error_line,
+    command,
+    define_pool,
+    pool_xml,
+    read,
+    write,
+    write_errno,
+)
 from server_ceph import POOL, ceph_cephx  # noqa: F401
 from test_other_users import other_user  # noqa: F401
 
@@ -159,3 +167,52 @@ def test_one_user_cannot_take_roots_readers_of_events(mount_factory, other_user)
     # the user's opens were given back
     fd = os.open(m.mnt / "events", os.O_RDONLY | os.O_NONBLOCK)
     os.close(fd)
+
+
+# ---- C: a pool target or source inside another storagefs mount --------------------------------
+def _second_mount(mount_factory, tmp_path, name: str):
+    m = mount_factory(name=name, create_state=False, start=False)
+    m.state_dir = tmp_path / f"state-{name}"
+    m.state_dir.mkdir()
+    m.start()
+    return m
+
+
+def _refused(m, name: str, doc: str) -> str:
+    pdir = m.pool(name)
+    os.mkdir(pdir)
+    got = write_errno(pdir / "config.xml", doc)
+    assert got == (errno.EPERM, "write"), (name, got)
+    line = assert_one_error_line(pdir)
+    assert write_errno(pdir / "state", "running\n")[0] == errno.ENOENT  # nothing defined
+    return line
+
+
+def test_a_pool_inside_another_storagefs_mount_is_refused(mount_factory, tmp_path):
+    m1 = mount_factory()
+    m2 = _second_mount(mount_factory, tmp_path, "mnt2")
+    inner = m2.pool() / "volumes"
+    before = sorted(os.listdir(inner))
+    line = _refused(m1, "in2", pool_xml("in2", inner))
+    assert f"inside {m2.mnt}, the mount of another storagefs" in line, line
+    alias = tmp_path / "alias"
+    alias.symlink_to(m2.pools)
+    line = _refused(m1, "alias2", pool_xml("alias2", alias / "default"))
+    assert "the mount of another storagefs" in line, line
+    # every pool type: a netfs target, an fs pool's source device
+    netfs = ("<pool type='netfs'><name>n3</name><source><host name='127.0.0.1'/>"
+             "<dir path='/t4v'/><format type='glusterfs'/></source>"
+             f"<target><path>{inner}</path></target></pool>")
+    assert "another storagefs" in _refused(m1, "n3", netfs)
+    fs = ("<pool type='fs'><name>f3</name><source>"
+          f"<device path='{inner}/x.img'/><format type='ext4'/></source>"
+          f"<target><path>{tmp_path / 'f3'}</path></target></pool>")
+    assert "another storagefs" in _refused(m1, "f3", fs)
+    assert sorted(os.listdir(inner)) == before
+    # a storagefs mounted after the define: start refuses it
+    later = tmp_path / "mnt3"
+    define_pool(m1, "later", later / "sub", build=False, start=False)
+    _second_mount(mount_factory, tmp_path, "mnt3")
+    assert write_errno(m1.pool("later") / "state", "running\n") == (errno.EPERM, "write")
+    assert "the mount of another storagefs" in assert_one_error_line(m1.pool("later"))
+    assert read(m1.pool("later") / "state") == "inactive\n"
