@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import trio
 
-from .errors import NotPermitted, StorageError
+from .errors import InvalidArgument, NotPermitted, StorageError
 
 #: trees no pool may use; /dev only as device-directory pools use it
 SYSTEM_TREES = ("/etc", "/proc", "/sys", "/boot", "/run", "/dev")
@@ -73,6 +73,21 @@ async def resolve(path: str, timeout: float = RESOLVE_TIMEOUT) -> str:
         return await trio.to_thread.run_sync(os.path.realpath, path, abandon_on_cancel=True)
     raise StorageError(f"'{path}' could not be resolved within {timeout:.0f} s "
                        "(its storage does not answer)", errno.EIO)
+
+
+async def check_outside_mounts(path: str, mountpoint: str | None) -> None:
+    """InvalidArgument when ``path`` (as written, then resolved) is inside our mount or
+    another storagefs mount of the host (a sources query)."""
+    others = [m for m in storagefs_mounts() if m != mountpoint]
+    for real in (normal(path), None):
+        if real is None:
+            real = await resolve(path)
+        if mountpoint and inside(real, mountpoint):
+            raise InvalidArgument(f"'{path}' is inside the storagefs mount {mountpoint}")
+        for other in others:
+            if inside(real, other):
+                raise InvalidArgument(f"'{path}' is inside {other}, the mount of another "
+                                      "storagefs")
 
 
 def refusal(what: str, path: str, real: str, pool_type: str, *, mountpoint: str | None,

@@ -209,6 +209,11 @@ def test_a_pool_inside_another_storagefs_mount_is_refused(mount_factory, tmp_pat
           f"<target><path>{tmp_path / 'f3'}</path></target></pool>")
     assert "another storagefs" in _refused(m1, "f3", fs)
     assert sorted(os.listdir(inner)) == before
+    # nor does a sources query look there
+    for kind in ("fs", "disk"):
+        k = m1.mnt / "sources" / kind
+        assert write_errno(k / "query", f"{inner}\n")[0] == errno.EINVAL
+        assert "the mount of another storagefs" in assert_one_error_line(k)
     # a storagefs mounted after the define: start refuses it
     later = tmp_path / "mnt3"
     define_pool(m1, "later", later / "sub", build=False, start=False)
