@@ -104,10 +104,12 @@ def test_key_file_of_a_killed_storagefs_is_removed_at_the_next_start(
         time.sleep(0.05)  # the killed storagefs's qemu-img, still writing
     m.recover()
     m.start()
-    assert not _files_holding(str(m.state_dir), c.client_key.encode().strip()) \
-        or all(f.endswith(f"{SECRET}.value")
-               for f in _files_holding(str(m.state_dir), c.client_key.encode()))
+    # the key is in secrets/UUID.value and nowhere else: not in the state dir, not in /tmp
+    holding = _files_holding(str(m.state_dir), c.client_key.encode())
+    assert [os.path.basename(f) for f in holding] == [f"{SECRET}.value"], holding
     assert os.listdir(secrets_tmp) == []
+    for d in glob.glob("/tmp/storagefs-*"):
+        assert not _files_holding(d, c.client_key.encode()), d
     for f in left:
         assert f"removed {f}" in m.log()
     assert c.client_key not in m.log()
