@@ -14,6 +14,8 @@ Layout of the state directory::
     secrets/UUID.json     a secret's accepted config.xml (not for ephemeral secrets)
     secrets/UUID.value    its value, mode 0600, in a directory only root can enter
     images/               the default pool's target
+    run/secrets-tmp/      a secret in a file for a host tool while it runs (0700);
+                          emptied at every start (secrettmp.py)
 
 A crash at any moment leaves either the old or the new file of an object:
 never a torn one (rename is atomic; the temp file is written in full, fsync'ed
@@ -35,6 +37,7 @@ import uuid as uuidlib
 from dataclasses import asdict
 from pathlib import Path
 
+from . import secrettmp
 from .durable import (
     PendingDelete,
     PendingWrite,
@@ -115,9 +118,13 @@ class StateDir:
                 d.mkdir(mode=0o700, exist_ok=True)
             if stat.S_IMODE(self.secrets_dir.stat().st_mode) != 0o700:
                 os.chmod(self.secrets_dir, 0o700)
+            secrettmp.setup(self.run_dir)  # a killed storagefs's secret files: removed
         except OSError as exc:
             self.close()
             raise StorageError(f"state directory {self.path}: {exc.strerror}", exc.errno) from None
+        except StorageError:
+            self.close()
+            raise
         self._remove_temp_files()
 
     def _remove_temp_files(self) -> None:

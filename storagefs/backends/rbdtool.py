@@ -18,15 +18,11 @@ import binascii
 import contextlib
 import errno
 import json
-import os
 import re
-import tempfile
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
-import trio
-
-from .. import hostcmd
+from .. import hostcmd, secrettmp
 from ..errors import StorageError
 
 #: seconds of one quick call (list, info, create, lock): the pool's operation time limit
@@ -122,24 +118,16 @@ def key_text(value: bytes) -> str:
 
 @contextlib.asynccontextmanager
 async def keyring(conn: Connection) -> AsyncIterator[str | None]:
-    """A keyring file with the user's key, 0600 in a 0700 directory, that exists only
-    while the block runs (None without cephx)."""
+    """A keyring file with the user's key, 0600 in a 0700 directory of the state
+    directory's run/secrets-tmp (never /tmp: secrettmp.py), that exists only while the
+    block runs (None without cephx)."""
     if conn.user is None or conn.key is None:
         yield None
         return
-    d = tempfile.mkdtemp(prefix="storagefs-rbd-")
-    path = os.path.join(d, "keyring")
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(f"[client.{conn.user}]\n\tkey = {conn.key}\n")
+    text = f"[client.{conn.user}]\n\tkey = {conn.key}\n".encode()
+    async with secrettmp.secret_file(text, name="keyring",
+                                     what="cannot pass the cephx key to the tool") as path:
         yield path
-    finally:
-        with trio.CancelScope(shield=True):
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-            with contextlib.suppress(OSError):
-                os.rmdir(d)
 
 
 async def call(conn: Connection, tool: str, argv: Sequence[str], *, what: str,

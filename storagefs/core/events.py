@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 BUFFER_LINES = 10000
 #: readers (open files) at once: a blocked read holds one of pyfuse3's worker tasks
 MAX_READERS = 64
+#: readers one user (uid of the opener) may have at once: root's share is its own (the
+#: users other than root share the rest, MAX_READERS - READERS_PER_USER), so no user
+#: can take the readers another one needs
+READERS_PER_USER = 16
 #: longest detail kept on a line
 MAX_DETAIL = 1000
 
@@ -180,9 +184,13 @@ class Reader:
 class EventBus:
     """Where the core's parts emit; every reader gets each line."""
 
-    def __init__(self, limit: int | None = None, max_readers: int = MAX_READERS) -> None:
+    def __init__(self, limit: int | None = None, max_readers: int = MAX_READERS,
+                 per_user: int = READERS_PER_USER) -> None:
         self.limit = limit or buffer_lines()
         self.max_readers = max_readers
+        self.per_user = per_user
+        #: open files of the stream by the uid of the process that opened them
+        self.by_uid: collections.Counter[int] = collections.Counter()
         self.readers: set[Reader] = set()
         #: open files of the stream (a reader is shared by the files of one inode)
         self.handles = 0
@@ -222,16 +230,29 @@ class EventBus:
                 self.emit("device", name, event, detail)
 
     # ---- readers ----------------------------------------------------------------------
-    def attach(self) -> None:
-        """One more open file of the stream, or ENFILE when there are enough."""
+    def attach(self, uid: int = 0) -> None:
+        """One more open file of the stream by user ``uid``, or ENFILE when that user
+        has its share (READERS_PER_USER), or when the users other than root together
+        have theirs (all but root's share of max_readers)."""
         if self.closed:
             raise StorageError("storagefs is stopping", errno.ESHUTDOWN)
-        if self.handles >= self.max_readers:
-            raise StorageError(f"{self.handles} readers of events already: at most "
-                               f"{self.max_readers} at once", errno.ENFILE)
+        share = min(self.per_user, self.max_readers)
+        if self.by_uid[uid] >= share:
+            raise StorageError(f"uid {uid} has {self.by_uid[uid]} readers of events "
+                               f"already: at most {share} per user", errno.ENFILE)
+        others = self.handles - self.by_uid[0]
+        if uid != 0 and others >= self.max_readers - share:
+            raise StorageError(f"{others} readers of events by users other than root "
+                               f"already: at most {self.max_readers - share} "
+                               "(root's share is kept)", errno.ENFILE)
+        self.by_uid[uid] += 1
         self.handles += 1
 
-    def detach(self) -> None:
+    def detach(self, uid: int = 0) -> None:
+        if self.by_uid[uid] > 0:
+            self.by_uid[uid] -= 1
+            if not self.by_uid[uid]:
+                del self.by_uid[uid]
         self.handles = max(0, self.handles - 1)
 
     def subscribe(self, detail: str = "") -> Reader:

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import tempfile
 import uuid as uuidlib
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING
 
-import trio
-
-from ..errors import Exists, InvalidArgument, NotFound, NotPermitted, from_oserror
+from .. import secrettmp
+from ..errors import Exists, InvalidArgument, NotFound, NotPermitted
 from ..state import FileMeta, StateDir, merge_meta
 from ..xml.secret import parse_secret
 from .objects import NameTable, Secret
@@ -197,26 +194,9 @@ class SecretStore:
         s = self.secret(uid)
         if s.value is None:
             raise NotFound(f"secret {uid} has no value")
-        run_dir = self.state.path / "run"
-        what = f"cannot pass secret {uid} to the tool through {run_dir}"
-        try:
-            run_dir.mkdir(mode=0o700, exist_ok=True)
-            fd, path = tempfile.mkstemp(dir=run_dir, prefix=".secret-")
-        except OSError as exc:
-            raise from_oserror(exc, what) from None
-        try:
-            try:
-                view = memoryview(s.value)
-                while view:  # all of it: a short write on a full disk is continued
-                    view = view[os.write(fd, view):]
-            except OSError as exc:
-                raise from_oserror(exc, what) from None
-            finally:
-                os.close(fd)
+        async with secrettmp.secret_file(s.value, what=f"cannot pass secret {uid} to "
+                                         "the tool") as path:
             yield path
-        finally:
-            with trio.CancelScope(shield=True), contextlib.suppress(OSError):
-                os.unlink(path)
 
     @contextlib.asynccontextmanager
     async def optional_file(self, uid: str | None) -> AsyncIterator[str | None]:

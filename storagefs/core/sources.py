@@ -329,15 +329,13 @@ class Sources:
         log.info("sources %s: query '%s' found %d", kind.type, text, len(found))
 
     async def _check_outside_mount(self, text: str) -> None:
-        """A query naming a path inside the storagefs mount is refused (EINVAL) before
-        anything looks at it: a stat of it from storagefs itself would wait on
-        storagefs. The path is resolved in a worker thread (pathrules.resolve)."""
-        path, mnt = text.strip(), self.reg.mountpoint
-        if not mnt or not path.startswith("/"):
-            return
-        if pathrules.inside(pathrules.normal(path), mnt) or \
-                pathrules.inside(await pathrules.resolve(path), mnt):
-            raise InvalidArgument(f"'{path}' is inside the storagefs mount {mnt}")
+        """A query naming a path inside the storagefs mount (or another storagefs mount
+        of the host) is refused (EINVAL) before anything looks at it: a stat of it from
+        storagefs itself would wait on storagefs. The path is checked as written, then
+        resolved in a worker thread (pathrules.resolve)."""
+        path = text.strip()
+        if path.startswith("/"):
+            await pathrules.check_outside_mounts(path, self.reg.mountpoint)
 
     def forget(self, pool_type: str, dirname: str) -> None:
         """``rmdir sources/TYPE/QUERY``."""

@@ -116,10 +116,10 @@ class EventsFile(File):
         return self.t.mounted_ns
 
     def open_stream(self, caller: Caller) -> StreamHandle:
-        self.bus.attach()
+        self.bus.attach(caller.uid)
         if self.reader is None or self.reader.closed:
             self.reader = self.bus.subscribe(f"pid={caller.pid}")
-        handle = StreamHandle(self, caller.pid)
+        handle = StreamHandle(self, caller.pid, caller.uid)
         self.handles.add(handle)
         return handle
 
@@ -130,7 +130,7 @@ class EventsFile(File):
 
     def closed(self, handle: StreamHandle) -> None:
         self.handles.discard(handle)
-        self.bus.detach()
+        self.bus.detach(handle.uid)
         if not self.handles and self.reader is not None:
             self.bus.unsubscribe(self.reader)
         else:
@@ -140,11 +140,13 @@ class EventsFile(File):
 class StreamHandle(Handle):
     """One open file of ``events``."""
 
-    def __init__(self, node: EventsFile, pid: int) -> None:
+    def __init__(self, node: EventsFile, pid: int, uid: int = 0) -> None:
         super().__init__()
         self.node = node
         self.reader = node.reader
         self.pid = pid
+        #: who opened it: its open counts against that user's share of readers
+        self.uid = uid
         #: where its last read started (the stream keeps what it may read again)
         self.low = 0
         #: where its last read ended (poll: readable when the stream is longer)
