@@ -113,3 +113,104 @@ def test_import_of_a_definition_without_uuid_is_unchanged_the_second_time(
                     "<name>other</name><uuid>11111111-2222-3333-4444-888888888888</uuid>"))
     res = import_dir(mounted, conf, run_dir)
     assert res.returncode == 2 and res.stdout.startswith("skipped other: the name is"), res
+
+
+# ---- C, D: source fields that a host tool would misread ---------------------------
+def _src(kind: str, source: str, target: str | None = "/work/tour4/nx") -> str:
+    tgt = f"<target><path>{target}</path></target>" if target else ""
+    return f"<pool type='{kind}'><name>NAME</name><source>{source}</source>{tgt}</pool>"
+
+
+AUTH = "<auth type='ceph' username='{u}'><secret usage='ceph-u'/></auth>"
+REFUSED = [
+    # C: names, hosts, devices that start with '-', hosts that are no host
+    ("rbd", _src("rbd", "<name>--keyring=/etc/shadow</name><host name='h'/>", None),
+     "source name '--keyring=/etc/shadow' cannot start with '-'"),
+    ("rbd", _src("rbd", "<name>p</name><host name='--mon-host=x'/>", None),
+     "source host '--mon-host=x' cannot start with '-'"),
+    ("rbd", _src("rbd", "<name>p</name><host name='h'/>" + AUTH.format(u="-n"), None),
+     "auth username '-n' cannot start with '-'"),
+    ("netfs", _src("netfs", "<host name='-B'/><dir path='/work/tour4/bsrc'/>"
+                   "<format type='auto'/>"), "source host '-B' cannot start with '-'"),
+    ("netfs", _src("netfs", "<host name='a b'/><dir path='/x'/><format type='nfs'/>"),
+     "source host 'a b' is not a host name or an IP address"),
+    ("netfs", _src("netfs", "<host name='h;reboot'/><dir path='/x'/>"),
+     "source host 'h;reboot' is not a host name or an IP address"),
+    ("netfs", _src("netfs", "<host name='h'/><dir path='-o'/><format type='cifs'/>"),
+     "source dir path '-o' cannot start with '-'"),
+    ("gluster", _src("gluster", "<host name='-x'/><name>v</name>", None),
+     "source host '-x' cannot start with '-'"),
+    ("gluster", _src("gluster", "<host name='h'/><name>--remote-host=h2</name>", None),
+     "source name '--remote-host=h2' cannot start with '-'"),
+    ("iscsi", _src("iscsi", "<host name='-p'/><device path='iqn.2020-01.x:t'/>",
+                   "/dev/disk/by-path"), "source host '-p' cannot start with '-'"),
+    ("iscsi", _src("iscsi", "<host name='h'/><device path='--op=delete'/>",
+                   "/dev/disk/by-path"), "source device path '--op=delete' cannot start"),
+    ("iscsi-direct", _src("iscsi-direct", "<host name='h'/><device path='iqn.2020-01.x:t'/>"
+                          "<initiator><iqn name='-I'/></initiator>", None),
+     "initiator IQN '-I' cannot start with '-'"),
+    ("logical", _src("logical", "<name>-vg</name><device path='/dev/loop7'/>", None),
+     "source name '-vg' cannot start with '-'"),
+    ("logical", _src("logical", "<name>vg</name><device path='-ff'/>", None),
+     "source device path '-ff' cannot start with '-'"),
+    ("disk", _src("disk", "<device path='--wipe'/>", "/dev"),
+     "source device path '--wipe' cannot start with '-'"),
+    ("fs", _src("fs", "<device path='-o'/>"), "source device path '-o' cannot start"),
+    ("zfs", _src("zfs", "<name>-f</name>", None), "source name '-f' cannot start with '-'"),
+    # D: '..' components and ports
+    ("gluster", _src("gluster", "<host name='h'/><name>v</name><dir path='/../../etc'/>",
+                     None), "source dir path '/../../etc' cannot have a '..' component"),
+    ("netfs", _src("netfs", "<host name='h'/><dir path='/srv/../etc'/>"),
+     "source dir path '/srv/../etc' cannot have a '..' component"),
+    ("zfs", _src("zfs", "<name>tank/../../x</name>", None),
+     "source name 'tank/../../x' cannot have a '..' component"),
+    ("rbd", _src("rbd", "<name>p</name><host name='h' port='99999'/>", None),
+     "source host port 99999 is not 1-65535"),
+    ("iscsi", _src("iscsi", "<host name='h' port='0'/><device path='iqn.2020-01.x:t'/>",
+                   "/dev/disk/by-path"), "source host port 0 is not 1-65535"),
+    ("gluster", _src("gluster", "<host name='h' port='-1'/><name>v</name>", None),
+     "source host port -1 is not 1-65535"),
+]
+
+
+@pytest.mark.parametrize(("kind", "doc", "reason"), REFUSED,
+                         ids=[f"{k}-{i}" for i, (k, _, _) in enumerate(REFUSED)])
+def test_a_source_field_a_tool_would_misread_is_refused_at_define(
+        mounted, kind, doc, reason):
+    pdir = mounted.pool("p4")
+    os.mkdir(pdir)
+    code, _ = write_errno(pdir / "config.xml", doc.replace("NAME", "p4"))
+    assert code == errno.EINVAL, (code, doc)
+    line = assert_one_error_line(pdir)
+    assert reason in line, line
+    assert not (pdir / "uuid").exists() or read(pdir / "uuid").strip() == ""
+    # and no host tool ever saw it
+    ran = [x for x in mounted.log().splitlines() if "storagefs.hostcmd: running" in x]
+    assert not any(w in x for x in ran for w in ("p4", "-B", "shadow", "/../")), ran
+
+
+QUERIES = [("netfs", "-h", "query '-h' cannot start with '-'"),
+           ("netfs", "--version", "query '--version' cannot start with '-'"),
+           ("netfs", "-e", "query '-e' cannot start with '-'"),
+           ("netfs", "--remote-host=127.0.0.2", "cannot start with '-'"),
+           ("netfs", "h:99999", "port 99999 is not 1-65535"),
+           ("netfs", "h;id", "host 'h;id' is not a host name or an IP address"),
+           ("gluster", "--remote-host=127.0.0.2", "cannot start with '-'"),
+           ("iscsi", "-p:3260", "cannot start with '-'"),
+           ("logical", "-x", "query '-x' cannot start with '-'"),
+           ("disk", "--help", "query '--help' cannot start with '-'")]
+
+
+@pytest.mark.parametrize(("kind", "query", "reason"), QUERIES)
+def test_a_query_a_tool_would_read_as_an_option_is_refused_before_any_tool_runs(
+        mounted, kind, query, reason):
+    k = mounted.mnt / "sources" / kind
+    if not k.is_dir():
+        pytest.fail(f"sources/{kind} is missing: {ls_names(k.parent)}")
+    before = ls_names(k)
+    code, _ = write_errno(k / "query", f"{query}\n")
+    assert code == errno.EINVAL, (kind, query, code)
+    assert reason in assert_one_error_line(k)
+    assert ls_names(k) == before
+    ran = [x for x in mounted.log().splitlines() if "storagefs.hostcmd: running" in x]
+    assert not any(query in x for x in ran), ran
