@@ -20,9 +20,11 @@ from pathlib import Path
 import pytest
 from mount_helpers import (
     assert_one_error_line,
+    command,
     ls_names,
     read,
     storagefs_cmd,
+    write,
     write_errno,
 )
 
@@ -214,3 +216,27 @@ def test_a_query_a_tool_would_read_as_an_option_is_refused_before_any_tool_runs(
     assert ls_names(k) == before
     ran = [x for x in mounted.log().splitlines() if "storagefs.hostcmd: running" in x]
     assert not any(query in x for x in ran), ran
+
+
+def test_mount_gets_the_source_after_a_double_dash(mounted, tmp_path):
+    """Defence in depth: mount(8) is given '--' before the source and the target (an
+    fs pool on a loop device, mounted for real)."""
+    from loopdev import LoopSet
+
+    with LoopSet(tmp_path) as loops:
+        dev = loops.make("64M")
+        target = tmp_path / "fsmnt"
+        pdir = mounted.pool("fs4")
+        os.mkdir(pdir)
+        write(pdir / "config.xml",
+              f"<pool type='fs'><name>fs4</name><source><device path='{dev.path}'/>"
+              f"<format type='ext4'/></source><target><path>{target}</path></target></pool>")
+        command(pdir / "control", "build")
+        command(pdir / "state", "running")
+        try:
+            assert read(pdir / "state").strip() == "running"
+            ran = [x.split("running ", 1)[1] for x in mounted.log().splitlines()
+                   if "storagefs.hostcmd: running mount " in x]
+            assert any(x.endswith(f" -- {dev.path} {target}") for x in ran), ran
+        finally:
+            command(pdir / "state", "inactive")
