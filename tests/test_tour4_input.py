@@ -13,6 +13,7 @@ outside the mount or a host tool's options.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -240,3 +241,27 @@ def test_mount_gets_the_source_after_a_double_dash(mounted, tmp_path):
             assert any(x.endswith(f" -- {dev.path} {target}") for x in ran), ran
         finally:
             command(pdir / "state", "inactive")
+
+
+@pytest.mark.log_allows("stored definition unusable")
+def test_a_stored_definition_with_such_a_source_is_never_started(mounted, tmp_path):
+    """A record an older storagefs accepted (or someone edited) is shown inaccessible,
+    with the reason, and never reaches mount(8), autostart or not."""
+    m = mounted
+    pdir = m.pool("old4")
+    os.mkdir(pdir)
+    write(pdir / "config.xml", _src("netfs", "<host name='h'/><dir path='/x'/>"
+                                    "<format type='auto'/>", str(tmp_path / "nx"))
+          .replace("NAME", "old4"))
+    command(pdir / "autostart", "yes")
+    m.stop()
+    rec = m.state_dir / "pools" / "old4.json"
+    raw = json.loads(rec.read_text())
+    raw["config"] = raw["config"].replace("name='h'", "name='-B'")
+    raw["active"] = True
+    rec.write_text(json.dumps(raw))
+    m.start()
+    assert read(pdir / "state") == "inaccessible\n"
+    assert "source host '-B' cannot start with '-'" in assert_one_error_line(pdir)
+    ran = [x for x in m.log().splitlines() if "storagefs.hostcmd: running" in x]
+    assert not any("-B" in x for x in ran), ran
