@@ -16,6 +16,7 @@ import errno
 import json
 import os
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -265,3 +266,34 @@ def test_a_stored_definition_with_such_a_source_is_never_started(mounted, tmp_pa
     assert "source host '-B' cannot start with '-'" in assert_one_error_line(pdir)
     ran = [x for x in m.log().splitlines() if "storagefs.hostcmd: running" in x]
     assert not any("-B" in x for x in ran), ran
+
+
+def test_a_logical_volume_name_starting_with_a_dash_is_refused(mounted, tmp_path):
+    """A guard (it was refused already): lvcreate --name takes the next word whatever
+    it is, so a name starting with '-' is refused at mkdir and in 'create', before
+    lvcreate runs (a VG on a loop device)."""
+    from loopdev import LoopSet
+
+    vg = f"sfs4_{uuid.uuid4().hex[:8]}"
+    with LoopSet(tmp_path) as loops:
+        dev = loops.make("64M")
+        pdir = mounted.pool("lv4")
+        os.mkdir(pdir)
+        write(pdir / "config.xml", _src("logical", f"<device path='{dev.path}'/><name>{vg}"
+                                        "</name><format type='lvm2'/>", None)
+              .replace("NAME", "lv4"))
+        command(pdir / "control", "build")
+        command(pdir / "state", "running")
+        try:
+            with pytest.raises(OSError) as exc:
+                os.mkdir(pdir / "volumes" / "-lv")
+            assert exc.value.errno == errno.EINVAL
+            assert 'Logical volume name "-lv" is invalid' in assert_one_error_line(pdir)
+            code, _ = write_errno(pdir / "control", "create --lv 8M\n")
+            assert code == errno.EINVAL
+            assert ls_names(pdir / "volumes") == set()
+            ran = [x for x in mounted.log().splitlines() if "running lvcreate" in x]
+            assert ran == [], ran
+        finally:
+            command(pdir / "state", "inactive")
+            command(pdir / "control", "delete")

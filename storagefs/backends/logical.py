@@ -293,9 +293,9 @@ class LogicalBackend(PoolBackend):
             self._extent = _int(row, "vg_extent_size") or self._extent
 
     def check_volume_name(self, name: str) -> None:
-        if not _LVM_NAME.fullmatch(name) or name in (".", "..") or name.startswith("-"):
+        if not _LVM_NAME.fullmatch(name) or name in (".", ".."):
             raise InvalidArgument(f"Logical volume name \"{name}\" is invalid: use letters, "
-                                  "digits and + _ . - only, not a leading '-'")
+                                  "digits and + _ . - only")
 
     async def create_volume(self, spec: VolumeSpec) -> VolumeInfo:
         name, vg = spec.name, self.vg

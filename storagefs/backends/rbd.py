@@ -288,9 +288,9 @@ class RbdBackend(RbdCopies, PoolBackend):
         return await self.probe_volume(info.name) or info
 
     def check_volume_name(self, name: str) -> None:
-        if "/" in name or "@" in name or name.startswith((".", "-")) or not name:
+        if "/" in name or "@" in name or name.startswith(".") or not name:
             raise InvalidArgument(f"'{name}' cannot be an RBD image name ('/', '@' and a "
-                                  "leading '.' or '-' are not allowed)")
+                                  "leading '.' are not allowed)")
 
     async def create_volume(self, spec: VolumeSpec) -> VolumeInfo:
         self.check_volume_name(spec.name)

@@ -148,9 +148,9 @@ class ZfsVolumes:
         return info.key
 
     def check_volume_name(self, name: str) -> None:
-        if not COMPONENT.fullmatch(name) or name.startswith("-") or name in (".", ".."):
+        if not COMPONENT.fullmatch(name):
             raise InvalidArgument(f"volume name '{name}' cannot be a ZFS dataset name: use "
-                                  "letters, digits and _ . : - only, not a leading '-'")
+                                  "letters, digits and _ . : - only")
         if len(f"{self.source}/{name}".encode()) > MAX_DATASET_NAME:
             raise InvalidArgument(f"dataset name '{self.source}/{name}' is over "
                                   f"{MAX_DATASET_NAME} bytes")
