@@ -85,10 +85,6 @@ def check_source(defn: PoolDef) -> None:
         no_option(src.initiator_iqn, "initiator IQN")
     if src.auth is not None:
         no_option(src.auth.username, "auth username")
-        if src.auth.secret.usage:
-            no_option(src.auth.secret.usage, "auth secret usage")
-    if src.protocol_ver is not None:
-        no_option(src.protocol_ver, "protocol version")
 
 
 def split_host_port(text: str) -> tuple[str, int | None]:
