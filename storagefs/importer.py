@@ -34,8 +34,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from lxml import etree
+
 from .errors import InvalidArgument, StorageError
 from .names import check_name
+from .xml.common import parse_uuid
 from .xml.pool import rename_document
 from .xml.safe import XmlError, parse_document
 
@@ -54,6 +57,8 @@ class LibvirtPool:
     document: bytes
     autostart: bool = False
     running: bool = False
+    #: why storagefs cannot take its name or uuid (checked before any path is made)
+    refused: str = ""
 
 
 @dataclass
@@ -89,10 +94,19 @@ def read_pool(path: Path, autostart_dir: Path, run_dir: Path) -> LibvirtPool:
     name = (root.findtext("name") or "").strip()
     if not name:
         raise XmlError("the pool has no <name>")
-    uuid = (root.findtext("uuid") or "").strip().lower() or None
-    return LibvirtPool(name=name, uuid=uuid, type=root.get("type", ""), document=document,
-                       autostart=os.path.lexists(autostart_dir / f"{name}.xml"),
-                       running=(run_dir / f"{name}.xml").exists())
+    raw_uuid = (root.findtext("uuid") or "").strip()
+    uuid = parse_uuid(raw_uuid) if raw_uuid else None
+    pool = LibvirtPool(name=name, uuid=uuid, type=root.get("type", ""), document=document)
+    try:  # the name and uuid become paths: nothing is looked up or made before this
+        check_name(name, "pool name")
+        if raw_uuid and uuid is None:
+            raise InvalidArgument(f"uuid {raw_uuid!r} is not a uuid")
+    except StorageError as exc:
+        pool.refused = exc.reason
+        return pool
+    pool.autostart = os.path.lexists(autostart_dir / f"{name}.xml")
+    pool.running = (run_dir / f"{name}.xml").exists()
+    return pool
 
 
 def read_libvirt(config_dir: str, run_dir: str = DEFAULT_RUN_DIR,
@@ -170,6 +184,25 @@ def _by_uuid(mnt: Path, uuid: str | None) -> str | None:
         return None
 
 
+def _same_apart_from_uuid(config: Path, document: bytes) -> bool:
+    """Whether the pool's ``config.xml`` is ``document`` (which has no uuid), but for
+    the uuid storagefs generated when it was defined: a second import of a definition
+    without a uuid changes nothing."""
+    try:
+        current = config.read_bytes()
+    except OSError:
+        return False
+    if current == document:
+        return True
+    try:
+        mine, theirs = parse_document(current), parse_document(document)
+    except (XmlError, ValueError):
+        return False
+    for el in mine.findall("uuid"):
+        mine.remove(el)
+    return bool(etree.tostring(mine, method="c14n") == etree.tostring(theirs, method="c14n"))
+
+
 class Importer:
     """Imports into the tree at ``mnt``; ``say`` gets each outcome as it is known."""
 
@@ -192,13 +225,18 @@ class Importer:
         return outcomes
 
     def one(self, pool: LibvirtPool, supported: set[str] | None = None) -> Outcome:
+        if pool.refused:  # before any path is made of the name (--rename takes no such name)
+            return Outcome(pool.name, self._skip, pool.refused)
         name = self.renames.get(pool.name, pool.name)
         shown = name if name == pool.name else f"{pool.name} as {name}"
         pools = self.mnt / "pools"
         pool_dir = pools / name
+        document = pool.document if name == pool.name else \
+            rename_document(pool.document, name)
         if os.path.lexists(pool_dir):
             theirs = _read(pool_dir / "uuid")
-            if theirs and pool.uuid and theirs.lower() == pool.uuid:
+            if theirs and (theirs.lower() == pool.uuid if pool.uuid else
+                           _same_apart_from_uuid(pool_dir / "config.xml", document)):
                 return Outcome(shown, "unchanged", f"already imported (uuid {theirs})")
             held = f"pool '{name}' with uuid {theirs}" if theirs else \
                 f"pools/{name} (defined by nothing yet)"
@@ -212,8 +250,6 @@ class Importer:
                 return Outcome(shown, "would skip",
                                f"pool type '{pool.type}' is not supported here")
             return Outcome(shown, "would import", self._what(pool))
-        document = pool.document if name == pool.name else \
-            rename_document(pool.document, name)
         try:
             os.mkdir(pool_dir)
         except OSError as exc:

@@ -46,24 +46,24 @@ def netfs(host="h", dir="/export", fmt=None, ver=None, opts=""):
                       f"</path></target>{mo}</pool>".encode())
 
 
-# ---- mount(8) command lines, as libvirt builds them --------------------------------------
+# ---- mount(8) command lines, as libvirt builds them ('--' added by storagefs) ----------
 @pytest.mark.parametrize("doc, argv", [
     ("pool-netfs.xml", ["mount", "-o", "nodev,nosuid,noexec", "-t", "nfs",
-                        "localhost:/var/lib/libvirt/images", "T"]),
+                        "--", "localhost:/var/lib/libvirt/images", "T"]),
     ("pool-netfs-protocol-ver.xml", ["mount", "-o", "nodev,nosuid,noexec,nfsvers=4.1", "-t",
-                                     "nfs", "localhost:/var/lib/libvirt/images", "T"]),
+                                     "nfs", "--", "localhost:/var/lib/libvirt/images", "T"]),
     ("pool-netfs-ns-mountopts.xml", ["mount", "-o", "nodev,nosuid,noexec,sync,lazytime,"
                                      "nfsvers=3", "-t", "nfs",
-                                     "localhost:/var/lib/libvirt/images", "T"]),
+                                     "--", "localhost:/var/lib/libvirt/images", "T"]),
     ("pool-netfs-cifs.xml", ["mount", "-o", "nodev,nosuid,noexec,guest", "-t", "cifs",
-                             "//example.com/samba_share", "T"]),
+                             "--", "//example.com/samba_share", "T"]),
     ("pool-netfs-gluster.xml", ["mount", "-o", "nodev,nosuid,noexec,direct-io-mode=1", "-t",
-                                "glusterfs", "example.com:/volume", "T"]),
+                                "glusterfs", "--", "example.com:/volume", "T"]),
     ("pool-netfs-gluster-without-slash.xml", ["mount", "-o",
                                               "nodev,nosuid,noexec,direct-io-mode=1", "-t",
-                                              "glusterfs", "example.com:volume", "T"]),
+                                              "glusterfs", "--", "example.com:volume", "T"]),
     ("pool-netfs-auto.xml", ["mount", "-o", "nodev,nosuid,noexec",
-                             "localhost:/var/lib/libvirt/images", "T"]),
+                             "--", "localhost:/var/lib/libvirt/images", "T"]),
 ])
 def test_mount_command_lines_of_the_corpus_documents(doc, argv):
     assert mount_argv(corpus_pool(doc), "T") == argv

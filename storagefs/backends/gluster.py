@@ -109,7 +109,8 @@ class GlusterBackend(NetfsBackend):
                 "log-level=WARNING"]
         if port:
             opts.append(f"server-port={port}")
-        return ["mount", "-t", "glusterfs", "-o", ",".join(opts), self.mount_source(), target]
+        return ["mount", "-t", "glusterfs", "-o", ",".join(opts), "--", self.mount_source(),
+                target]
 
     def is_ours(self, entry: blockdev.MountEntry) -> bool:
         return entry.fstype == "fuse.glusterfs" and entry.source == self.mount_source()

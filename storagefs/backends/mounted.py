@@ -93,9 +93,10 @@ class MountedBackend(DirBackend):
         return None
 
     def mount_argv(self, target: str) -> list[str]:
-        """The mount(8) command line that mounts the source on ``target``."""
+        """The mount(8) command line that mounts the source on ``target`` ('--' before
+        the operands: a source is never an option, whatever the document says)."""
         return [MOUNT, "-t", self.mount_type(), "-o", ",".join(self.mount_options()),
-                self.mount_source(), target]
+                "--", self.mount_source(), target]
 
     # ---- state of the mount -----------------------------------------------------------
     def real_target(self) -> str:

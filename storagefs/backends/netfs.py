@@ -76,7 +76,8 @@ def mount_source(defn: PoolDef) -> str:
 def mount_argv(defn: PoolDef, target: str, extra: tuple[str, ...] = ()) -> list[str]:
     """mount(8)'s command line for a netfs pool, options in libvirt 9.0's order
     (virStorageBackendFileSystemMountAddOptions): its defaults, the format's own
-    (direct-io-mode=1, guest), ``extra``, <fs:mount_opts>, then nfsvers=."""
+    (direct-io-mode=1, guest), ``extra``, <fs:mount_opts>, then nfsvers=; storagefs adds
+    '--' before the operands (mount(8) takes it; a source is never an option)."""
     fmt = defn.source.format or "auto"
     opts = [*DEFAULT_OPTIONS, *FORMAT_OPTIONS.get(fmt, ()), *extra, *defn.mount_opts]
     if defn.source.protocol_ver and fmt in ("nfs", "auto"):
@@ -84,7 +85,7 @@ def mount_argv(defn: PoolDef, target: str, extra: tuple[str, ...] = ()) -> list[
     argv = ["mount", "-o", ",".join(opts)]
     if fmt != "auto":
         argv += ["-t", fmt]
-    return [*argv, mount_source(defn), target]
+    return [*argv, "--", mount_source(defn), target]
 
 
 def parse_showmount(text: str) -> list[str]:
@@ -128,7 +129,7 @@ def check_query(query: str | None, pool_type: str) -> str:
 
 
 async def nfs_exports(host: str) -> list[str]:
-    res = await hostcmd.run([SHOWMOUNT, "--no-headers", "--exports", host], timeout=30)
+    res = await hostcmd.run([SHOWMOUNT, "--no-headers", "--exports", "--", host], timeout=30)
     return parse_showmount(res.stdout)
 
 

@@ -14,6 +14,7 @@ from .. import pathrules
 from ..backends import backend_class
 from ..errors import Busy, Exists, InvalidArgument, NotFound, StorageError
 from ..names import check_name
+from ..sourcerules import check_source
 from ..state import FileMeta, StoredPool, StoredVolume, merge_meta
 from ..xml.pool import parse_pool
 from .objects import Pool, claim, now_ns
@@ -177,6 +178,7 @@ class PoolDefinitions:
                 self._apply_meta(pool, meta, content_changed=False)
                 return False
             defn = parse_pool(data)
+            check_source(defn)  # before any host tool sees a source field
             if defn.name != name:
                 raise InvalidArgument(f"pool name '{defn.name}' in the document does not match "
                                       f"the directory '{name}'")

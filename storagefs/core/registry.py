@@ -19,6 +19,7 @@ import trio
 
 from ..backends import PoolContext, backend_for
 from ..errors import Busy, NotFound, StorageError, StorageLost
+from ..sourcerules import check_source
 from ..state import FileMeta, StateDir, StoredPool
 from ..xml.pool import parse_pool
 from .chains import Chains
@@ -207,6 +208,7 @@ class Registry:
                 continue
             try:
                 definition = parse_pool(stored.config)
+                check_source(definition)  # one an older storagefs took: never run
                 pool.backend = self.make_backend(pool, definition)
                 pool.definition = definition
             except (ValueError, StorageError) as exc:

@@ -36,6 +36,7 @@ from .. import hostcmd, pathrules
 from ..backends import BACKENDS, PoolBackend, backend_class
 from ..errors import Busy, InvalidArgument, NotFound, StorageError
 from ..names import check_name, fit_name
+from ..sourcerules import check_query, check_source
 from ..xml.pool import PoolDef, parse_pool, rename_document
 from ..xml.pooltypes import POOL_TYPE_INFO, SOURCE_HOST, SOURCE_NAME
 from .objects import now_ns
@@ -284,6 +285,7 @@ class Sources:
             try:
                 defn = parse_pool(xml)
                 check_name(defn.name, "pool name")
+                check_source(defn)
             except (ValueError, StorageError) as exc:
                 log.warning("sources %s: a document find_sources gave is refused: %s",
                             kind.type, exc)
@@ -315,6 +317,7 @@ class Sources:
         kind = self.kind(pool_type)
         with self.reg.rec.recording(kind, f"query {text}"):
             dirname = query_dirname(text)
+            check_query(text, POOL_TYPE_INFO[kind.type].has(SOURCE_HOST))
             await self._check_outside_mount(text)
             if dirname in kind.running:
                 raise Busy(f"query '{text}' is running already")
