@@ -128,6 +128,17 @@ class SharedFileVolumes(FileVolumes):
 
     @staticmethod
     def place_new(tmp: str, path: str) -> None:
+        # first everything written reaches the server: a network client may hold a
+        # size change back (GlusterFS's write-behind), and another host that lists the
+        # name once it exists would see the file still empty
+        try:
+            fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise from_oserror(exc, f"cannot create '{path}'") from None
         try:
             os.link(tmp, path)
         except FileExistsError:
