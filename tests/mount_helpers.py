@@ -247,21 +247,30 @@ def probe_exists(path: Path, timeout: float) -> bool:
     return bool(result and result[0])
 
 
-def daemon_pids_for(mnt: Path) -> list[int]:
-    """PIDs of storagefs processes whose command line names `mnt` (ours only)."""
-    pids = []
-    want = os.fsencode(str(mnt))
+def cmdlines():
+    """(pid, argv as bytes) of every process but this one."""
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
+        if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
-                args = f.read().split(b"\0")
+                yield int(entry), f.read().split(b"\0")
         except OSError:
             continue
-        if want in args and any(b"storagefs" in a for a in args[:3]):
-            pids.append(int(entry))
-    return pids
+
+
+def processes_naming(mark: bytes) -> list[int]:
+    """Processes (not pytest) whose command line names ``mark`` (a tool a storagefs
+    started, say, with a path under a test's directory)."""
+    return [pid for pid, args in cmdlines()
+            if any(mark in a for a in args) and b"pytest" not in b" ".join(args)]
+
+
+def daemon_pids_for(mnt: Path) -> list[int]:
+    """PIDs of storagefs processes whose command line names `mnt` (ours only)."""
+    want = os.fsencode(str(mnt))
+    return [pid for pid, args in cmdlines()
+            if want in args and any(b"storagefs" in a for a in args[:3])]
 
 
 def force_cleanup(mnt: Path) -> None:

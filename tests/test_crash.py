@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 
 import pytest
-from mount_helpers import MiB, parse, pool_xml, read, volume_xml
+from mount_helpers import MiB, parse, pool_xml, processes_naming, read, volume_xml
 
 OPS = int(os.environ.get("STORAGEFS_CRASH_OPS", "1000"))
 KILLS = int(os.environ.get("STORAGEFS_CRASH_KILLS", "20"))
@@ -328,18 +328,7 @@ class Stream:
         mark = os.fsencode(str(self.m.base))
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            busy = []
-            for entry in os.listdir("/proc"):
-                if not entry.isdigit() or int(entry) == os.getpid():
-                    continue
-                try:
-                    with open(f"/proc/{entry}/cmdline", "rb") as f:
-                        args = f.read().split(b"\0")
-                except OSError:
-                    continue
-                if any(mark in a for a in args) and b"pytest" not in b" ".join(args):
-                    busy.append(entry)
-            if not busy:
+            if not processes_naming(mark):
                 return
             self.s.tool_orphans_waited += 1
             time.sleep(0.05)

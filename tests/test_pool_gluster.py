@@ -6,6 +6,7 @@ clients): their mount(8) command lines are tested in test_netfs_args.py."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -566,3 +567,38 @@ def test_a_users_operation_on_a_killed_brick_makes_the_pool_inaccessible(
     assert state(p) == "running"
     assert "v1" in ls_names(p / "volumes")
     command(p / "state", "inactive")
+
+
+def test_a_backing_store_in_the_pool_is_named_relative_to_the_image(
+        mount_factory, gluster_volume, tmp_path):
+    """Each host reaches a gluster pool through a private mount in its own state
+    directory: a backing store named by that path is written into the image relative
+    to it, so the image opens on every host, and through its gluster:// URL."""
+    vol, host = gluster_volume.name, gluster_volume.server.host
+    m = mount_factory()
+    p = define(m, "gb", gluster_xml("gb", host, vol))
+    command(p / "state", "running")
+    os.mkdir(p / "volumes" / "base.raw")
+    private = m.state_dir / "run" / "gluster" / "gb"
+    doc = (f"<volume><name>child.qcow2</name><capacity unit='M'>10</capacity><target>"
+           f"<format type='qcow2'/></target><backingStore><path>{private}/base.raw</path>"
+           f"<format type='raw'/></backingStore></volume>\n")
+    os.mkdir(p / "volumes" / "child.qcow2")
+    write(p / "volumes" / "child.qcow2" / "config.xml", doc)
+    on_brick = json.loads(run(["qemu-img", "info", "--output=json", "-U", "-f", "qcow2",
+                               str(gluster_volume.brick / "child.qcow2")]).stdout)
+    assert on_brick["backing-filename"] == "base.raw", on_brick
+    url = f"gluster://{host}/{vol}/child.qcow2"
+    chain = run(["qemu-img", "info", "--output=json", "--backing-chain", url],
+                timeout=90).stdout
+    assert "base.raw" in chain and '"raw"' in chain, chain
+    other = mount_factory(name="mnt2", create_state=False, start=False)
+    other.state_dir = tmp_path / "state2"
+    other.state_dir.mkdir()
+    other.start("--host-id", "other")
+    q = define(other, "gb", gluster_xml("gb", host, vol))
+    command(q / "state", "running")
+    command(q / "volumes" / "child.qcow2" / "control", "resize 20M")  # opens the chain
+    assert int(read(q / "volumes" / "child.qcow2" / "capacity")) == 20 * MiB
+    for pool in (q, p):
+        command(pool / "state", "inactive")

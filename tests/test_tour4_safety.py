@@ -16,6 +16,7 @@ from mount_helpers import (
     command,
     define_pool,
     pool_xml,
+    processes_naming,
     read,
     write,
     write_errno,
@@ -26,22 +27,6 @@ from test_other_users import other_user  # noqa: F401
 SECRET = "7a2b4c6d-8e9f-4a1b-9c2d-3e4f5a6b7c8d"
 AUTH = (f"    <auth username='{{user}}' type='ceph'>\n      <secret uuid='{SECRET}'/>\n"
         "    </auth>\n")
-
-
-def _orphans(mark: bytes) -> list[str]:
-    """Processes (not pytest) whose command line names ``mark``."""
-    busy = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                args = f.read().split(b"\0")
-        except OSError:
-            continue
-        if any(mark in a for a in args) and b"pytest" not in b" ".join(args):
-            busy.append(entry)
-    return busy
 
 
 def _files_holding(root: str, needle: bytes) -> list[str]:
@@ -100,7 +85,7 @@ def test_key_file_of_a_killed_storagefs_is_removed_at_the_next_start(
         assert not _files_holding(d, c.client_key.encode()), d
     t.join(10)
     deadline = time.monotonic() + 60
-    while _orphans(os.fsencode(str(m.base))) and time.monotonic() < deadline:
+    while processes_naming(os.fsencode(str(m.base))) and time.monotonic() < deadline:
         time.sleep(0.05)  # the killed storagefs's qemu-img, still writing
     m.recover()
     m.start()

@@ -137,9 +137,9 @@ class RbdBackend(RbdCopies, PoolBackend):
                 parent: str | None = None) -> VolumeInfo:
         spec = self._spec(name)
         used = self._used.get(name, size) if name in self._fast else size
+        # no physical size: libvirt's rbd backend prints no <physical> either
         info = VolumeInfo(name=name, path=None, key=spec, format="raw", type="network",
-                          capacity=size, allocation=min(used, size), physical=size,
-                          url=spec)
+                          capacity=size, allocation=min(used, size), url=spec)
         info.snapshots = [Snapshot(s["name"], s.get("id", ""), s.get("date", ""))
                           for s in snaps]
         if parent:

@@ -126,6 +126,17 @@ class SharedFileVolumes(FileVolumes):
         digest = hashlib.sha256(os.fsencode(name)).hexdigest()
         return f"{imagefmt.TEMP_PREFIX}{what}-{self.tag}-{digest}"
 
+    async def _qemu_create(self, path: str, spec: VolumeSpec) -> None:
+        """A backing store in this pool's directory is named relative to the image
+        (qemu resolves it from the image's own place): each host mounts the directory
+        at a path of its own (a gluster pool's is in the host's state directory), and a
+        guest opens the image by its gluster:// URL, so an absolute path of this host's
+        mount would be wrong for everyone else."""
+        b = spec.backing_path
+        if b and os.path.dirname(os.path.normpath(b)) == os.path.normpath(self.dir):
+            spec = dataclasses.replace(spec, backing_path=os.path.basename(b))
+        await super()._qemu_create(path, spec)
+
     @staticmethod
     def place_new(tmp: str, path: str) -> None:
         # first everything written reaches the server: a network client may hold a
