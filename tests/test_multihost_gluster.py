@@ -105,7 +105,8 @@ def test_one_name_made_on_two_hosts_at_once(gluster_volume, three_hosts):
             assert (gluster_volume.brick / name).stat().st_size == size
             for h in hosts:  # the loser too lists it at its next ls, within the poll
                 wait_until(lambda h=h, name=name: name in os.listdir(vols(h)), 2.5)
-                assert read(vols(h) / name / "capacity").strip() == str(size)
+            caps = {h.host_id: read(vols(h) / name / "capacity").strip() for h in hosts}
+            assert set(caps.values()) == {str(size)}, (name, winner.host_id, caps)
     finally:
         stop.set()
         w.join(10)

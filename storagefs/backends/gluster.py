@@ -105,8 +105,12 @@ class GlusterBackend(NetfsBackend):
 
     def mount_argv(self, target: str) -> list[str]:
         port = self.definition.source.hosts[0].port
-        opts = [*DEFAULT_OPTIONS, "direct-io-mode=1", f"log-file={target}.log",
-                "log-level=WARNING"]
+        # no attribute or entry caching in the kernel: other hosts change these files,
+        # and a size the kernel cached from a listing (another host's file still being
+        # made) must not outlive the change (the private mount is ours: libvirt's
+        # gluster backend uses gfapi, no mount, so no mount line to follow)
+        opts = [*DEFAULT_OPTIONS, "direct-io-mode=1", "attribute-timeout=0",
+                "entry-timeout=0", f"log-file={target}.log", "log-level=WARNING"]
         if port:
             opts.append(f"server-port={port}")
         return ["mount", "-t", "glusterfs", "-o", ",".join(opts), "--", self.mount_source(),
