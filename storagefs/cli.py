@@ -13,11 +13,10 @@ import subprocess
 import sys
 import time
 
-import trio
-
-from . import __version__, importer
-from .mount import UMASK, abort_connection, is_dead, lazy_unmount, mount_entry, pidfile_for, serve
-from .notify import JournalFormatter, stderr_is_journal
+# the server, trio and lxml are imported by the commands that need them: ``unmount``
+# (every service stop, every test's teardown) starts in a fifth of the time
+from . import __version__, libvirt_paths
+from .mounttab import UMASK, abort_connection, is_dead, lazy_unmount, mount_entry, pidfile_for
 
 DEFAULT_STATE_DIR = "/var/lib/storagefs"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -47,15 +46,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     u.add_argument("mountpoint")
     i = sub.add_parser("import-libvirt",
                        help="define libvirt's persistent pools in a running storagefs")
-    i.add_argument("dir", nargs="?", default=importer.DEFAULT_CONFIG_DIR,
-                   help=f"libvirt's pool definitions (default {importer.DEFAULT_CONFIG_DIR})")
+    i.add_argument("dir", nargs="?", default=libvirt_paths.DEFAULT_CONFIG_DIR,
+                   help=f"libvirt's pool definitions (default {libvirt_paths.DEFAULT_CONFIG_DIR})")
     i.add_argument("--mount", help="the storagefs mount (default: the only one there is)")
     i.add_argument("--dry-run", action="store_true", help="say what would be done, do nothing")
     i.add_argument("--no-start", action="store_true",
                    help="do not start the pools libvirt runs now")
-    i.add_argument("--run-dir", default=importer.DEFAULT_RUN_DIR,
+    i.add_argument("--run-dir", default=libvirt_paths.DEFAULT_RUN_DIR,
                    help="libvirtd's status files: which pools it runs "
-                        f"(default {importer.DEFAULT_RUN_DIR})")
+                        f"(default {libvirt_paths.DEFAULT_RUN_DIR})")
     i.add_argument("--rename", action="append", default=[], metavar="OLD=NEW",
                    help="import libvirt's pool OLD as NEW (e.g. default=libvirt-default)")
     return p.parse_args(argv)
@@ -64,6 +63,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def setup_logging(level: str, foreground: bool, state_dir: str) -> None:
     root = logging.getLogger()
     root.setLevel(level.upper())
+    from .notify import JournalFormatter, stderr_is_journal
+
     if foreground and stderr_is_journal():
         # under systemd: journald adds time and pid, and reads <PRIORITY> prefixes
         handler: logging.Handler = logging.StreamHandler(sys.stderr)
@@ -95,6 +96,15 @@ def check_mountpoint(mnt: str) -> str | None:
     return None
 
 
+def run_server(args: argparse.Namespace, mnt: str, state_dir: str, ready) -> None:
+    import trio
+
+    from .mount import serve
+
+    trio.run(lambda: serve(mnt, state_dir, allow_other=args.allow_other, ready=ready,
+                           host_id=args.host_id))
+
+
 def cmd_mount(args: argparse.Namespace) -> int:
     os.umask(UMASK)  # before the log file and the daemon exist (serve() sets it too)
     mnt = os.path.abspath(args.mountpoint)
@@ -110,8 +120,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
             if msg:
                 problem.append(msg)
 
-        trio.run(lambda: serve(mnt, state_dir, allow_other=args.allow_other, ready=ready,
-                                     host_id=args.host_id))
+        run_server(args, mnt, state_dir, ready)
         return fail(problem[0]) if problem else 0
     return daemonize(args, mnt, state_dir)
 
@@ -155,8 +164,7 @@ def daemonize(args: argparse.Namespace, mnt: str, state_dir: str) -> int:
             setup_logging(args.log_level, False, state_dir)
         except OSError as exc:
             raise OSError(exc.errno, f"cannot open the log: {exc.strerror}") from None
-        trio.run(lambda: serve(mnt, state_dir, allow_other=args.allow_other, ready=ready,
-                                     host_id=args.host_id))
+        run_server(args, mnt, state_dir, ready)
         if not sent:
             ready("storagefs stopped before the tree was ready; see the log")
     except BaseException as exc:
@@ -232,6 +240,8 @@ def cmd_unmount(args: argparse.Namespace) -> int:
 
 
 def cmd_import_libvirt(args: argparse.Namespace) -> int:
+    from . import importer
+
     """Exit 0 when every pool is imported or was already; 2 when some were skipped."""
     try:
         renames = importer.parse_renames(args.rename)

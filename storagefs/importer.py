@@ -37,13 +37,11 @@ from pathlib import Path
 from lxml import etree
 
 from .errors import InvalidArgument, StorageError
+from .libvirt_paths import DEFAULT_CONFIG_DIR, DEFAULT_RUN_DIR  # noqa: F401 (re-exported)
 from .names import check_name
 from .xml.common import parse_uuid
 from .xml.pool import rename_document
 from .xml.safe import XmlError, parse_document
-
-DEFAULT_CONFIG_DIR = "/etc/libvirt/storage"
-DEFAULT_RUN_DIR = "/run/libvirt/storage"
 
 
 @dataclass

@@ -394,6 +394,36 @@ def test_backing_chain_loops_are_refused_at_once_and_shown(mounted, shape):
     assert qemu_info(a)["virtual-size"] == 16 * MiB
 
 
+def until(cond, seconds: float) -> bool:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()
+
+
+def test_a_loop_closed_by_a_file_that_comes_later_is_shown(mounted):
+    """a.qcow2 names b.qcow2, which does not exist yet: a's chain is checked (nothing to
+    follow). Then another program writes b.qcow2 naming a, closing the loop: with no
+    refresh, the watcher shows the loop on both (a's chain was not looked at again)."""
+    images = mounted.images
+    a, b = images / "a.qcow2", images / "b.qcow2"
+    qcow2_backed(a, str(b))
+    va = mounted.vol("a.qcow2")
+    assert until(lambda: "b.qcow2" in read(va / "status.xml"), 10), read(va / "status.xml")
+    assert read(va / "error") == ""
+    qcow2_backed(b, str(a))
+    vb = mounted.vol("b.qcow2")
+    assert until(vb.exists, 10)
+    for v in (vb, va):
+        assert until(lambda v=v: "loop" in read(v / "error"), 10), read(v / "error")
+        line = read(v / "error")
+        assert "a.qcow2" in line and "b.qcow2" in line
+        code, _ = write_errno(v / "control", "clone c.qcow2\n")
+        assert code == errno.ELOOP
+
+
 def test_a_long_chain_without_a_loop_is_followed(mounted):
     """c -> b -> a (no loop): clone works and no error line appears."""
     images = mounted.images

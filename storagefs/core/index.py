@@ -291,6 +291,10 @@ class VolumeIndex:
         elif not vol.busy:
             vol.pending = False
             self.update(vol, info)
+        else:
+            return
+        if info.format != "raw" and not pool.backend.policy.listing_has_details:
+            self.details.want_changed(pool, name)  # its backing store, as a listing's
 
     def update(self, vol: Volume, info: VolumeInfo) -> None:
         vol.info = info
@@ -319,7 +323,9 @@ class VolumeIndex:
         _, fresh = self._apply(pool, info, found, stored, formats, began, deep)
         if pool.backend.policy.listing_has_details:
             return
-        slow = [v.name for v in found if v.format != "raw" and v.name in fresh]
+        # a refresh the user asked for fills every volume, those a watcher's probe
+        # touched while the listing ran (kept out of ``fresh``) included
+        slow = [v.name for v in found if v.format != "raw" and (deep or v.name in fresh)]
         if not deep:
             self.details.want(pool, slow)
             return
