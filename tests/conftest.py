@@ -9,8 +9,12 @@ WARNING or ERROR line the test does not declare with ``log_allows``.
 
 from __future__ import annotations
 
+import atexit
+import os
 import re
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,6 +23,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mount_helpers  # noqa: E402
 from mount_helpers import FUSE_AVAILABLE, TEST_DEADLINE, Mount, is_mounted  # noqa: E402
+
+# Each storagefs server a test starts is a new Python process: with
+# PYTHONDONTWRITEBYTECODE set (as in this CI) every start compiled all of storagefs
+# again, 0.25 s of the 0.45 s a mount took. The servers (and the CLI) share compiled
+# modules kept in a directory of this session instead (the checkout stays as it is).
+_PYCACHE = tempfile.mkdtemp(prefix="storagefs-pycache-")
+atexit.register(shutil.rmtree, _PYCACHE, ignore_errors=True)
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+os.environ["PYTHONPYCACHEPREFIX"] = _PYCACHE
 
 MOUNT_MODULES = {
     "test_mount_cli",

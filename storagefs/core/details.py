@@ -55,6 +55,9 @@ class DetailsQueue:
 
     def _due(self) -> None:
         now = time.monotonic()
+        if len(self._filled) > 1000:  # a look older than CHANGED_EVERY holds nothing back
+            self._filled = {k: t for k, t in self._filled.items()
+                            if t + CHANGED_EVERY > now}
         for key, due in list(self._later.items()):
             if due <= now:
                 del self._later[key]
