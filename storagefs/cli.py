@@ -240,9 +240,9 @@ def cmd_unmount(args: argparse.Namespace) -> int:
 
 
 def cmd_import_libvirt(args: argparse.Namespace) -> int:
+    """Exit 0 when every pool is imported or was already; 2 when some were skipped."""
     from . import importer
 
-    """Exit 0 when every pool is imported or was already; 2 when some were skipped."""
     try:
         renames = importer.parse_renames(args.rename)
     except ValueError as exc:

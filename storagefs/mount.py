@@ -18,7 +18,7 @@ from .devices import DeviceIndex
 from .fuse.operations import Operations
 from .fuse.render import README
 from .metrics import status_line
-from .mounttab import RUN_DIR, UMASK, canonical, pidfile_for  # noqa: F401 (re-exported)
+from .mounttab import RUN_DIR, UMASK, canonical, pidfile_for
 from .notify import Notifier
 from .state import StateDir
 

@@ -16,6 +16,8 @@ RUN_DIR = Path("/run/storagefs")
 #: the umask storagefs and the tools it runs work with: a file it makes is never
 #: readable by others unless given a mode explicitly (SPEC "Never trust guest bytes")
 UMASK = 0o077
+
+
 def canonical(mountpoint: str) -> str:
     """realpath of the mountpoint without stat'ing the mountpoint itself (a dead or wedged
     FUSE mount would make that fail or hang): only its parent is resolved."""
