@@ -105,7 +105,8 @@ def test_gluster_volume_urls_as_libvirt_formats_them(doc, subdir, url):
     argv = b.mount_argv("/run/x")
     assert argv[:4] == ["mount", "-t", "glusterfs", "-o"] and argv[-2:] == [src, "/run/x"]
     assert argv[4].startswith("nodev,nosuid,noexec,direct-io-mode=1,attribute-timeout=0,"
-                              "entry-timeout=0,log-file=/run/x.log")
+                              "entry-timeout=0,xlator-option=*md-cache.md-cache-timeout=0,"
+                              "log-file=/run/x.log")
 
 
 def test_gluster_url_of_a_port_and_of_odd_names():

@@ -192,6 +192,11 @@ def test_gluster_pool_private_mount_urls_and_volumes(mounted, gluster_volume, tm
     command(p / "state", "running")
     private = mounted.state_dir / "run" / "gluster" / "gp"
     assert mount_of(private) == (f"{host}:/{vol}", "fuse.glusterfs")
+    # no attribute cache in the client either (another host's temp file, cached empty
+    # while this one listed the directory, would make its volume look 0 bytes long)
+    clients = client_cmdlines(private)
+    assert clients and all("--xlator-option=*md-cache.md-cache-timeout=0" in c
+                           for c in clients), clients
     status = read_bytes(p / "status.xml")
     assert_valid(status, "storagepool")
     assert xml_value(status, "/pool/source/name") == vol

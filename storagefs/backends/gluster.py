@@ -108,9 +108,13 @@ class GlusterBackend(NetfsBackend):
         # no attribute or entry caching in the kernel: other hosts change these files,
         # and a size the kernel cached from a listing (another host's file still being
         # made) must not outlive the change (the private mount is ours: libvirt's
-        # gluster backend uses gfapi, no mount, so no mount line to follow)
+        # gluster backend uses gfapi, no mount, so no mount line to follow). Nor in the
+        # client's md-cache: a listing here caches the attributes of another host's temp
+        # file while it is empty, and once that host links it to the volume's name this
+        # host would see the volume's size as 0 for a second (seen: 10 of 10 tries)
         opts = [*DEFAULT_OPTIONS, "direct-io-mode=1", "attribute-timeout=0",
-                "entry-timeout=0", f"log-file={target}.log", "log-level=WARNING"]
+                "entry-timeout=0", "xlator-option=*md-cache.md-cache-timeout=0",
+                f"log-file={target}.log", "log-level=WARNING"]
         if port:
             opts.append(f"server-port={port}")
         return ["mount", "-t", "glusterfs", "-o", ",".join(opts), "--", self.mount_source(),
